@@ -1,0 +1,108 @@
+//! Command-line interface: one module per subcommand.
+
+pub mod demo;
+pub mod generate;
+pub mod ingest;
+pub mod status;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::LogFormat;
+
+/// sluice: stream Kafka topics and NDJSON files into Delta Lake tables, exactly once.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The default log level for the flags given.
+    pub fn verbosity(&self) -> &'static str {
+        match (self.quiet, self.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "info",
+            (false, 1) => "debug",
+            (false, _) => "trace",
+        }
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the configured sources into their tables until stopped (SIGTERM/SIGINT drain).
+    Ingest(ingest::IngestArgs),
+    /// Run an embedded Kafka broker, produce ride events and ingest them into ./lake.
+    Demo(demo::DemoArgs),
+    /// Show a table's version, files, and recorded source positions.
+    Status(status::StatusArgs),
+    /// Write demo ride events as NDJSON (for backfills and benchmarks).
+    Generate(generate::GenerateArgs),
+}
+
+/// Errors any subcommand can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config is unreadable or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// Ingestion stopped with an error.
+    #[error(transparent)]
+    Ingest(#[from] crate::ingest::IngestError),
+    /// A table could not be read.
+    #[error(transparent)]
+    Table(#[from] crate::table::TableError),
+    /// The demo could not run.
+    #[error("demo: {0}")]
+    Demo(String),
+    /// Writing output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Ingest(args) => ingest::run(args).await,
+        Command::Demo(args) => demo::run(args).await,
+        Command::Status(args) => status::run(args).await,
+        Command::Generate(args) => generate::run(args),
+    }
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM.
+pub fn shutdown_on_signals() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("install SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("signal received: draining");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,248 @@
+//! Typed TOML configuration: the lake, batching policy, sources and tables.
+//!
+//! Every struct denies unknown keys, defaults live in [`defaults`], and
+//! [`Config::validate`] checks the rules that span several keys, reporting
+//! every problem with the key it concerns before anything is written.
+//! Any string may reference an environment variable as `${NAME}` (secrets,
+//! endpoints); an unset variable is an error naming it.
+//!
+//! ```toml
+//! [lake]
+//! root = "./lake"
+//!
+//! [batching]
+//! max_latency = "5m"
+//!
+//! [[sources]]
+//! kind = "kafka"
+//! name = "rides"
+//! brokers = "${KAFKA_BROKERS}"
+//! topics = ["rides"]
+//! group_id = "sluice-rides"
+//!
+//! [[tables]]
+//! name = "rides"
+//! source = "rides"
+//! key = "user_id"
+//! partition_by = ["date"]
+//! columns = [
+//!   { name = "user_id", type = "string", nullable = false },
+//!   { name = "event_time", type = "timestamp" },
+//! ]
+//! derived = [{ name = "date", from = "event_time", transform = "date" }]
+//! ```
+
+pub mod defaults;
+mod env;
+mod table;
+pub mod units;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use table::{ColumnConfig, DerivedColumn, EpochUnit, MetadataColumn, TableConfig, Transform};
+pub use units::{ByteSize, Span};
+
+/// Errors from reading, parsing or validating a config.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The TOML did not parse or did not match the expected shape.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The config path (or `<inline>`).
+        path: String,
+        /// The parser's message, which names the key and line.
+        message: String,
+    },
+    /// The config parsed but breaks one or more rules.
+    #[error("invalid config:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<Problem>),
+}
+
+/// One rule a config breaks: the key it concerns and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the key, e.g. `tables[0].key`.
+    pub key: String,
+    /// What is wrong and how to fix it.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.reason)
+    }
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where tables live.
+    pub lake: LakeConfig,
+    /// Flush policy and memory budget, shared by all tables.
+    #[serde(default)]
+    pub batching: BatchingConfig,
+    /// Event sources.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// Destination tables, each fed by one source.
+    #[serde(default)]
+    pub tables: Vec<TableConfig>,
+}
+
+/// The lake root and how to reach it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LakeConfig {
+    /// A local directory or an object-store URL (`file:///...`, `s3://bucket/prefix`).
+    pub root: String,
+    /// Options passed to the object store (credentials, endpoint, region).
+    #[serde(default)]
+    pub storage_options: BTreeMap<String, String>,
+}
+
+/// When a table's buffer is flushed into a commit, and how much may be buffered.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchingConfig {
+    /// Flush at most this long after the first buffered record.
+    pub max_latency: Span,
+    /// Flush once this many payload bytes are buffered for a table.
+    pub max_bytes: ByteSize,
+    /// Flush once this many records are buffered for a table.
+    pub max_rows: u64,
+    /// Roll to a new Parquet file once the current one reaches this size.
+    pub target_file_size: ByteSize,
+    /// Worker-wide cap on buffered payload bytes; sources pause when it is reached.
+    pub memory_budget: ByteSize,
+    /// On shutdown, how long to spend flushing and committing what is buffered.
+    pub shutdown_grace: Span,
+}
+
+impl Default for BatchingConfig {
+    fn default() -> Self {
+        Self {
+            max_latency: Span(defaults::MAX_LATENCY),
+            max_bytes: ByteSize(defaults::MAX_BYTES),
+            max_rows: defaults::MAX_ROWS,
+            target_file_size: ByteSize(defaults::TARGET_FILE_SIZE),
+            memory_budget: ByteSize(defaults::MEMORY_BUDGET),
+            shutdown_grace: Span(defaults::SHUTDOWN_GRACE),
+        }
+    }
+}
+
+/// An event source.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum SourceConfig {
+    /// Kafka topics read by a consumer group.
+    Kafka(KafkaSourceConfig),
+    /// NDJSON files (plain or `.gz`): a file, a directory or a glob.
+    File(FileSourceConfig),
+}
+
+impl SourceConfig {
+    /// The source's name, referenced by tables.
+    pub fn name(&self) -> &str {
+        match self {
+            SourceConfig::Kafka(k) => &k.name,
+            SourceConfig::File(f) => &f.name,
+        }
+    }
+}
+
+/// Where a Kafka partition with no recorded position starts.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    /// The oldest retained offset.
+    #[default]
+    Earliest,
+    /// Only records produced after the partition is first assigned.
+    Latest,
+}
+
+/// A Kafka source.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// Name referenced by tables.
+    pub name: String,
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Topics to subscribe to.
+    pub topics: Vec<String>,
+    /// Consumer group shared by every worker.
+    pub group_id: String,
+    /// Start of partitions the table has no position for.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// librdkafka properties passed through (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// An NDJSON file source.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSourceConfig {
+    /// Name referenced by tables.
+    pub name: String,
+    /// A file, a directory (every `*.json`, `*.ndjson`, `*.jsonl`, optionally `.gz`), or a glob.
+    pub path: String,
+}
+
+impl Config {
+    /// Reads, interpolates `${ENV}` references, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let config = Self::parse(&text, &path.display().to_string())?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses config text without validating it.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let interpolated = env::interpolate(text, |name| std::env::var(name).ok()).map_err(
+            |message| ConfigError::Parse {
+                path: origin.to_string(),
+                message,
+            },
+        )?;
+        toml::from_str(&interpolated).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks the rules that span several keys; returns every problem found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let problems = validate::problems(self);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(problems))
+        }
+    }
+
+    /// The source a table reads from.
+    pub fn source_for(&self, table: &TableConfig) -> Option<&SourceConfig> {
+        self.sources.iter().find(|s| s.name() == table.source)
+    }
+}

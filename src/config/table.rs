@@ -1,0 +1,121 @@
+//! Table sections of the config: declared columns, derived partition columns,
+//! source metadata columns and the subject-key column.
+
+use serde::{Deserialize, Serialize};
+
+/// A destination Delta table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// Table name; also its directory under the lake root unless `uri` is set.
+    pub name: String,
+    /// The source feeding this table.
+    pub source: String,
+    /// Explicit table location (path or URL); default `<lake.root>/<name>`.
+    #[serde(default)]
+    pub uri: Option<String>,
+    /// The subject-key column (e.g. `user_id`) used by erasure and Z-order.
+    pub key: String,
+    /// Columns decoded from each JSON record.
+    pub columns: Vec<ColumnConfig>,
+    /// Partition columns: declared or derived column names.
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// Columns computed from other columns (e.g. `date` from `event_time`).
+    #[serde(default)]
+    pub derived: Vec<DerivedColumn>,
+    /// Source coordinates stored with each row.
+    #[serde(default)]
+    pub metadata_columns: Vec<MetadataColumn>,
+    /// Dead-letter table location; default `<lake.root>/<name>_dead_letters`.
+    #[serde(default)]
+    pub dead_letter_uri: Option<String>,
+}
+
+/// One declared column.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    /// Column name, as in the JSON records.
+    pub name: String,
+    /// Spark/Delta SQL type: `string`, `long`, `double`, `timestamp`, `array<..>`, ...
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Whether records may omit it; a missing non-nullable field dead-letters the record.
+    #[serde(default = "yes")]
+    pub nullable: bool,
+    /// For `timestamp` columns: the unit of numeric epoch values.
+    #[serde(default)]
+    pub epoch_unit: EpochUnit,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How numeric values of a `timestamp` column are read. Strings are always RFC 3339.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum EpochUnit {
+    /// Seconds, milliseconds or microseconds, told apart by magnitude
+    /// (below 1e11: seconds; below 1e14: milliseconds; else microseconds).
+    #[default]
+    Auto,
+    /// Seconds since the epoch (fractions allowed).
+    Seconds,
+    /// Milliseconds since the epoch.
+    Millis,
+    /// Microseconds since the epoch.
+    Micros,
+}
+
+/// A column computed from another column.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DerivedColumn {
+    /// Name of the new column.
+    pub name: String,
+    /// A declared `timestamp` column.
+    pub from: String,
+    /// What to compute.
+    pub transform: Transform,
+}
+
+/// Transforms for derived columns.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Transform {
+    /// The UTC calendar date (`date` type).
+    Date,
+    /// The UTC hour of day, 0-23 (`int` type).
+    Hour,
+}
+
+/// Source coordinates that can be stored as columns.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum MetadataColumn {
+    /// `_source_stream` (string): Kafka topic or file set.
+    SourceStream,
+    /// `_source_partition` (string): Kafka partition number or file path.
+    SourcePartition,
+    /// `_source_position` (long): Kafka offset or line number.
+    SourcePosition,
+    /// `_source_time` (timestamp): Kafka message timestamp, if any.
+    SourceTime,
+    /// `_ingest_time` (timestamp): when sluice decoded the record.
+    IngestTime,
+}
+
+impl MetadataColumn {
+    /// The column name in the table.
+    pub fn column_name(self) -> &'static str {
+        match self {
+            MetadataColumn::SourceStream => "_source_stream",
+            MetadataColumn::SourcePartition => "_source_partition",
+            MetadataColumn::SourcePosition => "_source_position",
+            MetadataColumn::SourceTime => "_source_time",
+            MetadataColumn::IngestTime => "_ingest_time",
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Rules that span several keys of the config.
+
+use std::collections::{HashMap, HashSet};
+
+use arrow::datatypes::DataType;
+
+use super::{Config, Problem, SourceConfig, TableConfig, Transform};
+use crate::table::schema::parse_type;
+
+pub(super) fn problems(config: &Config) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut add = |key: String, reason: String| out.push(Problem { key, reason });
+
+    if config.lake.root.trim().is_empty() {
+        add("lake.root".into(), "must name a directory or URL".into());
+    }
+    let b = &config.batching;
+    if b.max_latency.0.is_zero() {
+        add("batching.max_latency".into(), "must be greater than zero".into());
+    }
+    if b.max_rows == 0 {
+        add("batching.max_rows".into(), "must be greater than zero".into());
+    }
+    if b.target_file_size.0 < 1 << 20 {
+        add("batching.target_file_size".into(), "must be at least 1MiB".into());
+    }
+    if b.max_bytes.0 == 0 {
+        add("batching.max_bytes".into(), "must be greater than zero".into());
+    }
+    if b.memory_budget.0 < b.max_bytes.0.min(1 << 20) {
+        add(
+            "batching.memory_budget".into(),
+            format!("{} is too small: at least 1MiB", b.memory_budget),
+        );
+    }
+
+    if config.sources.is_empty() {
+        add("sources".into(), "at least one source is required".into());
+    }
+    if config.tables.is_empty() {
+        add("tables".into(), "at least one table is required".into());
+    }
+
+    let mut source_names = HashSet::new();
+    for (i, source) in config.sources.iter().enumerate() {
+        let key = format!("sources[{i}]");
+        if source.name().trim().is_empty() {
+            add(format!("{key}.name"), "must not be empty".into());
+        } else if !source_names.insert(source.name()) {
+            add(format!("{key}.name"), format!("`{}` is used twice", source.name()));
+        }
+        match source {
+            SourceConfig::Kafka(k) => {
+                if k.brokers.trim().is_empty() {
+                    add(format!("{key}.brokers"), "must list at least one broker".into());
+                }
+                if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
+                    add(format!("{key}.topics"), "must list non-empty topic names".into());
+                }
+                if k.group_id.trim().is_empty() {
+                    add(format!("{key}.group_id"), "must not be empty".into());
+                }
+                for reserved in crate::source::kafka::RESERVED_PROPERTIES {
+                    if k.properties.contains_key(*reserved) {
+                        add(
+                            format!("{key}.properties.\"{reserved}\""),
+                            "is set by sluice (positions live in the table); remove it".into(),
+                        );
+                    }
+                }
+            }
+            SourceConfig::File(f) => {
+                if f.path.trim().is_empty() {
+                    add(format!("{key}.path"), "must name a file, directory or glob".into());
+                }
+            }
+        }
+    }
+
+    let mut table_names = HashSet::new();
+    let mut feeds: HashMap<&str, &str> = HashMap::new();
+    for (i, table) in config.tables.iter().enumerate() {
+        let key = format!("tables[{i}]");
+        if table.name.trim().is_empty() || table.name.contains('/') {
+            add(format!("{key}.name"), "must be a non-empty name without `/`".into());
+        } else if !table_names.insert(table.name.as_str()) {
+            add(format!("{key}.name"), format!("`{}` is used twice", table.name));
+        }
+        if !source_names.contains(table.source.as_str()) {
+            add(
+                format!("{key}.source"),
+                format!("unknown source `{}`", table.source),
+            );
+        } else if let Some(other) = feeds.insert(table.source.as_str(), table.name.as_str()) {
+            add(
+                format!("{key}.source"),
+                format!("source `{}` already feeds table `{other}`", table.source),
+            );
+        }
+        for problem in table_problems(table) {
+            add(format!("{key}.{}", problem.key), problem.reason);
+        }
+    }
+    for name in &source_names {
+        if !feeds.contains_key(name) {
+            add("sources".into(), format!("source `{name}` feeds no table"));
+        }
+    }
+    out
+}
+
+/// Problems within one table section; keys are relative to the table.
+pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
+    let mut out = Vec::new();
+    let mut add = |key: String, reason: String| out.push(Problem { key, reason });
+    let mut types: HashMap<&str, DataType> = HashMap::new();
+
+    if table.columns.is_empty() {
+        add("columns".into(), "at least one column is required".into());
+    }
+    for (j, column) in table.columns.iter().enumerate() {
+        if column.name.trim().is_empty() {
+            add(format!("columns[{j}].name"), "must not be empty".into());
+            continue;
+        }
+        match parse_type(&column.type_name) {
+            Ok(ty) => {
+                if types.insert(column.name.as_str(), ty).is_some() {
+                    add(format!("columns[{j}].name"), format!("`{}` is declared twice", column.name));
+                }
+            }
+            Err(e) => add(format!("columns[{j}].type"), e),
+        }
+    }
+    match types.get(table.key.as_str()) {
+        None => add("key".into(), format!("`{}` is not a declared column", table.key)),
+        Some(DataType::Utf8 | DataType::Int64 | DataType::Int32 | DataType::Int16) => {}
+        Some(other) => add(
+            "key".into(),
+            format!("`{}` has type {other}; a key must be a string or integer", table.key),
+        ),
+    }
+    for (j, derived) in table.derived.iter().enumerate() {
+        if types.contains_key(derived.name.as_str()) {
+            add(format!("derived[{j}].name"), format!("`{}` is already a column", derived.name));
+        }
+        match types.get(derived.from.as_str()) {
+            Some(DataType::Timestamp(..)) => {}
+            Some(other) => add(
+                format!("derived[{j}].from"),
+                format!("`{}` has type {other}; `{:?}` needs a timestamp", derived.from, derived.transform),
+            ),
+            None => add(
+                format!("derived[{j}].from"),
+                format!("`{}` is not a declared column", derived.from),
+            ),
+        }
+        let ty = match derived.transform {
+            Transform::Date => DataType::Date32,
+            Transform::Hour => DataType::Int32,
+        };
+        types.insert(derived.name.as_str(), ty);
+    }
+    for column in &table.metadata_columns {
+        if types.contains_key(column.column_name()) {
+            add("metadata_columns".into(), format!("`{}` clashes with a column", column.column_name()));
+        }
+    }
+    for (j, part) in table.partition_by.iter().enumerate() {
+        match types.get(part.as_str()) {
+            None => add(
+                format!("partition_by[{j}]"),
+                format!("`{part}` is neither a declared nor a derived column"),
+            ),
+            Some(ty) if ty.is_nested() || matches!(ty, DataType::Timestamp(..) | DataType::Binary | DataType::Float32 | DataType::Float64) => add(
+                format!("partition_by[{j}]"),
+                format!("`{part}` has type {ty}; partition by a string, integer, boolean or date (derive `date` from a timestamp)"),
+            ),
+            Some(_) => {}
+        }
+        if part == &table.key {
+            add(
+                format!("partition_by[{j}]"),
+                "the key column cannot be a partition column (one directory per user)".into(),
+            );
+        }
+    }
+    if table.partition_by.len() == types.len() {
+        add("partition_by".into(), "at least one column must stay out of the partitioning".into());
+    }
+    out
+}

@@ -1,0 +1,329 @@
+//! JSON records to Arrow batches in the table's schema.
+//!
+//! Records are decoded in groups with `arrow-json`'s [`Decoder`] against the
+//! declared columns (never serde per row). A group that fails (malformed JSON,
+//! a value of the wrong type, a missing non-nullable field, a payload holding
+//! zero or several documents) is split in halves until each failing record
+//! stands alone; those are rejected with the decoder's message and go to the
+//! dead-letter table, every other record is kept.
+//!
+//! `timestamp` columns are decoded as text (numbers included) and parsed here:
+//! RFC 3339 strings (a missing offset means UTC), or epoch numbers in the
+//! column's `epoch_unit`. They become microseconds in UTC. A value that does
+//! not parse rejects its record. Derived and metadata columns are appended
+//! last, in the table's column order.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
+use arrow::compute::{concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::json::reader::{Decoder, ReaderBuilder};
+
+use super::timestamp::parse_timestamp_micros;
+use crate::config::{EpochUnit, MetadataColumn, TableConfig, Transform};
+use crate::source::Record;
+use crate::table::schema::{parse_type, timestamp_type};
+
+/// Records decoded together before falling back to halves.
+const GROUP_RECORDS: usize = 512;
+
+/// Errors building a decoder from a table config.
+#[derive(Debug, thiserror::Error)]
+pub enum DecoderError {
+    /// A column type did not parse (normally caught by config validation).
+    #[error("table `{table}`, column `{column}`: {reason}")]
+    BadColumn {
+        /// Table name.
+        table: String,
+        /// Column name.
+        column: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// arrow-json refused the schema.
+    #[error("table `{table}`: {0}", table = .1)]
+    Arrow(arrow::error::ArrowError, String),
+}
+
+/// The result of decoding a slice of records.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Rows in the table schema, one per kept record (none if every record was rejected).
+    pub batch: Option<RecordBatch>,
+    /// Index (into the input slice) of the record behind each row of `batch`.
+    pub kept: Vec<usize>,
+    /// Rejected records: input index and reason.
+    pub rejected: Vec<(usize, String)>,
+}
+
+/// Decodes JSON records for one table.
+#[derive(Debug, Clone)]
+pub struct JsonDecoder {
+    decode_schema: SchemaRef,
+    table_schema: SchemaRef,
+    timestamps: Vec<(usize, EpochUnit)>,
+    derived: Vec<(usize, Transform)>,
+    metadata: Vec<MetadataColumn>,
+}
+
+impl JsonDecoder {
+    /// Builds the decoder and the table's Arrow schema from its config.
+    pub fn new(table: &TableConfig) -> Result<Self, DecoderError> {
+        let mut decode_fields = Vec::new();
+        let mut table_fields = Vec::new();
+        let mut timestamps = Vec::new();
+        for (i, column) in table.columns.iter().enumerate() {
+            let ty = parse_type(&column.type_name).map_err(|reason| DecoderError::BadColumn {
+                table: table.name.clone(),
+                column: column.name.clone(),
+                reason,
+            })?;
+            let decode_ty = if matches!(ty, DataType::Timestamp(..)) {
+                timestamps.push((i, column.epoch_unit));
+                DataType::Utf8
+            } else {
+                ty.clone()
+            };
+            decode_fields.push(Field::new(&column.name, decode_ty, column.nullable));
+            table_fields.push(Field::new(&column.name, ty, column.nullable));
+        }
+        let mut derived = Vec::new();
+        for d in &table.derived {
+            let from = table
+                .columns
+                .iter()
+                .position(|c| c.name == d.from)
+                .ok_or_else(|| DecoderError::BadColumn {
+                    table: table.name.clone(),
+                    column: d.name.clone(),
+                    reason: format!("derived from unknown column `{}`", d.from),
+                })?;
+            let ty = match d.transform {
+                Transform::Date => DataType::Date32,
+                Transform::Hour => DataType::Int32,
+            };
+            table_fields.push(Field::new(&d.name, ty, true));
+            derived.push((from, d.transform));
+        }
+        for m in &table.metadata_columns {
+            let ty = match m {
+                MetadataColumn::SourceStream | MetadataColumn::SourcePartition => DataType::Utf8,
+                MetadataColumn::SourcePosition => DataType::Int64,
+                MetadataColumn::SourceTime | MetadataColumn::IngestTime => timestamp_type(),
+            };
+            table_fields.push(Field::new(m.column_name(), ty, true));
+        }
+        let decoder = Self {
+            decode_schema: Arc::new(Schema::new(decode_fields)),
+            table_schema: Arc::new(Schema::new(table_fields)),
+            timestamps,
+            derived,
+            metadata: table.metadata_columns.clone(),
+        };
+        decoder
+            .raw_decoder(1)
+            .map_err(|e| DecoderError::Arrow(e, table.name.clone()))?;
+        Ok(decoder)
+    }
+
+    /// The table's Arrow schema: declared, then derived, then metadata columns.
+    pub fn table_schema(&self) -> SchemaRef {
+        self.table_schema.clone()
+    }
+
+    fn raw_decoder(&self, rows: usize) -> Result<Decoder, arrow::error::ArrowError> {
+        ReaderBuilder::new(self.decode_schema.clone())
+            .with_batch_size(rows.max(1))
+            .with_coerce_primitive(true)
+            .build_decoder()
+    }
+
+    /// Decodes `records`, separating the ones that do not fit the schema.
+    pub fn decode(&self, records: &[Record]) -> Decoded {
+        let mut pieces = Vec::new();
+        let mut kept = Vec::new();
+        let mut rejected = Vec::new();
+        let mut start = 0;
+        while start < records.len() {
+            let end = (start + GROUP_RECORDS).min(records.len());
+            self.decode_range(records, start..end, &mut pieces, &mut kept, &mut rejected);
+            start = end;
+        }
+        let raw = match pieces.len() {
+            0 => None,
+            1 => pieces.pop(),
+            _ => Some(concat_batches(&self.decode_schema, &pieces).expect("same schema")),
+        };
+        let Some(raw) = raw else {
+            return Decoded {
+                batch: None,
+                kept,
+                rejected,
+            };
+        };
+        let (batch, kept) = self.shape(raw, kept, records, &mut rejected);
+        rejected.sort_by_key(|(i, _)| *i);
+        Decoded {
+            batch,
+            kept,
+            rejected,
+        }
+    }
+
+    fn decode_range(
+        &self,
+        records: &[Record],
+        range: Range<usize>,
+        pieces: &mut Vec<RecordBatch>,
+        kept: &mut Vec<usize>,
+        rejected: &mut Vec<(usize, String)>,
+    ) {
+        match self.try_decode(&records[range.clone()]) {
+            Ok(batch) => {
+                pieces.push(batch);
+                kept.extend(range);
+            }
+            Err(reason) if range.len() == 1 => rejected.push((range.start, reason)),
+            Err(_) => {
+                let mid = range.start + range.len() / 2;
+                self.decode_range(records, range.start..mid, pieces, kept, rejected);
+                self.decode_range(records, mid..range.end, pieces, kept, rejected);
+            }
+        }
+    }
+
+    /// Decodes a group that must yield exactly one row per record.
+    fn try_decode(&self, records: &[Record]) -> Result<RecordBatch, String> {
+        let mut decoder = self.raw_decoder(records.len()).map_err(|e| e.to_string())?;
+        for (i, record) in records.iter().enumerate() {
+            let mut rest: &[u8] = &record.payload;
+            while !rest.is_empty() {
+                let used = decoder.decode(rest).map_err(|e| e.to_string())?;
+                if used == 0 {
+                    return Err("more than one JSON document in the record".into());
+                }
+                rest = &rest[used..];
+            }
+            decoder.decode(b"\n").map_err(|e| e.to_string())?;
+            if decoder.has_partial_record() {
+                return Err("truncated JSON document".into());
+            }
+            if decoder.len() != i + 1 {
+                return Err(match decoder.len() <= i {
+                    true => "empty record: no JSON document".into(),
+                    false => "more than one JSON document in the record".into(),
+                });
+            }
+        }
+        match decoder.flush().map_err(|e| e.to_string())? {
+            Some(batch) if batch.num_rows() == records.len() => Ok(batch),
+            _ => Err("record did not decode to exactly one row".into()),
+        }
+    }
+
+    /// Parses timestamps, drops rows whose timestamps are invalid, and appends
+    /// derived and metadata columns.
+    fn shape(
+        &self,
+        raw: RecordBatch,
+        kept: Vec<usize>,
+        records: &[Record],
+        rejected: &mut Vec<(usize, String)>,
+    ) -> (Option<RecordBatch>, Vec<usize>) {
+        let mut columns: Vec<ArrayRef> = raw.columns().to_vec();
+        let mut valid = vec![true; raw.num_rows()];
+        for &(index, unit) in &self.timestamps {
+            let name = self.decode_schema.field(index).name();
+            let text = columns[index]
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("timestamps decode as text");
+            let parsed: TimestampMicrosecondArray = text
+                .iter()
+                .enumerate()
+                .map(|(row, value)| {
+                    let value = value?;
+                    match parse_timestamp_micros(value, unit) {
+                        Ok(micros) => Some(micros),
+                        Err(reason) => {
+                            if valid[row] {
+                                valid[row] = false;
+                                rejected.push((kept[row], format!("field `{name}`: {reason}")));
+                            }
+                            // A placeholder keeps non-nullable columns valid; the row is dropped below.
+                            Some(0)
+                        }
+                    }
+                })
+                .collect();
+            columns[index] = Arc::new(parsed.with_timezone("UTC"));
+        }
+        let ingest_micros = chrono::Utc::now().timestamp_micros();
+        for &(from, transform) in &self.derived {
+            let source = columns[from]
+                .as_any()
+                .downcast_ref::<TimestampMicrosecondArray>()
+                .expect("derived from a parsed timestamp");
+            let column: ArrayRef = match transform {
+                Transform::Date => Arc::new(
+                    source
+                        .iter()
+                        .map(|v| v.map(|us| us.div_euclid(86_400_000_000) as i32))
+                        .collect::<Date32Array>(),
+                ),
+                Transform::Hour => Arc::new(
+                    source
+                        .iter()
+                        .map(|v| v.map(|us| us.div_euclid(3_600_000_000).rem_euclid(24) as i32))
+                        .collect::<Int32Array>(),
+                ),
+            };
+            columns.push(column);
+        }
+        for column in &self.metadata {
+            let rows = kept.iter().map(|&i| &records[i]);
+            let array: ArrayRef = match column {
+                MetadataColumn::SourceStream => Arc::new(
+                    rows.map(|r| Some(r.partition.stream.as_str()))
+                        .collect::<StringArray>(),
+                ),
+                MetadataColumn::SourcePartition => Arc::new(
+                    rows.map(|r| Some(r.partition.partition.as_str()))
+                        .collect::<StringArray>(),
+                ),
+                MetadataColumn::SourcePosition => {
+                    Arc::new(rows.map(|r| Some(r.position)).collect::<Int64Array>())
+                }
+                MetadataColumn::SourceTime => Arc::new(
+                    rows.map(|r| r.timestamp_ms.map(|ms| ms * 1000))
+                        .collect::<TimestampMicrosecondArray>()
+                        .with_timezone("UTC"),
+                ),
+                MetadataColumn::IngestTime => Arc::new(
+                    rows.map(|_| Some(ingest_micros))
+                        .collect::<TimestampMicrosecondArray>()
+                        .with_timezone("UTC"),
+                ),
+            };
+            columns.push(array);
+        }
+        let batch = RecordBatch::try_new(self.table_schema.clone(), columns)
+            .expect("shaped columns match the table schema");
+        if valid.iter().all(|v| *v) {
+            return (Some(batch), kept);
+        }
+        let mask = BooleanArray::from(valid.clone());
+        let filtered = filter_record_batch(&batch, &mask).expect("mask matches batch");
+        let kept = kept
+            .into_iter()
+            .zip(valid)
+            .filter_map(|(i, ok)| ok.then_some(i))
+            .collect();
+        (Some(filtered).filter(|b| b.num_rows() > 0), kept)
+    }
+}

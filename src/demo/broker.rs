@@ -1,0 +1,110 @@
+//! An in-process Kafka broker (librdkafka's mock cluster) that speaks the real
+//! protocol on a loopback TCP port, with a producer for it.
+//!
+//! The cluster lives on its own thread (its handle is not `Send`) until the
+//! [`EmbeddedKafka`] is dropped.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::ClientConfig;
+
+/// A running in-process Kafka cluster.
+pub struct EmbeddedKafka {
+    bootstrap: String,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EmbeddedKafka {
+    /// Starts a one-broker cluster with `topic` created with `partitions` partitions.
+    pub fn start(topic: &str, partitions: i32) -> Result<Self, String> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let topic = topic.to_string();
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(1) {
+                    Ok(cluster) => cluster,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("cannot start mock cluster: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = cluster.create_topic(&topic, partitions, 1) {
+                    let _ = ready_tx.send(Err(format!("cannot create topic {topic}: {e}")));
+                    return;
+                }
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                let _ = stop_rx.recv();
+                drop(cluster);
+            })
+            .map_err(|e| e.to_string())?;
+        let bootstrap = ready_rx
+            .recv_timeout(Duration::from_secs(30))
+            .map_err(|_| "mock cluster did not start".to_string())??;
+        Ok(Self {
+            bootstrap,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// `bootstrap.servers` for clients (a 127.0.0.1 address).
+    pub fn bootstrap_servers(&self) -> &str {
+        &self.bootstrap
+    }
+
+    /// Creates another topic on the running cluster through the admin-less
+    /// route: producing to it auto-creates it with the broker default, so
+    /// callers that need a partition count should use [`EmbeddedKafka::start`].
+    pub fn producer(&self) -> Result<BaseProducer, String> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("linger.ms", "5")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()
+            .map_err(|e| format!("cannot create producer: {e}"))
+    }
+}
+
+impl Drop for EmbeddedKafka {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sends one record, waiting while the producer queue is full.
+pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8]) -> Result<(), String> {
+    let mut record = BaseRecord::to(topic).payload(payload);
+    if !key.is_empty() {
+        record = record.key(key);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((rdkafka::error::KafkaError::MessageProduction(
+                rdkafka::types::RDKafkaErrorCode::QueueFull,
+            ), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => return Err(format!("produce to {topic}: {e}")),
+        }
+    }
+}
+
+/// Waits until every produced record is acknowledged.
+pub fn flush(producer: &BaseProducer) -> Result<(), String> {
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| format!("producer flush: {e}"))
+}

@@ -1,0 +1,168 @@
+//! The worker-wide memory budget for buffered records (invariant 5).
+//!
+//! A source reserves a record's [`charge`](crate::source::Record::charge)
+//! before handing it on and waits while the budget is spent: Kafka stops
+//! polling for records, the file reader stops reading. The pipeline releases
+//! the charge when the record's batch commits or is dropped. A reservation
+//! that has to wait wakes every pipeline ([`MemoryBudget::pressured`]) so the
+//! one holding the memory flushes early instead of waiting for its latency.
+//! One record is always admitted into an empty budget so a record larger
+//! than the budget cannot stall a worker forever.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+/// Shared accounting of buffered bytes.
+#[derive(Debug)]
+pub struct MemoryBudget {
+    limit: usize,
+    used: Mutex<usize>,
+    freed: Condvar,
+    freed_async: Notify,
+    pressure: Notify,
+    high_water: AtomicUsize,
+}
+
+impl MemoryBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            used: Mutex::new(0),
+            freed: Condvar::new(),
+            freed_async: Notify::new(),
+            pressure: Notify::new(),
+            high_water: AtomicUsize::new(0),
+        }
+    }
+
+    /// The configured limit in bytes.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes reserved now.
+    pub fn used(&self) -> usize {
+        *self.used.lock().expect("budget lock")
+    }
+
+    /// The most bytes ever reserved at once.
+    pub fn high_water(&self) -> usize {
+        self.high_water.load(Ordering::Relaxed)
+    }
+
+    /// True when at least 80% of the budget is reserved.
+    pub fn under_pressure(&self) -> bool {
+        self.used() * 10 >= self.limit * 8
+    }
+
+    /// Reserves `bytes` if they fit (or the budget is empty).
+    pub fn try_reserve(&self, bytes: usize) -> bool {
+        let mut used = self.used.lock().expect("budget lock");
+        if *used == 0 || *used + bytes <= self.limit {
+            *used += bytes;
+            self.high_water.fetch_max(*used, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Blocks the calling thread until `bytes` fit, or `stop` is set (returns false).
+    pub fn reserve_blocking(&self, bytes: usize, stop: &AtomicBool) -> bool {
+        let mut used = self.used.lock().expect("budget lock");
+        loop {
+            if *used == 0 || *used + bytes <= self.limit {
+                *used += bytes;
+                self.high_water.fetch_max(*used, Ordering::Relaxed);
+                return true;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.pressure.notify_waiters();
+            used = self
+                .freed
+                .wait_timeout(used, Duration::from_millis(100))
+                .expect("budget lock")
+                .0;
+        }
+    }
+
+    /// Waits until `bytes` fit, then reserves them.
+    pub async fn reserve(&self, bytes: usize) {
+        loop {
+            let freed = self.freed_async.notified();
+            if self.try_reserve(bytes) {
+                return;
+            }
+            self.pressure.notify_waiters();
+            // A release between the failed try and this await is not lost:
+            // `notified()` was created before the try.
+            let _ = tokio::time::timeout(Duration::from_millis(100), freed).await;
+        }
+    }
+
+    /// Returns `bytes` to the budget.
+    pub fn release(&self, bytes: usize) {
+        if bytes == 0 {
+            return;
+        }
+        let mut used = self.used.lock().expect("budget lock");
+        *used = used.saturating_sub(bytes);
+        drop(used);
+        self.freed.notify_all();
+        self.freed_async.notify_waiters();
+    }
+
+    /// Resolves when a source had to wait for memory.
+    pub async fn pressured(&self) {
+        self.pressure.notified().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn admits_until_full_then_after_release() {
+        let budget = MemoryBudget::new(100);
+        assert!(budget.try_reserve(60));
+        assert!(!budget.try_reserve(60));
+        assert!(budget.under_pressure() == false && budget.used() == 60);
+        budget.release(60);
+        assert!(budget.try_reserve(60));
+        assert_eq!(budget.high_water(), 60);
+    }
+
+    #[test]
+    fn an_oversized_record_fits_an_empty_budget() {
+        let budget = MemoryBudget::new(10);
+        assert!(budget.try_reserve(1000));
+        assert!(!budget.try_reserve(1));
+    }
+
+    #[test]
+    fn blocking_reserve_waits_for_a_release_and_honours_stop() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        assert!(budget.try_reserve(100));
+        let stop = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (budget, stop) = (budget.clone(), stop.clone());
+            std::thread::spawn(move || budget.reserve_blocking(50, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "must wait while the budget is spent");
+        budget.release(100);
+        assert!(waiter.join().unwrap());
+
+        stop.store(true, Ordering::Relaxed);
+        assert!(budget.try_reserve(50));
+        assert!(!budget.reserve_blocking(50, &stop));
+    }
+}

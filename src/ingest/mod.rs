@@ -1,0 +1,161 @@
+//! Running every configured source into its table.
+//!
+//! [`run`] opens (or creates) each table and its dead-letter table, starts
+//! the table's source with a position lookup on the table, and runs one
+//! [`pipeline::Pipeline`] per table until every finite source is drained or
+//! `shutdown` fires and the buffered work is committed.
+
+pub mod batcher;
+pub mod budget;
+pub mod pipeline;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, SourceConfig, TableConfig};
+use crate::decode::json::{DecoderError, JsonDecoder};
+use crate::source::{file, kafka, SourceControl};
+use crate::table::{self, dead_letter, TableError};
+use crate::telemetry::stats::IngestStats;
+use budget::MemoryBudget;
+use pipeline::{Pipeline, PipelineError, PipelineParts};
+
+/// Events buffered between a source and its pipeline.
+const CHANNEL_EVENTS: usize = 64;
+
+/// Errors that stop ingestion.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// A table could not be opened or created.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// A table's schema could not be turned into a decoder.
+    #[error(transparent)]
+    Decoder(#[from] DecoderError),
+    /// A Kafka source did not start.
+    #[error(transparent)]
+    Kafka(#[from] kafka::KafkaSourceError),
+    /// A file source matched nothing.
+    #[error(transparent)]
+    Files(#[from] file::FileSourceError),
+    /// A pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// A pipeline task panicked.
+    #[error("table `{0}`: pipeline task failed: {1}")]
+    Task(String, String),
+}
+
+/// The data and dead-letter table URLs of a table config.
+pub fn table_urls(
+    config: &Config,
+    table: &TableConfig,
+) -> Result<(url::Url, url::Url), TableError> {
+    let data = table
+        .uri
+        .clone()
+        .unwrap_or_else(|| table::child_location(&config.lake.root, &table.name));
+    let dead = table.dead_letter_uri.clone().unwrap_or_else(|| {
+        table::child_location(&config.lake.root, &format!("{}_dead_letters", table.name))
+    });
+    Ok((table::resolve_location(&data)?, table::resolve_location(&dead)?))
+}
+
+/// A short id for this worker: host, process and a random suffix.
+pub fn worker_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
+    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+}
+
+/// Runs all sources into their tables until they end or `shutdown` fires.
+pub async fn run(
+    config: &Config,
+    shutdown: CancellationToken,
+    stats: Arc<IngestStats>,
+) -> Result<(), IngestError> {
+    let budget = Arc::new(MemoryBudget::new(config.batching.memory_budget.as_usize()));
+    let worker = worker_id();
+    let mut tasks = tokio::task::JoinSet::new();
+    for table_config in &config.tables {
+        let source = config
+            .source_for(table_config)
+            .expect("validated: every table has a source");
+        let pipeline = start_table(config, table_config, source, &worker, &budget, &stats).await?;
+        let (pipeline, events) = pipeline;
+        let token = shutdown.clone();
+        let name = table_config.name.clone();
+        tasks.spawn(async move { (name, pipeline.run(events, token).await) });
+    }
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let failure = match joined {
+            Ok((_, Ok(()))) => None,
+            Ok((_, Err(e))) => Some(IngestError::Pipeline(e)),
+            Err(e) => Some(IngestError::Task("?".into(), e.to_string())),
+        };
+        if let Some(error) = failure {
+            tracing::error!(%error, "pipeline stopped");
+            shutdown.cancel();
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+async fn start_table(
+    config: &Config,
+    table_config: &TableConfig,
+    source: &SourceConfig,
+    worker: &str,
+    budget: &Arc<MemoryBudget>,
+    stats: &Arc<IngestStats>,
+) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
+    let decoder = JsonDecoder::new(table_config)?;
+    let (data_url, dead_url) = table_urls(config, table_config)?;
+    let options = &config.lake.storage_options;
+    let schema = decoder.table_schema();
+    let table = table::open_or_create(
+        &data_url,
+        options,
+        &table_config.name,
+        &schema,
+        &table_config.partition_by,
+    )
+    .await?;
+    let dead_table = dead_letter::open(&dead_url, options, &table_config.name).await?;
+    let lookup = table::position_lookup(data_url.clone(), options.clone());
+    let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+    let control: Arc<dyn SourceControl> = match source {
+        SourceConfig::Kafka(kafka_config) => kafka::spawn(
+            kafka_config,
+            config.batching.shutdown_grace.0,
+            lookup,
+            budget.clone(),
+            tx,
+        )?,
+        SourceConfig::File(file_config) => {
+            let files = file::FileSet::resolve(file_config)?;
+            file::spawn(&file_config.name, files, lookup, budget.clone(), tx)
+        }
+    };
+    let pipeline = Pipeline::new(PipelineParts {
+        name: table_config.name.clone(),
+        worker: worker.to_string(),
+        key: table_config.key.clone(),
+        batching: config.batching.clone(),
+        decoder,
+        table,
+        dead_table,
+        budget: budget.clone(),
+        control,
+        stats: stats.clone(),
+    })?;
+    Ok((pipeline, rx))
+}
+
+use crate::source::SourceEvent;

@@ -1,0 +1,469 @@
+//! One table's pipeline: source events in, fenced exactly-once commits out.
+//!
+//! The pipeline owns the table's open batch. Records are decoded in chunks
+//! and streamed into Parquet files as they arrive; a flush finishes the files,
+//! commits the batch's dead letters to the dead-letter table, then commits the
+//! data files together with the last position of every source partition in
+//! the batch (see `table::commit`). When the commit is refused as stale, the
+//! batch is dropped (its files become orphans for vacuum) and each partition
+//! is re-seeked to the table's position; records that arrive for it before
+//! the seek takes effect are discarded.
+//!
+//! On shutdown the pipeline stops its source, keeps handling the events still
+//! in flight (a Kafka source hands over its partitions through a revocation),
+//! and commits what it holds within the grace period.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use deltalake::kernel::Action;
+use deltalake::DeltaTable;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::batcher::{Batch, FlushReason};
+use super::budget::MemoryBudget;
+use crate::config::{defaults, BatchingConfig};
+use crate::decode::JsonDecoder;
+use crate::source::{PartitionId, Record, SourceControl, SourceEvent};
+use crate::table::commit::{commit_with_positions, CommitError, PositionUpdate};
+use crate::table::dead_letter::{self, DeadLetter};
+use crate::table::lineage::{CommitKind, CommitLineage, PartitionRange};
+use crate::table::recorded_positions;
+use crate::table::writer::TableWriter;
+use crate::telemetry::stats::IngestStats;
+
+/// Errors that stop a pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Writing data files failed.
+    #[error("table `{table}`: writing data files: {source}")]
+    Write {
+        /// Table name.
+        table: String,
+        /// The delta-rs error.
+        source: deltalake::DeltaTableError,
+    },
+    /// A commit kept failing.
+    #[error("table `{table}`: {source}")]
+    Commit {
+        /// Table name.
+        table: String,
+        /// The commit error.
+        source: CommitError,
+    },
+}
+
+/// What a pipeline needs besides its events.
+pub struct PipelineParts {
+    /// Table name (for logs and lineage).
+    pub name: String,
+    /// This worker's id (for lineage).
+    pub worker: String,
+    /// The subject-key column.
+    pub key: String,
+    /// Flush policy.
+    pub batching: BatchingConfig,
+    /// JSON decoder for the table.
+    pub decoder: JsonDecoder,
+    /// The data table.
+    pub table: DeltaTable,
+    /// The dead-letter table.
+    pub dead_table: DeltaTable,
+    /// The shared memory budget.
+    pub budget: Arc<MemoryBudget>,
+    /// The source, for seeks and stop.
+    pub control: Arc<dyn SourceControl>,
+    /// Shared counters.
+    pub stats: Arc<IngestStats>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PartState {
+    recorded: Option<i64>,
+    awaiting_seek: bool,
+}
+
+/// The running pipeline of one table.
+pub struct Pipeline {
+    parts: PipelineParts,
+    writer: TableWriter,
+    dead_writer: TableWriter,
+    states: HashMap<Arc<PartitionId>, PartState>,
+    batch: Batch,
+    pending: Vec<Record>,
+    dead: Vec<DeadLetter>,
+    epoch: i64,
+}
+
+impl Pipeline {
+    /// Prepares writers for both tables.
+    pub fn new(parts: PipelineParts) -> Result<Self, PipelineError> {
+        let write_error = |source| PipelineError::Write {
+            table: parts.name.clone(),
+            source,
+        };
+        let target = parts.batching.target_file_size.0;
+        let writer = TableWriter::new(&parts.table, Some(&parts.key), target).map_err(write_error)?;
+        let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
+        Ok(Self {
+            parts,
+            writer,
+            dead_writer,
+            states: HashMap::new(),
+            batch: Batch::default(),
+            pending: Vec::new(),
+            dead: Vec::new(),
+            epoch: 0,
+        })
+    }
+
+    /// Runs until the source ends or `shutdown` fires and the in-flight work is committed.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<SourceEvent>,
+        shutdown: CancellationToken,
+    ) -> Result<(), PipelineError> {
+        let mut grace_deadline: Option<tokio::time::Instant> = None;
+        let mut ended = false;
+        loop {
+            let latency = self.batch.deadline(&self.parts.batching);
+            let budget = self.parts.budget.clone();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled(), if grace_deadline.is_none() => {
+                    tracing::info!(table = %self.parts.name, "stopping: committing what is buffered");
+                    self.parts.control.stop();
+                    grace_deadline = Some(tokio::time::Instant::now() + self.parts.batching.shutdown_grace.0);
+                }
+                _ = sleep_until_opt(grace_deadline) => {
+                    tracing::warn!(table = %self.parts.name, "grace period over; committing and leaving");
+                    break;
+                }
+                event = events.recv() => match event {
+                    None => break,
+                    Some(SourceEvent::End) => ended = true,
+                    Some(event) => self.handle(event).await?,
+                },
+                _ = sleep_until_opt(latency.map(tokio::time::Instant::from_std)) => {
+                    self.flush(FlushReason::Latency).await?;
+                }
+                _ = budget.pressured(), if !self.batch.is_empty() => {
+                    self.flush(FlushReason::Memory).await?;
+                }
+            }
+            let overdue = self
+                .batch
+                .deadline(&self.parts.batching)
+                .is_some_and(|d| d <= Instant::now());
+            if let Some(reason) = self.batch.full(&self.parts.batching) {
+                self.flush(reason).await?;
+            } else if overdue {
+                self.flush(FlushReason::Latency).await?;
+            } else if self.parts.budget.under_pressure() && !self.batch.is_empty() {
+                self.flush(FlushReason::Memory).await?;
+            }
+            if ended && grace_deadline.is_none() {
+                // A finite source is done: commit and stop.
+                self.parts.control.stop();
+                break;
+            }
+        }
+        self.flush(FlushReason::Shutdown).await
+    }
+
+    async fn handle(&mut self, event: SourceEvent) -> Result<(), PipelineError> {
+        match event {
+            SourceEvent::Assigned(assignments) => {
+                for a in assignments {
+                    self.states.insert(
+                        a.partition,
+                        PartState {
+                            recorded: a.recorded,
+                            awaiting_seek: false,
+                        },
+                    );
+                }
+            }
+            SourceEvent::Records(records) => self.accept(records).await?,
+            SourceEvent::Revoked { partitions, done } => {
+                let result = self.flush(FlushReason::Rebalance).await;
+                for p in &partitions {
+                    self.states.remove(p);
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                result?;
+            }
+            SourceEvent::Reseeked(partition) => {
+                if let Some(state) = self.states.get_mut(&partition) {
+                    state.awaiting_seek = false;
+                }
+            }
+            SourceEvent::End => {}
+        }
+        Ok(())
+    }
+
+    async fn accept(&mut self, records: Vec<Record>) -> Result<(), PipelineError> {
+        let mut discarded = 0u64;
+        let mut freed = 0usize;
+        let mut accepted = 0u64;
+        for record in records {
+            let state = self.states.get(&record.partition).copied();
+            let usable = match state {
+                Some(s) if !s.awaiting_seek => {
+                    let after = self
+                        .batch
+                        .last_position(&record.partition)
+                        .or(s.recorded);
+                    after.is_none_or(|p| record.position > p).then_some(s.recorded)
+                }
+                _ => None,
+            };
+            match usable {
+                Some(prev) => {
+                    self.batch.add(&record, prev);
+                    self.pending.push(record);
+                    accepted += 1;
+                }
+                None => {
+                    discarded += 1;
+                    freed += record.charge();
+                }
+            }
+        }
+        self.parts.budget.release(freed);
+        self.parts.stats.records_received(accepted);
+        if discarded > 0 {
+            self.parts
+                .stats
+                .records_discarded(&self.parts.name, discarded, "already committed, revoked or awaiting a seek");
+        }
+        if self.pending.len() >= defaults::DECODE_CHUNK_ROWS {
+            self.decode_pending().await?;
+        }
+        Ok(())
+    }
+
+    async fn decode_pending(&mut self) -> Result<(), PipelineError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.pending);
+        let decoded = self.parts.decoder.decode(&records);
+        for (index, reason) in decoded.rejected {
+            let record = &records[index];
+            self.batch.add_dead(&record.partition);
+            self.dead.push(DeadLetter {
+                partition: record.partition.clone(),
+                position: record.position,
+                payload: record.payload.clone(),
+                error: reason,
+                source_time_ms: record.timestamp_ms,
+            });
+        }
+        if let Some(batch) = decoded.batch {
+            self.writer
+                .write(batch)
+                .await
+                .map_err(|source| PipelineError::Write {
+                    table: self.parts.name.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, reason: FlushReason) -> Result<(), PipelineError> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        self.decode_pending().await?;
+        let table = self.parts.name.clone();
+        let write_error = |source| PipelineError::Write {
+            table: table.clone(),
+            source,
+        };
+        self.commit_dead_letters().await?;
+        let adds = self.writer.finish().await.map_err(write_error)?;
+        let files = adds.len() as u64;
+        let bytes: u64 = adds.iter().map(|a| a.size as u64).sum();
+        let rows: u64 = self.batch.lineage().iter().map(|r| r.committed).sum();
+        let dead: u64 = self.batch.lineage().iter().map(|r| r.dead_lettered).sum();
+        let lineage = CommitLineage {
+            kind: CommitKind::Data,
+            worker: self.parts.worker.clone(),
+            partitions: self.batch.lineage(),
+        };
+        let updates = self.batch.position_updates();
+        self.epoch += 1;
+        let result = commit_with_positions(
+            &mut self.parts.table,
+            adds.into_iter().map(Action::Add).collect(),
+            &updates,
+            &lineage,
+            &self.parts.worker,
+            self.epoch,
+        )
+        .await;
+        let (spans, charged) = self.batch.take();
+        self.parts.budget.release(charged);
+        match result {
+            Ok(version) => {
+                for (partition, span) in spans {
+                    if let Some(state) = self.states.get_mut(&partition) {
+                        state.recorded = Some(span.last);
+                    }
+                }
+                self.parts.stats.batch_committed(
+                    &self.parts.name,
+                    version,
+                    rows,
+                    dead,
+                    files,
+                    bytes,
+                    started.elapsed(),
+                    reason.as_str(),
+                );
+                Ok(())
+            }
+            Err(CommitError::Stale {
+                app_id,
+                table_position,
+                ours,
+                recorded,
+            }) => {
+                let detail = format!("{app_id}: table at {table_position:?}, batch after {ours:?}");
+                self.parts.stats.batch_fenced(&self.parts.name, rows + dead, &detail);
+                for partition in spans.into_keys() {
+                    let now = recorded.get(&partition.app_id()).copied();
+                    if let Some(state) = self.states.get_mut(&partition) {
+                        state.recorded = now;
+                        state.awaiting_seek = true;
+                        self.parts
+                            .control
+                            .seek(partition.clone(), now.map_or(0, |p| p + 1));
+                    }
+                }
+                Ok(())
+            }
+            Err(source) => Err(PipelineError::Commit {
+                table: self.parts.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Commits the batch's dead letters, skipping any the dead-letter table
+    /// already holds (a replay after a crash between the two commits).
+    async fn commit_dead_letters(&mut self) -> Result<(), PipelineError> {
+        if self.dead.is_empty() {
+            return Ok(());
+        }
+        let letters = std::mem::take(&mut self.dead);
+        let spans: Vec<(Arc<PartitionId>, i64)> = self
+            .batch
+            .spans()
+            .filter(|(_, s)| s.dead > 0)
+            .map(|(p, s)| (p.clone(), s.last))
+            .collect();
+        let app_ids: Vec<String> = spans.iter().map(|(p, _)| p.app_id()).collect();
+        let table = self.parts.name.clone();
+        let commit_error = |source| PipelineError::Commit {
+            table: table.clone(),
+            source,
+        };
+        let write_error = |source| PipelineError::Write {
+            table: table.clone(),
+            source,
+        };
+        for _attempt in 0..5 {
+            self.parts
+                .dead_table
+                .update_state()
+                .await
+                .map_err(write_error)?;
+            let recorded = recorded_positions(&self.parts.dead_table, &app_ids)
+                .await
+                .map_err(write_error)?;
+            let fresh: Vec<&DeadLetter> = letters
+                .iter()
+                .filter(|l| recorded.get(&l.partition.app_id()).is_none_or(|r| l.position > *r))
+                .collect();
+            let mut updates = Vec::new();
+            let mut ranges = Vec::new();
+            for (partition, last) in &spans {
+                let app_id = partition.app_id();
+                let prev = recorded.get(&app_id).copied();
+                if prev.is_some_and(|p| p >= *last) {
+                    continue;
+                }
+                let mine: Vec<&&DeadLetter> =
+                    fresh.iter().filter(|l| &l.partition == partition).collect();
+                updates.push(PositionUpdate {
+                    app_id: app_id.clone(),
+                    prev,
+                    last: *last,
+                });
+                ranges.push(PartitionRange {
+                    app_id,
+                    prev,
+                    first: mine.first().map_or(*last, |l| l.position),
+                    last: *last,
+                    received: mine.len() as u64,
+                    committed: mine.len() as u64,
+                    dead_lettered: 0,
+                });
+            }
+            if updates.is_empty() {
+                return Ok(());
+            }
+            let mut actions = Vec::new();
+            if !fresh.is_empty() {
+                let rows = dead_letter::to_batch(&self.parts.name, &fresh);
+                self.dead_writer.write(rows).await.map_err(write_error)?;
+                let adds = self.dead_writer.finish().await.map_err(write_error)?;
+                actions.extend(adds.into_iter().map(Action::Add));
+            }
+            let lineage = CommitLineage {
+                kind: CommitKind::DeadLetter,
+                worker: self.parts.worker.clone(),
+                partitions: ranges,
+            };
+            match commit_with_positions(
+                &mut self.parts.dead_table,
+                actions,
+                &updates,
+                &lineage,
+                &self.parts.worker,
+                self.epoch,
+            )
+            .await
+            {
+                Ok(version) => {
+                    tracing::info!(table = %self.parts.name, version, count = fresh.len(), "committed dead letters");
+                    return Ok(());
+                }
+                Err(CommitError::Stale { .. }) => continue,
+                Err(e) => return Err(commit_error(e)),
+            }
+        }
+        Err(commit_error(CommitError::Failed {
+            attempts: 5,
+            source: deltalake::DeltaTableError::Generic(
+                "dead-letter table kept moving under concurrent writers".into(),
+            ),
+        }))
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,28 @@
+//! sluice streams Kafka topics and NDJSON files into Delta Lake tables,
+//! exactly once.
+//!
+//! # Layout
+//!
+//! - [`config`]: typed TOML config and its validation.
+//! - [`source`]: Kafka (consumer group on a thread) and NDJSON files; each
+//!   resumes from the positions its table records.
+//! - [`decode`]: JSON to Arrow in the table's schema; bad records are split off.
+//! - [`ingest`]: the memory budget, the open batch and the per-table pipeline.
+//! - [`table`]: Delta tables: creation, Parquet writing, fenced commits with
+//!   source positions, the dead-letter table, lineage.
+//! - [`status`]: what a table holds and whether its committed ranges add up.
+//! - [`demo`]: an in-process Kafka broker and a ride-hailing event generator.
+//! - [`telemetry`]: logs and counters.
+//! - [`cli`]: one module per subcommand.
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod ingest;
+pub mod source;
+pub mod status;
+pub mod table;
+pub mod telemetry;

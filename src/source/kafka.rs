@@ -1,0 +1,347 @@
+//! Kafka as a source: a consumer-group member on a dedicated thread.
+//!
+//! Offsets are never committed to the broker: `enable.auto.commit` is off and
+//! the group's committed offsets are ignored. When the group assigns
+//! partitions, the rebalance callback asks the table for each partition's
+//! recorded offset and assigns the partition at that offset + 1 (or at
+//! `start_from` when the table has none), before any record is fetched. When
+//! partitions are revoked, the callback hands the records it holds to the
+//! pipeline, asks it to commit what it buffered for them, and waits (up to the
+//! shutdown grace) before letting go, so a clean rebalance loses no work. A
+//! worker that misses that window is fenced at commit time instead (see
+//! `table::commit`).
+//!
+//! Backpressure: each record is charged to the memory budget before it is
+//! handed on; while the budget is spent the thread stops polling for records.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, RebalanceProtocol};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::ClientContext;
+use tokio::sync::mpsc;
+
+use super::{Assignment, PartitionId, PositionLookup, Record, SourceControl, SourceEvent};
+use crate::config::{KafkaSourceConfig, StartFrom};
+use crate::ingest::budget::MemoryBudget;
+
+/// librdkafka properties sluice sets itself and refuses from the config.
+pub const RESERVED_PROPERTIES: &[&str] = &[
+    "bootstrap.servers",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+];
+
+/// Records handed to the pipeline in one event at most.
+const CHUNK_RECORDS: usize = 2048;
+/// A partial chunk is handed on after this long.
+const CHUNK_AGE: Duration = Duration::from_millis(50);
+
+/// Errors starting a Kafka source.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// librdkafka rejected the configuration or subscription.
+    #[error("source `{source_name}`: {error}")]
+    Client {
+        /// Source name.
+        source_name: String,
+        /// The client error (names the bad property).
+        error: KafkaError,
+    },
+}
+
+struct Shared {
+    stop: AtomicBool,
+    seeks: Mutex<Vec<(Arc<PartitionId>, i64)>>,
+}
+
+/// Handle to a running Kafka source.
+pub struct KafkaSourceHandle {
+    shared: Arc<Shared>,
+}
+
+impl SourceControl for KafkaSourceHandle {
+    fn seek(&self, partition: Arc<PartitionId>, next_position: i64) {
+        self.shared
+            .seeks
+            .lock()
+            .expect("seek lock")
+            .push((partition, next_position));
+    }
+
+    fn stop(&self) {
+        self.shared.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct SourceContext {
+    source_name: String,
+    start_from: StartFrom,
+    grace: Duration,
+    lookup: PositionLookup,
+    runtime: tokio::runtime::Handle,
+    tx: mpsc::Sender<SourceEvent>,
+    budget: Arc<MemoryBudget>,
+    shared: Arc<Shared>,
+    pending: Mutex<Vec<Record>>,
+    ids: Mutex<HashMap<(String, i32), Arc<PartitionId>>>,
+}
+
+impl SourceContext {
+    fn partition_id(&self, topic: &str, partition: i32) -> Arc<PartitionId> {
+        self.ids
+            .lock()
+            .expect("ids lock")
+            .entry((topic.to_string(), partition))
+            .or_insert_with(|| {
+                Arc::new(PartitionId {
+                    source: self.source_name.clone(),
+                    stream: topic.to_string(),
+                    partition: partition.to_string(),
+                })
+            })
+            .clone()
+    }
+
+    fn send(&self, event: SourceEvent) -> bool {
+        self.tx.blocking_send(event).is_ok()
+    }
+
+    fn flush_pending(&self) -> bool {
+        let chunk = std::mem::take(&mut *self.pending.lock().expect("pending lock"));
+        chunk.is_empty() || self.send(SourceEvent::Records(chunk))
+    }
+
+    fn recorded_positions(&self, app_ids: Vec<String>) -> Option<HashMap<String, i64>> {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match self.runtime.block_on((self.lookup)(app_ids.clone())) {
+                Ok(found) => return Some(found),
+                Err(error) => {
+                    tracing::warn!(source = %self.source_name, %error, "cannot read recorded positions; retrying");
+                }
+            }
+            if self.shared.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    fn on_assign(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let partitions: Vec<Arc<PartitionId>> = tpl
+            .elements()
+            .iter()
+            .map(|e| self.partition_id(e.topic(), e.partition()))
+            .collect();
+        let app_ids = partitions.iter().map(|p| p.app_id()).collect();
+        let Some(recorded) = self.recorded_positions(app_ids) else {
+            return;
+        };
+        let mut assign = TopicPartitionList::new();
+        let mut assignments = Vec::new();
+        for (elem, partition) in tpl.elements().iter().zip(partitions) {
+            let position = recorded.get(&partition.app_id()).copied();
+            let offset = match (position, self.start_from) {
+                (Some(p), _) => Offset::Offset(p + 1),
+                (None, StartFrom::Earliest) => Offset::Beginning,
+                (None, StartFrom::Latest) => Offset::End,
+            };
+            if let Err(error) = assign.add_partition_offset(elem.topic(), elem.partition(), offset)
+            {
+                tracing::error!(%partition, %error, "cannot set start offset");
+            }
+            tracing::info!(%partition, recorded = ?position, "partition assigned");
+            assignments.push(Assignment {
+                partition,
+                recorded: position,
+            });
+        }
+        self.send(SourceEvent::Assigned(assignments));
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_assign(&assign),
+            _ => consumer.assign(&assign),
+        };
+        if let Err(error) = result {
+            tracing::error!(source = %self.source_name, %error, "assign failed");
+        }
+    }
+
+    fn on_revoke(&self, consumer: &BaseConsumer<Self>, tpl: &TopicPartitionList) {
+        let partitions: Vec<Arc<PartitionId>> = tpl
+            .elements()
+            .iter()
+            .map(|e| self.partition_id(e.topic(), e.partition()))
+            .collect();
+        tracing::info!(source = %self.source_name, count = partitions.len(), "partitions revoked");
+        if self.flush_pending() {
+            let (done, wait) = std::sync::mpsc::channel();
+            if self.send(SourceEvent::Revoked {
+                partitions,
+                done: Some(done),
+            }) && wait.recv_timeout(self.grace).is_err()
+            {
+                tracing::warn!(source = %self.source_name, "pipeline did not commit revoked partitions in time; its commit will be fenced");
+            }
+        }
+        let result = match consumer.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => consumer.incremental_unassign(tpl),
+            _ => consumer.unassign(),
+        };
+        if let Err(error) = result {
+            tracing::warn!(source = %self.source_name, %error, "unassign failed");
+        }
+    }
+}
+
+impl ClientContext for SourceContext {}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.on_assign(consumer, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => self.on_revoke(consumer, tpl),
+            other => {
+                tracing::error!(source = %self.source_name, error = ?other, "rebalance error");
+                let _ = consumer.unassign();
+            }
+        }
+    }
+}
+
+/// The librdkafka configuration for a source: passthrough properties plus sluice's own.
+pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("queued.max.messages.kbytes", "16384")
+        .set("client.id", format!("sluice-{}", config.name));
+    for (key, value) in &config.properties {
+        client.set(key, value);
+    }
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "false");
+    client
+}
+
+/// Subscribes and starts the consumer thread; events go to `tx`.
+pub fn spawn(
+    config: &KafkaSourceConfig,
+    grace: Duration,
+    lookup: PositionLookup,
+    budget: Arc<MemoryBudget>,
+    tx: mpsc::Sender<SourceEvent>,
+) -> Result<Arc<KafkaSourceHandle>, KafkaSourceError> {
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        seeks: Mutex::new(Vec::new()),
+    });
+    let context = SourceContext {
+        source_name: config.name.clone(),
+        start_from: config.start_from,
+        grace,
+        lookup,
+        runtime: tokio::runtime::Handle::current(),
+        tx,
+        budget,
+        shared: shared.clone(),
+        pending: Mutex::new(Vec::new()),
+        ids: Mutex::new(HashMap::new()),
+    };
+    let client_error = |error| KafkaSourceError::Client {
+        source_name: config.name.clone(),
+        error,
+    };
+    let consumer: BaseConsumer<SourceContext> = client_config(config)
+        .create_with_context(context)
+        .map_err(client_error)?;
+    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics).map_err(client_error)?;
+    std::thread::Builder::new()
+        .name(format!("kafka-{}", config.name))
+        .spawn(move || poll_loop(consumer))
+        .expect("spawn kafka source thread");
+    Ok(Arc::new(KafkaSourceHandle { shared }))
+}
+
+fn poll_loop(consumer: BaseConsumer<SourceContext>) {
+    let ctx = consumer.context().clone();
+    let mut oldest: Option<Instant> = None;
+    while !ctx.shared.stop.load(Ordering::Relaxed) {
+        apply_seeks(&consumer, &ctx);
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let record = Record {
+                    partition: ctx.partition_id(message.topic(), message.partition()),
+                    position: message.offset(),
+                    payload: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                    timestamp_ms: message.timestamp().to_millis(),
+                };
+                if !ctx.budget.reserve_blocking(record.charge(), &ctx.shared.stop) {
+                    break;
+                }
+                let full = {
+                    let mut pending = ctx.pending.lock().expect("pending lock");
+                    pending.push(record);
+                    pending.len() >= CHUNK_RECORDS
+                };
+                oldest.get_or_insert_with(Instant::now);
+                if full && !ctx.flush_pending() {
+                    return;
+                }
+            }
+            Some(Err(error)) => {
+                tracing::warn!(source = %ctx.source_name, %error, "kafka consumer error");
+            }
+            None => {}
+        }
+        if oldest.is_some_and(|t| t.elapsed() >= CHUNK_AGE) {
+            oldest = None;
+            if !ctx.flush_pending() {
+                return;
+            }
+        }
+    }
+    ctx.flush_pending();
+    // Dropping the consumer leaves the group; the revoke callback lets the
+    // pipeline commit what it holds before the partitions move.
+    drop(consumer);
+}
+
+fn apply_seeks(consumer: &BaseConsumer<SourceContext>, ctx: &SourceContext) {
+    let seeks = std::mem::take(&mut *ctx.shared.seeks.lock().expect("seek lock"));
+    if seeks.is_empty() {
+        return;
+    }
+    if !ctx.flush_pending() {
+        return;
+    }
+    for (partition, next) in seeks {
+        let Ok(number) = partition.partition.parse::<i32>() else {
+            continue;
+        };
+        match consumer.seek(&partition.stream, number, Offset::Offset(next), Duration::from_secs(10)) {
+            Ok(()) => tracing::info!(%partition, next, "re-seeked to the table's position"),
+            Err(error) => tracing::warn!(%partition, %error, "seek failed (partition no longer assigned?)"),
+        }
+        ctx.send(SourceEvent::Reseeked(partition));
+    }
+}

@@ -1,0 +1,149 @@
+//! Fenced, exactly-once commits of data files with their source positions.
+//!
+//! A commit holds the `add` actions of a batch and one `txn` action per source
+//! partition it covers (`appId` = partition, `version` = last position). Before
+//! it is attempted, the table's recorded position for every partition must
+//! still be the one the batch started from (`prev`): a worker that lost a
+//! partition to another worker sees a newer position and is refused with
+//! [`CommitError::Stale`] (invariant 2). If another writer commits between
+//! that check and ours, delta-rs's conflict checker fails our attempt when the
+//! winner touched one of our app ids; we reload and check again, so the race
+//! ends in `Stale` too. Conflicts that do not touch our partitions (another
+//! table writer, maintenance) are retried with backoff.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+use deltalake::kernel::{Action, Transaction};
+use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::{DeltaTable, DeltaTableError};
+
+use super::lineage::{CommitLineage, COMMIT_INFO_KEY};
+use super::recorded_positions;
+
+/// Attempts before a commit that keeps failing for other reasons gives up.
+const MAX_ATTEMPTS: u32 = 10;
+
+/// The position a commit moves one partition to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PositionUpdate {
+    /// The partition's `txn` app id.
+    pub app_id: String,
+    /// Position the table must still record (`None`: no position yet).
+    pub prev: Option<i64>,
+    /// Position recorded by this commit.
+    pub last: i64,
+}
+
+/// Why a commit did not land.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another worker moved the partition on: this batch is stale.
+    #[error("stale position for {app_id}: table records {table_position:?}, batch started after {ours:?}")]
+    Stale {
+        /// The partition.
+        app_id: String,
+        /// What the table records now.
+        table_position: Option<i64>,
+        /// What this batch expected.
+        ours: Option<i64>,
+        /// Every partition's current recorded position, for re-seeking.
+        recorded: HashMap<String, i64>,
+    },
+    /// The commit kept failing.
+    #[error("commit failed after {attempts} attempts: {source}")]
+    Failed {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        source: DeltaTableError,
+    },
+}
+
+/// Commits `actions` with the positions in `updates`, fenced as described above.
+/// Returns the committed table version.
+pub async fn commit_with_positions(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    updates: &[PositionUpdate],
+    lineage: &CommitLineage,
+    query_id: &str,
+    epoch: i64,
+) -> Result<i64, CommitError> {
+    let app_ids: Vec<String> = updates.iter().map(|u| u.app_id.clone()).collect();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = try_commit(table, &actions, updates, &app_ids, lineage, query_id, epoch).await;
+        let error = match result {
+            Ok(version) => return Ok(version),
+            Err(Attempt::Stale(stale)) => return Err(stale),
+            Err(Attempt::Retry(error)) => error,
+        };
+        if attempt >= MAX_ATTEMPTS {
+            return Err(CommitError::Failed {
+                attempts: attempt,
+                source: error,
+            });
+        }
+        let backoff = Duration::from_millis(50 * 2u64.pow(attempt.min(6)))
+            + Duration::from_millis(rand::random::<u64>() % 50);
+        tracing::warn!(attempt, error = %error, "commit conflict; retrying");
+        tokio::time::sleep(backoff).await;
+    }
+}
+
+enum Attempt {
+    Stale(CommitError),
+    Retry(DeltaTableError),
+}
+
+async fn try_commit(
+    table: &mut DeltaTable,
+    actions: &[Action],
+    updates: &[PositionUpdate],
+    app_ids: &[String],
+    lineage: &CommitLineage,
+    query_id: &str,
+    epoch: i64,
+) -> Result<i64, Attempt> {
+    table.update_state().await.map_err(Attempt::Retry)?;
+    let recorded = recorded_positions(table, app_ids)
+        .await
+        .map_err(Attempt::Retry)?;
+    for update in updates {
+        let table_position = recorded.get(&update.app_id).copied();
+        if table_position != update.prev {
+            return Err(Attempt::Stale(CommitError::Stale {
+                app_id: update.app_id.clone(),
+                table_position,
+                ours: update.prev,
+                recorded,
+            }));
+        }
+    }
+    let now = chrono::Utc::now().timestamp_millis();
+    let txns = updates
+        .iter()
+        .map(|u| Transaction::new_with_last_update(&u.app_id, u.last, Some(now)))
+        .collect();
+    let lineage = serde_json::to_value(lineage).expect("lineage serializes");
+    let properties = CommitProperties::default()
+        .with_application_transactions(txns)
+        .with_metadata([(COMMIT_INFO_KEY.to_string(), lineage)])
+        .with_max_retries(3);
+    let operation = DeltaOperation::StreamingUpdate {
+        output_mode: OutputMode::Append,
+        query_id: query_id.to_string(),
+        epoch_id: epoch,
+    };
+    let snapshot = table.snapshot().map_err(Attempt::Retry)?;
+    let finalized = CommitBuilder::from(properties)
+        .with_actions(actions.to_vec())
+        .build(Some(snapshot), table.log_store(), operation)
+        .await
+        .map_err(Attempt::Retry)?;
+    let version = finalized.version();
+    Ok(version as i64)
+}

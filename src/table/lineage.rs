@@ -1,0 +1,49 @@
+//! Lineage written into each commit's `commitInfo` under the key `sluice`:
+//! for every source partition the commit covers, the position range and the
+//! counts, so `status` can prove the committed ranges are contiguous and the
+//! counts add up.
+
+use serde::{Deserialize, Serialize};
+
+/// The key under which lineage is stored in `commitInfo`.
+pub const COMMIT_INFO_KEY: &str = "sluice";
+
+/// What kind of rows a commit holds.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CommitKind {
+    /// Decoded rows of a data table.
+    Data,
+    /// Rejected records in a dead-letter table.
+    DeadLetter,
+}
+
+/// Lineage of one commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommitLineage {
+    /// What the commit holds.
+    pub kind: CommitKind,
+    /// The worker that made it.
+    pub worker: String,
+    /// One entry per source partition covered.
+    pub partitions: Vec<PartitionRange>,
+}
+
+/// The span of one source partition covered by a commit.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PartitionRange {
+    /// The `txn` app id of the partition.
+    pub app_id: String,
+    /// Position recorded before this commit (`None`: first commit).
+    pub prev: Option<i64>,
+    /// First position received in this batch.
+    pub first: i64,
+    /// Last position covered; the `txn` version this commit records.
+    pub last: i64,
+    /// Records received for this partition in the batch.
+    pub received: u64,
+    /// Rows committed to the data table.
+    pub committed: u64,
+    /// Records sent to the dead-letter table.
+    pub dead_lettered: u64,
+}

@@ -1,0 +1,250 @@
+//! Delta tables: locations, creation, recorded source positions, Parquet
+//! writing and commits.
+//!
+//! The table is the source of truth for progress (invariant 1): every commit
+//! sluice makes carries a Delta `txn` action per source partition it covers,
+//! whose `version` is the last position (Kafka offset, file line) included.
+
+pub mod commit;
+pub mod dead_letter;
+pub mod lineage;
+pub mod schema;
+pub mod writer;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::datatypes::Schema as ArrowSchema;
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::StructType;
+use deltalake::{DeltaTable, DeltaTableBuilder, DeltaTableError};
+use url::Url;
+
+use crate::source::PositionLookup;
+
+/// Errors opening or creating a table.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The location is not a usable path or URL.
+    #[error("table location `{location}`: {reason}")]
+    Location {
+        /// The configured location.
+        location: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The existing table's schema lacks or retypes a configured column.
+    #[error("table {url}: column `{column}` {problem}; the config and the table disagree")]
+    SchemaMismatch {
+        /// Table URL.
+        url: String,
+        /// The column.
+        column: String,
+        /// What differs.
+        problem: String,
+    },
+    /// No Delta table at this location.
+    #[error("no Delta table at {0}")]
+    NotATable(String),
+    /// Any other Delta error, with the table it concerns.
+    #[error("table {url}: {source}")]
+    Delta {
+        /// Table URL.
+        url: String,
+        /// The delta-rs error.
+        source: DeltaTableError,
+    },
+}
+
+impl TableError {
+    fn delta(url: &Url, source: DeltaTableError) -> Self {
+        TableError::Delta {
+            url: url.to_string(),
+            source,
+        }
+    }
+}
+
+/// Turns a config location (a local path or a URL) into a table URL,
+/// creating local directories as needed.
+pub fn resolve_location(location: &str) -> Result<Url, TableError> {
+    deltalake::ensure_table_uri(location).map_err(|e| TableError::Location {
+        location: location.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// `<root>/<name>` for a lake root given as a path or URL.
+pub fn child_location(root: &str, name: &str) -> String {
+    format!("{}/{name}", root.trim_end_matches('/'))
+}
+
+fn options(storage_options: &BTreeMap<String, String>) -> HashMap<String, String> {
+    storage_options.clone().into_iter().collect()
+}
+
+/// Opens an existing table (at its latest version).
+pub async fn open(
+    url: &Url,
+    storage_options: &BTreeMap<String, String>,
+) -> Result<DeltaTable, TableError> {
+    let mut table = DeltaTableBuilder::from_url(url.clone())
+        .map_err(|e| TableError::delta(url, e))?
+        .with_storage_options(options(storage_options))
+        .build()
+        .map_err(|e| TableError::delta(url, e))?;
+    match table.load().await {
+        Ok(()) => Ok(table),
+        Err(DeltaTableError::NotATable(_)) => Err(TableError::NotATable(url.to_string())),
+        Err(e) => Err(TableError::delta(url, e)),
+    }
+}
+
+/// Opens the table at `url`, creating it from `schema` if it does not exist.
+///
+/// Several workers may race to create the same table: the loser's create
+/// fails on the existing version 0 and it opens the winner's table. An
+/// existing table must hold every configured column with the same type.
+pub async fn open_or_create(
+    url: &Url,
+    storage_options: &BTreeMap<String, String>,
+    name: &str,
+    schema: &ArrowSchema,
+    partition_by: &[String],
+) -> Result<DeltaTable, TableError> {
+    match open(url, storage_options).await {
+        Ok(table) => {
+            check_schema(url, &table, schema)?;
+            return Ok(table);
+        }
+        Err(TableError::NotATable(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let kernel_schema: StructType = schema
+        .try_into_kernel()
+        .map_err(|e| TableError::delta(url, DeltaTableError::from(e)))?;
+    let table = DeltaTableBuilder::from_url(url.clone())
+        .map_err(|e| TableError::delta(url, e))?
+        .with_storage_options(options(storage_options))
+        .build()
+        .map_err(|e| TableError::delta(url, e))?;
+    let created = table
+        .create()
+        .with_table_name(name)
+        .with_columns(kernel_schema.fields().cloned())
+        .with_partition_columns(partition_by.to_vec())
+        .await;
+    match created {
+        Ok(table) => {
+            tracing::info!(table = name, %url, "created table");
+            Ok(table)
+        }
+        Err(create_error) => match open(url, storage_options).await {
+            Ok(table) => {
+                check_schema(url, &table, schema)?;
+                Ok(table)
+            }
+            Err(_) => Err(TableError::delta(url, create_error)),
+        },
+    }
+}
+
+fn check_schema(url: &Url, table: &DeltaTable, expected: &ArrowSchema) -> Result<(), TableError> {
+    let snapshot = table.snapshot().map_err(|e| TableError::delta(url, e))?;
+    let actual = snapshot.snapshot().arrow_schema();
+    for field in expected.fields() {
+        match actual.field_with_name(field.name()) {
+            Err(_) => {
+                return Err(TableError::SchemaMismatch {
+                    url: url.to_string(),
+                    column: field.name().clone(),
+                    problem: "is missing from the table".into(),
+                })
+            }
+            Ok(existing) if !same_type(existing.data_type(), field.data_type()) => {
+                return Err(TableError::SchemaMismatch {
+                    url: url.to_string(),
+                    column: field.name().clone(),
+                    problem: format!(
+                        "is {} in the table but {} in the config",
+                        existing.data_type(),
+                        field.data_type()
+                    ),
+                })
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+fn same_type(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -> bool {
+    use arrow::datatypes::DataType::*;
+    match (a, b) {
+        (Utf8 | LargeUtf8 | Utf8View, Utf8 | LargeUtf8 | Utf8View) => true,
+        (Binary | LargeBinary | BinaryView, Binary | LargeBinary | BinaryView) => true,
+        (Timestamp(ua, za), Timestamp(ub, zb)) => ua == ub && za.is_some() == zb.is_some(),
+        (Struct(fa), Struct(fb)) => {
+            fa.len() == fb.len()
+                && fa.iter().zip(fb.iter()).all(|(x, y)| {
+                    x.name() == y.name() && same_type(x.data_type(), y.data_type())
+                })
+        }
+        (List(x) | LargeList(x), List(y) | LargeList(y)) => same_type(x.data_type(), y.data_type()),
+        (Map(x, _), Map(y, _)) => same_type(x.data_type(), y.data_type()),
+        _ => a == b,
+    }
+}
+
+/// The positions `table` (at its loaded version) records for `app_ids`.
+pub async fn recorded_positions(
+    table: &DeltaTable,
+    app_ids: &[String],
+) -> Result<HashMap<String, i64>, DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    let log_store = table.log_store();
+    let mut found = HashMap::new();
+    for app_id in app_ids {
+        if let Some(version) = snapshot
+            .transaction_version(log_store.as_ref(), app_id)
+            .await?
+        {
+            found.insert(app_id.clone(), version);
+        }
+    }
+    Ok(found)
+}
+
+/// A [`PositionLookup`] that reads the latest version of the table at `url`.
+pub fn position_lookup(url: Url, storage_options: BTreeMap<String, String>) -> PositionLookup {
+    Arc::new(move |app_ids: Vec<String>| {
+        let url = url.clone();
+        let storage_options = storage_options.clone();
+        Box::pin(async move {
+            let table = open(&url, &storage_options)
+                .await
+                .map_err(|e| e.to_string())?;
+            recorded_positions(&table, &app_ids)
+                .await
+                .map_err(|e| format!("table {url}: {e}"))
+        })
+    })
+}
+
+/// Like [`resolve_location`] but never creates anything: a local path must exist.
+pub fn resolve_existing(location: &str) -> Result<Url, TableError> {
+    if location.contains("://") {
+        return Url::parse(location).map_err(|e| TableError::Location {
+            location: location.to_string(),
+            reason: e.to_string(),
+        });
+    }
+    let path = std::path::Path::new(location);
+    let canonical = path
+        .canonicalize()
+        .map_err(|_| TableError::NotATable(location.to_string()))?;
+    Url::from_directory_path(canonical).map_err(|_| TableError::Location {
+        location: location.to_string(),
+        reason: "not an absolute directory path".into(),
+    })
+}

@@ -1,0 +1,196 @@
+//! Column types as written in the config (`"string"`, `"timestamp"`,
+//! `"array<struct<sku:string,qty:int>>"`, `"decimal(10,2)"`, `"map<string,long>"`)
+//! and their Arrow form.
+//!
+//! The names follow Spark/Delta SQL so a schema reads the same in sluice's
+//! config and in `DESCRIBE TABLE`. Every `timestamp` becomes Arrow
+//! `Timestamp(Microsecond, "UTC")`, which Delta stores as `timestamp` and
+//! Parquet as INT64 microseconds adjusted to UTC (invariant 4: no
+//! `timestamp_ntz`, no nanoseconds).
+
+use std::sync::Arc;
+
+use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
+
+/// The Arrow type of every `timestamp` column sluice writes.
+pub fn timestamp_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+/// Parses a Spark/Delta SQL type name into an Arrow type.
+///
+/// ```
+/// use sluice::table::schema::parse_type;
+/// use arrow::datatypes::DataType;
+/// assert_eq!(parse_type("long").unwrap(), DataType::Int64);
+/// assert!(parse_type("array<struct<sku:string,qty:int>>").is_ok());
+/// assert!(parse_type("strnig").unwrap_err().contains("strnig"));
+/// ```
+pub fn parse_type(text: &str) -> Result<DataType, String> {
+    let mut parser = TypeParser { text, pos: 0 };
+    let ty = parser.parse()?;
+    parser.skip_ws();
+    if parser.pos != text.len() {
+        return Err(format!(
+            "unexpected `{}` at position {} in type `{text}`",
+            &text[parser.pos..],
+            parser.pos
+        ));
+    }
+    Ok(ty)
+}
+
+struct TypeParser<'a> {
+    text: &'a str,
+    pos: usize,
+}
+
+impl TypeParser<'_> {
+    fn skip_ws(&mut self) {
+        while self.text[self.pos..].starts_with(char::is_whitespace) {
+            self.pos += 1;
+        }
+    }
+
+    fn ident(&mut self) -> String {
+        self.skip_ws();
+        let rest = &self.text[self.pos..];
+        let len = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        self.pos += len;
+        rest[..len].to_string()
+    }
+
+    fn expect(&mut self, ch: char) -> Result<(), String> {
+        self.skip_ws();
+        if self.text[self.pos..].starts_with(ch) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(format!(
+                "expected `{ch}` at position {} in type `{}`",
+                self.pos, self.text
+            ))
+        }
+    }
+
+    fn peek(&mut self, ch: char) -> bool {
+        self.skip_ws();
+        self.text[self.pos..].starts_with(ch)
+    }
+
+    fn number(&mut self) -> Result<u8, String> {
+        let word = self.ident();
+        word.parse()
+            .map_err(|_| format!("expected a number, found `{word}` in type `{}`", self.text))
+    }
+
+    fn parse(&mut self) -> Result<DataType, String> {
+        let name = self.ident().to_ascii_lowercase();
+        Ok(match name.as_str() {
+            "string" => DataType::Utf8,
+            "long" | "bigint" => DataType::Int64,
+            "int" | "integer" => DataType::Int32,
+            "short" | "smallint" => DataType::Int16,
+            "byte" | "tinyint" => DataType::Int8,
+            "double" => DataType::Float64,
+            "float" | "real" => DataType::Float32,
+            "boolean" | "bool" => DataType::Boolean,
+            "binary" => DataType::Binary,
+            "date" => DataType::Date32,
+            "timestamp" => timestamp_type(),
+            "decimal" => {
+                self.expect('(')?;
+                let precision = self.number()?;
+                self.expect(',')?;
+                let scale = self.number()?;
+                self.expect(')')?;
+                if precision == 0 || precision > 38 || scale > precision {
+                    return Err(format!("decimal({precision},{scale}) is out of range"));
+                }
+                DataType::Decimal128(precision, scale as i8)
+            }
+            "array" => {
+                self.expect('<')?;
+                let item = self.parse()?;
+                self.expect('>')?;
+                DataType::List(Arc::new(Field::new("element", item, true)))
+            }
+            "map" => {
+                self.expect('<')?;
+                let key = self.parse()?;
+                self.expect(',')?;
+                let value = self.parse()?;
+                self.expect('>')?;
+                let entries = Fields::from(vec![
+                    Field::new("key", key, false),
+                    Field::new("value", value, true),
+                ]);
+                DataType::Map(
+                    Arc::new(Field::new("key_value", DataType::Struct(entries), false)),
+                    false,
+                )
+            }
+            "struct" => {
+                self.expect('<')?;
+                let mut fields = Vec::new();
+                loop {
+                    let field_name = self.ident();
+                    if field_name.is_empty() {
+                        return Err(format!("expected a field name in type `{}`", self.text));
+                    }
+                    self.expect(':')?;
+                    fields.push(Field::new(field_name, self.parse()?, true));
+                    if self.peek(',') {
+                        self.expect(',')?;
+                    } else {
+                        break;
+                    }
+                }
+                self.expect('>')?;
+                DataType::Struct(Fields::from(fields))
+            }
+            "" => return Err(format!("missing type name in `{}`", self.text)),
+            other => {
+                return Err(format!(
+                    "unknown type `{other}` (expected string, long, int, short, byte, double, \
+                     float, boolean, binary, date, timestamp, decimal(p,s), array<..>, \
+                     map<..,..> or struct<..>)"
+                ))
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_scalars_and_nested_types() {
+        assert_eq!(parse_type("timestamp").unwrap(), timestamp_type());
+        assert_eq!(parse_type(" BIGINT ").unwrap(), DataType::Int64);
+        assert_eq!(
+            parse_type("decimal(10, 2)").unwrap(),
+            DataType::Decimal128(10, 2)
+        );
+        let DataType::Struct(fields) = parse_type("struct<lat:double, lon:double>").unwrap()
+        else {
+            panic!("not a struct")
+        };
+        assert_eq!(fields.len(), 2);
+        assert_eq!(fields[1].name(), "lon");
+        assert!(matches!(
+            parse_type("map<string,array<long>>").unwrap(),
+            DataType::Map(_, false)
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_types_with_position() {
+        assert!(parse_type("array<string").unwrap_err().contains("`>`"));
+        assert!(parse_type("decimal(40,2)").unwrap_err().contains("out of range"));
+        assert!(parse_type("string junk").unwrap_err().contains("junk"));
+    }
+}
