@@ -101,14 +101,15 @@ pub async fn table_status(
     }
     for lineage in ordered {
         for range in lineage.partitions {
-            let entry = by_partition
-                .entry(range.app_id.clone())
-                .or_insert_with(|| PartitionStatus {
-                    app_id: range.app_id.clone(),
-                    contiguous: true,
-                    counts_add_up: true,
-                    ..Default::default()
-                });
+            let entry =
+                by_partition
+                    .entry(range.app_id.clone())
+                    .or_insert_with(|| PartitionStatus {
+                        app_id: range.app_id.clone(),
+                        contiguous: true,
+                        counts_add_up: true,
+                        ..Default::default()
+                    });
             if let Some(previous) = last_seen.get(&range.app_id) {
                 if range.prev != Some(*previous) {
                     entry.contiguous = false;
@@ -131,7 +132,9 @@ pub async fn table_status(
         status.position = positions.get(app_id).copied();
         if status.position != last_seen.get(app_id).copied() {
             status.contiguous = false;
-            status.gaps.push((last_seen.get(app_id).copied(), status.position));
+            status
+                .gaps
+                .push((last_seen.get(app_id).copied(), status.position));
         }
     }
     Ok(TableStatus {

@@ -97,8 +97,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let producer_done = Arc::new(AtomicBool::new(false));
     let producer = kafka.producer().map_err(demo_error)?;
     let producer_thread = {
-        let (produced, malformed, done) = (produced.clone(), malformed.clone(), producer_done.clone());
-        let (rate, topic, bad_ratio, users) = (args.rate, topic.clone(), args.bad_ratio, args.users);
+        let (produced, malformed, done) =
+            (produced.clone(), malformed.clone(), producer_done.clone());
+        let (rate, topic, bad_ratio, users) =
+            (args.rate, topic.clone(), args.bad_ratio, args.users);
         std::thread::spawn(move || -> Result<(), String> {
             let mut events = RideEvents::new(rand::random(), users, bad_ratio);
             let started = Instant::now();
@@ -177,10 +179,20 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let status = crate::status::table_status(&url, &Default::default(), u64::MAX).await?;
     let produced = produced.load(Ordering::Relaxed);
     println!("\nsluice demo finished in {:.0?}", started.elapsed());
-    println!("  events produced   {produced} ({} malformed)", malformed.load(Ordering::Relaxed));
+    println!(
+        "  events produced   {produced} ({} malformed)",
+        malformed.load(Ordering::Relaxed)
+    );
     println!("  rows committed    {}", s.committed);
-    println!("  dead letters      {} -> {}", s.dead_lettered, lake.join("rides_dead_letters").display());
-    println!("  commits           {} (this run; {} batches fenced)", s.commits, s.fenced);
+    println!(
+        "  dead letters      {} -> {}",
+        s.dead_lettered,
+        lake.join("rides_dead_letters").display()
+    );
+    println!(
+        "  commits           {} (this run; {} batches fenced)",
+        s.commits, s.fenced
+    );
     println!(
         "  table             {} at version {}: {} files, {}, {} rows in total",
         table_path.display(),

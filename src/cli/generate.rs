@@ -31,7 +31,10 @@ pub struct GenerateArgs {
 pub fn run(args: GenerateArgs) -> Result<(), CliError> {
     let file = std::fs::File::create(&args.out)?;
     let mut out: Box<dyn Write> = if args.out.extension().is_some_and(|e| e == "gz") {
-        Box::new(flate2::write::GzEncoder::new(file, flate2::Compression::fast()))
+        Box::new(flate2::write::GzEncoder::new(
+            file,
+            flate2::Compression::fast(),
+        ))
     } else {
         Box::new(BufWriter::with_capacity(1 << 20, file))
     };

@@ -23,7 +23,10 @@ pub async fn run(args: StatusArgs) -> Result<(), CliError> {
     let url = crate::table::resolve_existing(&args.table)?;
     let status = table_status(&url, &Default::default(), args.small_file_bytes).await?;
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&status).expect("status serializes"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&status).expect("status serializes")
+        );
     } else {
         print!("{}", render(&status));
     }

@@ -20,7 +20,10 @@ pub(super) fn interpolate(
             .find('}')
             .ok_or_else(|| format!("unterminated `${{` near `{}`", &rest[start..]))?;
         let name = &after[..end];
-        let line = text[..text.len() - rest.len() + start].lines().count().max(1);
+        let line = text[..text.len() - rest.len() + start]
+            .lines()
+            .count()
+            .max(1);
         let value = lookup(name).ok_or_else(|| {
             format!("line {line}: environment variable `{name}` is referenced but not set")
         })?;
@@ -44,6 +47,9 @@ mod tests {
         );
         let err = interpolate("a = 1\nb = \"${NOPE}\"", lookup).unwrap_err();
         assert!(err.contains("NOPE") && err.contains("line 2"), "{err}");
-        assert_eq!(interpolate("x = \"$${HOME}\"", lookup).unwrap(), "x = \"${HOME}\"");
+        assert_eq!(
+            interpolate("x = \"$${HOME}\"", lookup).unwrap(),
+            "x = \"${HOME}\""
+        );
     }
 }

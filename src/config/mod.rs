@@ -219,12 +219,13 @@ impl Config {
 
     /// Parses config text without validating it.
     pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        let interpolated = env::interpolate(text, |name| std::env::var(name).ok()).map_err(
-            |message| ConfigError::Parse {
-                path: origin.to_string(),
-                message,
-            },
-        )?;
+        let interpolated =
+            env::interpolate(text, |name| std::env::var(name).ok()).map_err(|message| {
+                ConfigError::Parse {
+                    path: origin.to_string(),
+                    message,
+                }
+            })?;
         toml::from_str(&interpolated).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             message: e.to_string(),

@@ -16,16 +16,28 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     }
     let b = &config.batching;
     if b.max_latency.0.is_zero() {
-        add("batching.max_latency".into(), "must be greater than zero".into());
+        add(
+            "batching.max_latency".into(),
+            "must be greater than zero".into(),
+        );
     }
     if b.max_rows == 0 {
-        add("batching.max_rows".into(), "must be greater than zero".into());
+        add(
+            "batching.max_rows".into(),
+            "must be greater than zero".into(),
+        );
     }
     if b.target_file_size.0 < 1 << 20 {
-        add("batching.target_file_size".into(), "must be at least 1MiB".into());
+        add(
+            "batching.target_file_size".into(),
+            "must be at least 1MiB".into(),
+        );
     }
     if b.max_bytes.0 == 0 {
-        add("batching.max_bytes".into(), "must be greater than zero".into());
+        add(
+            "batching.max_bytes".into(),
+            "must be greater than zero".into(),
+        );
     }
     if b.memory_budget.0 < b.max_bytes.0.min(1 << 20) {
         add(
@@ -47,15 +59,24 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         if source.name().trim().is_empty() {
             add(format!("{key}.name"), "must not be empty".into());
         } else if !source_names.insert(source.name()) {
-            add(format!("{key}.name"), format!("`{}` is used twice", source.name()));
+            add(
+                format!("{key}.name"),
+                format!("`{}` is used twice", source.name()),
+            );
         }
         match source {
             SourceConfig::Kafka(k) => {
                 if k.brokers.trim().is_empty() {
-                    add(format!("{key}.brokers"), "must list at least one broker".into());
+                    add(
+                        format!("{key}.brokers"),
+                        "must list at least one broker".into(),
+                    );
                 }
                 if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
-                    add(format!("{key}.topics"), "must list non-empty topic names".into());
+                    add(
+                        format!("{key}.topics"),
+                        "must list non-empty topic names".into(),
+                    );
                 }
                 if k.group_id.trim().is_empty() {
                     add(format!("{key}.group_id"), "must not be empty".into());
@@ -71,7 +92,10 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             }
             SourceConfig::File(f) => {
                 if f.path.trim().is_empty() {
-                    add(format!("{key}.path"), "must name a file, directory or glob".into());
+                    add(
+                        format!("{key}.path"),
+                        "must name a file, directory or glob".into(),
+                    );
                 }
             }
         }
@@ -82,9 +106,15 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     for (i, table) in config.tables.iter().enumerate() {
         let key = format!("tables[{i}]");
         if table.name.trim().is_empty() || table.name.contains('/') {
-            add(format!("{key}.name"), "must be a non-empty name without `/`".into());
+            add(
+                format!("{key}.name"),
+                "must be a non-empty name without `/`".into(),
+            );
         } else if !table_names.insert(table.name.as_str()) {
-            add(format!("{key}.name"), format!("`{}` is used twice", table.name));
+            add(
+                format!("{key}.name"),
+                format!("`{}` is used twice", table.name),
+            );
         }
         if !source_names.contains(table.source.as_str()) {
             add(
@@ -126,29 +156,44 @@ pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
         match parse_type(&column.type_name) {
             Ok(ty) => {
                 if types.insert(column.name.as_str(), ty).is_some() {
-                    add(format!("columns[{j}].name"), format!("`{}` is declared twice", column.name));
+                    add(
+                        format!("columns[{j}].name"),
+                        format!("`{}` is declared twice", column.name),
+                    );
                 }
             }
             Err(e) => add(format!("columns[{j}].type"), e),
         }
     }
     match types.get(table.key.as_str()) {
-        None => add("key".into(), format!("`{}` is not a declared column", table.key)),
+        None => add(
+            "key".into(),
+            format!("`{}` is not a declared column", table.key),
+        ),
         Some(DataType::Utf8 | DataType::Int64 | DataType::Int32 | DataType::Int16) => {}
         Some(other) => add(
             "key".into(),
-            format!("`{}` has type {other}; a key must be a string or integer", table.key),
+            format!(
+                "`{}` has type {other}; a key must be a string or integer",
+                table.key
+            ),
         ),
     }
     for (j, derived) in table.derived.iter().enumerate() {
         if types.contains_key(derived.name.as_str()) {
-            add(format!("derived[{j}].name"), format!("`{}` is already a column", derived.name));
+            add(
+                format!("derived[{j}].name"),
+                format!("`{}` is already a column", derived.name),
+            );
         }
         match types.get(derived.from.as_str()) {
             Some(DataType::Timestamp(..)) => {}
             Some(other) => add(
                 format!("derived[{j}].from"),
-                format!("`{}` has type {other}; `{:?}` needs a timestamp", derived.from, derived.transform),
+                format!(
+                    "`{}` has type {other}; `{:?}` needs a timestamp",
+                    derived.from, derived.transform
+                ),
             ),
             None => add(
                 format!("derived[{j}].from"),
@@ -163,7 +208,10 @@ pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
     }
     for column in &table.metadata_columns {
         if types.contains_key(column.column_name()) {
-            add("metadata_columns".into(), format!("`{}` clashes with a column", column.column_name()));
+            add(
+                "metadata_columns".into(),
+                format!("`{}` clashes with a column", column.column_name()),
+            );
         }
     }
     for (j, part) in table.partition_by.iter().enumerate() {
@@ -186,7 +234,10 @@ pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
         }
     }
     if table.partition_by.len() == types.len() {
-        add("partition_by".into(), "at least one column must stay out of the partitioning".into());
+        add(
+            "partition_by".into(),
+            "at least one column must stay out of the partitioning".into(),
+        );
     }
     out
 }

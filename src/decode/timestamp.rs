@@ -12,7 +12,10 @@ pub fn parse_timestamp_micros(text: &str, unit: EpochUnit) -> Result<i64, String
         return Err("empty timestamp".into());
     }
     if text.starts_with(|c: char| c.is_ascii_digit() || c == '-')
-        && text.chars().skip(1).all(|c| c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E')
+        && text
+            .chars()
+            .skip(1)
+            .all(|c| c.is_ascii_digit() || c == '.' || c == 'e' || c == 'E')
         && !text[1..].contains('-')
     {
         let value: f64 = text
@@ -62,10 +65,22 @@ mod tests {
     #[test]
     fn parses_rfc3339_with_offsets_and_fractions() {
         let auto = EpochUnit::Auto;
-        assert_eq!(parse_timestamp_micros("2024-05-01T12:00:00Z", auto), Ok(NOON));
-        assert_eq!(parse_timestamp_micros("2024-05-01T14:00:00+02:00", auto), Ok(NOON));
-        assert_eq!(parse_timestamp_micros("2024-05-01 12:00:00.000250", auto), Ok(NOON + 250));
-        assert_eq!(parse_timestamp_micros("1970-01-01T00:00:01Z", auto), Ok(1_000_000));
+        assert_eq!(
+            parse_timestamp_micros("2024-05-01T12:00:00Z", auto),
+            Ok(NOON)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2024-05-01T14:00:00+02:00", auto),
+            Ok(NOON)
+        );
+        assert_eq!(
+            parse_timestamp_micros("2024-05-01 12:00:00.000250", auto),
+            Ok(NOON + 250)
+        );
+        assert_eq!(
+            parse_timestamp_micros("1970-01-01T00:00:01Z", auto),
+            Ok(1_000_000)
+        );
     }
 
     #[test]
@@ -74,9 +89,15 @@ mod tests {
         assert_eq!(parse_timestamp_micros("1714564800", auto), Ok(NOON));
         assert_eq!(parse_timestamp_micros("1714564800000", auto), Ok(NOON));
         assert_eq!(parse_timestamp_micros("1714564800000000", auto), Ok(NOON));
-        assert_eq!(parse_timestamp_micros("1714564800.5", auto), Ok(NOON + 500_000));
+        assert_eq!(
+            parse_timestamp_micros("1714564800.5", auto),
+            Ok(NOON + 500_000)
+        );
         assert_eq!(parse_timestamp_micros("5", EpochUnit::Millis), Ok(5_000));
-        assert_eq!(parse_timestamp_micros("-1", EpochUnit::Seconds), Ok(-1_000_000));
+        assert_eq!(
+            parse_timestamp_micros("-1", EpochUnit::Seconds),
+            Ok(-1_000_000)
+        );
     }
 
     #[test]

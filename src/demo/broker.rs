@@ -91,9 +91,12 @@ pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8]) -> 
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
-            Err((rdkafka::error::KafkaError::MessageProduction(
-                rdkafka::types::RDKafkaErrorCode::QueueFull,
-            ), back)) => {
+            Err((
+                rdkafka::error::KafkaError::MessageProduction(
+                    rdkafka::types::RDKafkaErrorCode::QueueFull,
+                ),
+                back,
+            )) => {
                 record = back;
                 producer.poll(Duration::from_millis(10));
             }

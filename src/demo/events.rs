@@ -94,7 +94,11 @@ impl RideEvents {
                 .to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         };
         let distance: f64 = rng.gen_range(0.8..35.0);
-        let surge: f64 = if rng.gen_bool(0.2) { rng.gen_range(1.1..2.5) } else { 1.0 };
+        let surge: f64 = if rng.gen_bool(0.2) {
+            rng.gen_range(1.1..2.5)
+        } else {
+            1.0
+        };
         let fare = ((2.5 + distance * 1.15) * surge * 100.0).round() / 100.0;
         let jitter = |rng: &mut StdRng| rng.gen_range(-0.08..0.08);
         let tags: Vec<&str> = (0..rng.gen_range(0..3))
@@ -127,12 +131,21 @@ impl RideEvents {
         let text = String::from_utf8(good).expect("utf8");
         let payload = match self.rng.gen_range(0..4) {
             0 => text[..text.len() / 2].to_string(),
-            1 => text.replacen("\"fare_amount\":", "\"fare_amount\":\"about twelve\",\"x\":", 1),
-            2 => text.replacen(&format!("\"user_id\":\"{user_id}\","), "", 1),
+            1 => text.replacen(
+                "\"fare_amount\":",
+                "\"fare_amount\":\"about twelve\",\"x\":",
+                1,
+            ),
+            // serde_json sorts keys, so `user_id` comes last, after a comma.
+            2 => text.replacen(&format!(",\"user_id\":\"{user_id}\""), "", 1),
             _ => {
                 let start = text.find("\"event_time\":").expect("has event_time");
                 let end = start + text[start..].find(",\"").expect("more fields");
-                format!("{}\"event_time\":\"not-a-time\"{}", &text[..start], &text[end..])
+                format!(
+                    "{}\"event_time\":\"not-a-time\"{}",
+                    &text[..start],
+                    &text[end..]
+                )
             }
         };
         GeneratedEvent {

@@ -78,16 +78,13 @@ impl Batch {
         self.rows += 1;
         self.bytes += record.payload.len() as u64;
         self.charged += record.charge();
-        let span = self
-            .spans
-            .entry(record.partition.clone())
-            .or_insert(Span {
-                prev,
-                first: record.position,
-                last: record.position,
-                received: 0,
-                dead: 0,
-            });
+        let span = self.spans.entry(record.partition.clone()).or_insert(Span {
+            prev,
+            first: record.position,
+            last: record.position,
+            received: 0,
+            dead: 0,
+        });
         span.last = record.position;
         span.received += 1;
     }
@@ -220,7 +217,10 @@ mod tests {
         assert_eq!(updates[0].prev, Some(9));
         assert_eq!(updates[0].last, 12);
         let lineage = batch.lineage();
-        assert_eq!((lineage[0].first, lineage[0].received, lineage[0].committed), (10, 3, 2));
+        assert_eq!(
+            (lineage[0].first, lineage[0].received, lineage[0].committed),
+            (10, 3, 2)
+        );
         let (_, charged) = batch.take();
         assert_eq!(charged, 3 * (2 + 96));
         assert!(batch.is_empty() && batch.rows() == 0);

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceConfig, TableConfig};
 use crate::decode::json::{DecoderError, JsonDecoder};
-use crate::source::{file, kafka, SourceControl};
+use crate::source::{file, kafka, SourceControl, SourceEvent};
 use crate::table::{self, dead_letter, TableError};
 use crate::telemetry::stats::IngestStats;
 use budget::MemoryBudget;
@@ -60,13 +60,20 @@ pub fn table_urls(
     let dead = table.dead_letter_uri.clone().unwrap_or_else(|| {
         table::child_location(&config.lake.root, &format!("{}_dead_letters", table.name))
     });
-    Ok((table::resolve_location(&data)?, table::resolve_location(&dead)?))
+    Ok((
+        table::resolve_location(&data)?,
+        table::resolve_location(&dead)?,
+    ))
 }
 
 /// A short id for this worker: host, process and a random suffix.
 pub fn worker_id() -> String {
     let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
-    format!("{host}-{}-{:04x}", std::process::id(), rand::random::<u16>())
+    format!(
+        "{host}-{}-{:04x}",
+        std::process::id(),
+        rand::random::<u16>()
+    )
 }
 
 /// Runs all sources into their tables until they end or `shutdown` fires.
@@ -76,6 +83,16 @@ pub async fn run(
     stats: Arc<IngestStats>,
 ) -> Result<(), IngestError> {
     let budget = Arc::new(MemoryBudget::new(config.batching.memory_budget.as_usize()));
+    run_with_budget(config, shutdown, stats, budget).await
+}
+
+/// [`run`] with a caller-supplied memory budget (tests read its high-water mark).
+pub async fn run_with_budget(
+    config: &Config,
+    shutdown: CancellationToken,
+    stats: Arc<IngestStats>,
+    budget: Arc<MemoryBudget>,
+) -> Result<(), IngestError> {
     let worker = worker_id();
     let mut tasks = tokio::task::JoinSet::new();
     for table_config in &config.tables {
@@ -157,5 +174,3 @@ async fn start_table(
     })?;
     Ok((pipeline, rx))
 }
-
-use crate::source::SourceEvent;

@@ -105,7 +105,8 @@ impl Pipeline {
             source,
         };
         let target = parts.batching.target_file_size.0;
-        let writer = TableWriter::new(&parts.table, Some(&parts.key), target).map_err(write_error)?;
+        let writer =
+            TableWriter::new(&parts.table, Some(&parts.key), target).map_err(write_error)?;
         let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
         Ok(Self {
             parts,
@@ -215,11 +216,10 @@ impl Pipeline {
             let state = self.states.get(&record.partition).copied();
             let usable = match state {
                 Some(s) if !s.awaiting_seek => {
-                    let after = self
-                        .batch
-                        .last_position(&record.partition)
-                        .or(s.recorded);
-                    after.is_none_or(|p| record.position > p).then_some(s.recorded)
+                    let after = self.batch.last_position(&record.partition).or(s.recorded);
+                    after
+                        .is_none_or(|p| record.position > p)
+                        .then_some(s.recorded)
                 }
                 _ => None,
             };
@@ -238,9 +238,11 @@ impl Pipeline {
         self.parts.budget.release(freed);
         self.parts.stats.records_received(accepted);
         if discarded > 0 {
-            self.parts
-                .stats
-                .records_discarded(&self.parts.name, discarded, "already committed, revoked or awaiting a seek");
+            self.parts.stats.records_discarded(
+                &self.parts.name,
+                discarded,
+                "already committed, revoked or awaiting a seek",
+            );
         }
         if self.pending.len() >= defaults::DECODE_CHUNK_ROWS {
             self.decode_pending().await?;
@@ -338,7 +340,9 @@ impl Pipeline {
                 recorded,
             }) => {
                 let detail = format!("{app_id}: table at {table_position:?}, batch after {ours:?}");
-                self.parts.stats.batch_fenced(&self.parts.name, rows + dead, &detail);
+                self.parts
+                    .stats
+                    .batch_fenced(&self.parts.name, rows + dead, &detail);
                 for partition in spans.into_keys() {
                     let now = recorded.get(&partition.app_id()).copied();
                     if let Some(state) = self.states.get_mut(&partition) {
@@ -392,7 +396,11 @@ impl Pipeline {
                 .map_err(write_error)?;
             let fresh: Vec<&DeadLetter> = letters
                 .iter()
-                .filter(|l| recorded.get(&l.partition.app_id()).is_none_or(|r| l.position > *r))
+                .filter(|l| {
+                    recorded
+                        .get(&l.partition.app_id())
+                        .is_none_or(|r| l.position > *r)
+                })
                 .collect();
             let mut updates = Vec::new();
             let mut ranges = Vec::new();

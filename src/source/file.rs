@@ -76,7 +76,13 @@ impl FileSet {
                 path: config.path.clone(),
                 message: e.to_string(),
             })?;
-            (base, entries.filter_map(Result::ok).filter(|p| p.is_file()).collect())
+            (
+                base,
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|p| p.is_file())
+                    .collect(),
+            )
         };
         files.sort();
         if files.is_empty() {
@@ -114,7 +120,10 @@ fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) {
         } else {
             let name = path.to_string_lossy();
             let stem = name.strip_suffix(".gz").unwrap_or(&name);
-            if [".json", ".ndjson", ".jsonl"].iter().any(|ext| stem.ends_with(ext)) {
+            if [".json", ".ndjson", ".jsonl"]
+                .iter()
+                .any(|ext| stem.ends_with(ext))
+            {
                 out.push(path);
             }
         }
@@ -165,11 +174,7 @@ pub fn spawn(
     std::thread::Builder::new()
         .name(format!("file-{source_name}"))
         .spawn(move || {
-            let reader = Reader {
-                shared,
-                budget,
-                tx,
-            };
+            let reader = Reader { shared, budget, tx };
             if let Err(message) = reader.run(&source_name, &files, &lookup, &runtime) {
                 tracing::error!(source = %source_name, error = %message, "file source stopped");
             }
@@ -279,7 +284,10 @@ impl Reader {
                 payload: Bytes::copy_from_slice(&line),
                 timestamp_ms: None,
             };
-            if !self.budget.reserve_blocking(record.charge(), &self.shared.stop) {
+            if !self
+                .budget
+                .reserve_blocking(record.charge(), &self.shared.stop)
+            {
                 return Ok(FileOutcome::Stopped);
             }
             chunk.push(record);
@@ -336,7 +344,10 @@ mod tests {
 
         let glob = FileSet::resolve(&config(format!("{}/*.ndjson", dir.path().display()))).unwrap();
         assert_eq!(glob.files().len(), 1);
-        assert_eq!(glob.partition_of("backfill", &glob.files()[0]).partition, "b.ndjson");
+        assert_eq!(
+            glob.partition_of("backfill", &glob.files()[0]).partition,
+            "b.ndjson"
+        );
 
         let err = FileSet::resolve(&config(format!("{}/*.csv", dir.path().display()))).unwrap_err();
         assert!(err.to_string().contains("matches no file"), "{err}");

@@ -292,10 +292,16 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
                 let record = Record {
                     partition: ctx.partition_id(message.topic(), message.partition()),
                     position: message.offset(),
-                    payload: message.payload().map(Bytes::copy_from_slice).unwrap_or_default(),
+                    payload: message
+                        .payload()
+                        .map(Bytes::copy_from_slice)
+                        .unwrap_or_default(),
                     timestamp_ms: message.timestamp().to_millis(),
                 };
-                if !ctx.budget.reserve_blocking(record.charge(), &ctx.shared.stop) {
+                if !ctx
+                    .budget
+                    .reserve_blocking(record.charge(), &ctx.shared.stop)
+                {
                     break;
                 }
                 let full = {
@@ -338,9 +344,16 @@ fn apply_seeks(consumer: &BaseConsumer<SourceContext>, ctx: &SourceContext) {
         let Ok(number) = partition.partition.parse::<i32>() else {
             continue;
         };
-        match consumer.seek(&partition.stream, number, Offset::Offset(next), Duration::from_secs(10)) {
+        match consumer.seek(
+            &partition.stream,
+            number,
+            Offset::Offset(next),
+            Duration::from_secs(10),
+        ) {
             Ok(()) => tracing::info!(%partition, next, "re-seeked to the table's position"),
-            Err(error) => tracing::warn!(%partition, %error, "seek failed (partition no longer assigned?)"),
+            Err(error) => {
+                tracing::warn!(%partition, %error, "seek failed (partition no longer assigned?)")
+            }
         }
         ctx.send(SourceEvent::Reseeked(partition));
     }

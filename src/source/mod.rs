@@ -94,8 +94,9 @@ pub enum SourceEvent {
 }
 
 /// Reads the positions a table has recorded, keyed by [`PartitionId::app_id`].
-pub type PositionLookup =
-    Arc<dyn Fn(Vec<String>) -> BoxFuture<'static, Result<HashMap<String, i64>, String>> + Send + Sync>;
+pub type PositionLookup = Arc<
+    dyn Fn(Vec<String>) -> BoxFuture<'static, Result<HashMap<String, i64>, String>> + Send + Sync,
+>;
 
 /// Requests a running source accepts from its pipeline.
 pub trait SourceControl: Send + Sync {

@@ -80,7 +80,12 @@ pub fn to_batch(table_name: &str, letters: &[&DeadLetter]) -> RecordBatch {
         text(&|l| l.partition.source.clone()),
         text(&|l| l.partition.stream.clone()),
         text(&|l| l.partition.partition.clone()),
-        Arc::new(letters.iter().map(|l| Some(l.position)).collect::<Int64Array>()),
+        Arc::new(
+            letters
+                .iter()
+                .map(|l| Some(l.position))
+                .collect::<Int64Array>(),
+        ),
         text(&|l| l.error.clone()),
         Arc::new(
             letters

@@ -186,9 +186,10 @@ fn same_type(a: &arrow::datatypes::DataType, b: &arrow::datatypes::DataType) -> 
         (Timestamp(ua, za), Timestamp(ub, zb)) => ua == ub && za.is_some() == zb.is_some(),
         (Struct(fa), Struct(fb)) => {
             fa.len() == fb.len()
-                && fa.iter().zip(fb.iter()).all(|(x, y)| {
-                    x.name() == y.name() && same_type(x.data_type(), y.data_type())
-                })
+                && fa
+                    .iter()
+                    .zip(fb.iter())
+                    .all(|(x, y)| x.name() == y.name() && same_type(x.data_type(), y.data_type()))
         }
         (List(x) | LargeList(x), List(y) | LargeList(y)) => same_type(x.data_type(), y.data_type()),
         (Map(x, _), Map(y, _)) => same_type(x.data_type(), y.data_type()),

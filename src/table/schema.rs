@@ -175,8 +175,7 @@ mod tests {
             parse_type("decimal(10, 2)").unwrap(),
             DataType::Decimal128(10, 2)
         );
-        let DataType::Struct(fields) = parse_type("struct<lat:double, lon:double>").unwrap()
-        else {
+        let DataType::Struct(fields) = parse_type("struct<lat:double, lon:double>").unwrap() else {
             panic!("not a struct")
         };
         assert_eq!(fields.len(), 2);
@@ -190,7 +189,9 @@ mod tests {
     #[test]
     fn rejects_bad_types_with_position() {
         assert!(parse_type("array<string").unwrap_err().contains("`>`"));
-        assert!(parse_type("decimal(40,2)").unwrap_err().contains("out of range"));
+        assert!(parse_type("decimal(40,2)")
+            .unwrap_err()
+            .contains("out of range"));
         assert!(parse_type("string junk").unwrap_err().contains("junk"));
     }
 }

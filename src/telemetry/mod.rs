@@ -17,7 +17,7 @@ pub enum LogFormat {
 /// Installs the global subscriber; `RUST_LOG` overrides `default_level`.
 pub fn init_logging(format: LogFormat, default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        EnvFilter::new(format!("{default_level},rdkafka=warn,deltalake=warn,buoyant_kernel=warn"))
+        EnvFilter::new(format!("{default_level},rdkafka=warn,deltalake_core=warn,deltalake_core::writer::stats=error,buoyant_kernel=warn"))
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -98,7 +98,12 @@ impl IngestStats {
     /// A batch was refused because another worker moved a partition on.
     pub fn batch_fenced(&self, table: &str, rows: u64, detail: &str) {
         self.fenced.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(table, rows, detail, "stale batch dropped; re-seeking to the table's positions");
+        tracing::warn!(
+            table,
+            rows,
+            detail,
+            "stale batch dropped; re-seeking to the table's positions"
+        );
     }
 
     /// Current values.

@@ -1,0 +1,341 @@
+//! Shared helpers: lakes in temp dirs, configs, the embedded broker, ingest
+//! runs in tasks, and independent reads through `delta_kernel`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::array::{Array, RecordBatch, StringArray};
+use delta_kernel::engine::arrow_data::ArrowEngineData;
+use delta_kernel::{Engine, Snapshot};
+use delta_kernel_default_engine::DefaultEngineBuilder;
+use sluice::config::Config;
+use sluice::demo::broker::{self, EmbeddedKafka};
+use sluice::ingest::budget::MemoryBudget;
+use sluice::telemetry::stats::IngestStats;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Columns of the small test table.
+pub const EVENT_COLUMNS: &str = r#"
+key = "user_id"
+columns = [
+  { name = "event_id", type = "string", nullable = false },
+  { name = "user_id", type = "string", nullable = false },
+  { name = "amount", type = "double" },
+  { name = "event_time", type = "timestamp" },
+]
+"#;
+
+/// A lake in a temp dir.
+pub struct Lake {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Lake {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn root(&self) -> String {
+        self.dir.path().display().to_string()
+    }
+
+    pub fn table(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A Kafka config for the `events` table.
+pub fn kafka_config(
+    lake: &Lake,
+    brokers: &str,
+    topic: &str,
+    group: &str,
+    batching: &str,
+    extra_table: &str,
+) -> Config {
+    let text = format!(
+        r#"
+[lake]
+root = "{root}"
+
+[batching]
+{batching}
+
+[[sources]]
+kind = "kafka"
+name = "k"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{group}"
+properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }}
+
+[[tables]]
+name = "events"
+source = "k"
+{extra_table}
+{EVENT_COLUMNS}
+"#,
+        root = lake.root()
+    );
+    let config = Config::parse(&text, "test").expect("test config parses");
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// A file-source config for a table named `name` with the given columns.
+pub fn file_config(lake: &Lake, path: &Path, name: &str, batching: &str, table: &str) -> Config {
+    let text = format!(
+        r#"
+[lake]
+root = "{root}"
+
+[batching]
+{batching}
+
+[[sources]]
+kind = "file"
+name = "files"
+path = "{path}"
+
+[[tables]]
+name = "{name}"
+source = "files"
+{table}
+"#,
+        root = lake.root(),
+        path = path.display()
+    );
+    let config = Config::parse(&text, "test").expect("test config parses");
+    config.validate().expect("test config is valid");
+    config
+}
+
+/// An ingest run in a background task.
+pub struct Running {
+    pub stats: Arc<IngestStats>,
+    pub budget: Arc<MemoryBudget>,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<Result<(), sluice::ingest::IngestError>>,
+}
+
+impl Running {
+    pub fn start(config: &Config) -> Self {
+        let stats = Arc::new(IngestStats::new());
+        let budget = Arc::new(MemoryBudget::new(config.batching.memory_budget.as_usize()));
+        let shutdown = CancellationToken::new();
+        let task = {
+            let (config, stats, budget, shutdown) = (
+                config.clone(),
+                stats.clone(),
+                budget.clone(),
+                shutdown.clone(),
+            );
+            tokio::spawn(async move {
+                sluice::ingest::run_with_budget(&config, shutdown, stats, budget).await
+            })
+        };
+        Self {
+            stats,
+            budget,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits (up to `limit`) until `done` holds for the counters.
+    pub async fn wait_for(
+        &self,
+        limit: Duration,
+        what: &str,
+        done: impl Fn(&sluice::telemetry::stats::StatsSnapshot) -> bool,
+    ) {
+        let result = tokio::time::timeout(limit, async {
+            loop {
+                if done(&self.stats.snapshot()) {
+                    return;
+                }
+                if self.task.is_finished() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await;
+        assert!(
+            result.is_ok(),
+            "timed out waiting for {what}; stats: {:?}",
+            self.stats.snapshot()
+        );
+    }
+
+    /// Graceful stop: cancel and wait for the drain.
+    pub async fn stop(self) -> sluice::telemetry::stats::StatsSnapshot {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(60), self.task)
+            .await
+            .expect("ingest stops within the grace period")
+            .expect("ingest task did not panic")
+            .expect("ingest ended without error");
+        self.stats.snapshot()
+    }
+
+    /// Crash: drop the pipeline tasks without flushing.
+    pub async fn kill(self) -> sluice::telemetry::stats::StatsSnapshot {
+        self.task.abort();
+        let _ = self.task.await;
+        // Give the source thread a moment to notice its pipeline is gone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        self.stats.snapshot()
+    }
+}
+
+/// Produces `count` JSON events `e-<prefix>-<n>` to `topic`; every `bad_every`-th is malformed.
+pub fn produce(
+    kafka: &EmbeddedKafka,
+    topic: &str,
+    prefix: &str,
+    count: usize,
+    bad_every: usize,
+) -> Vec<String> {
+    let producer = kafka.producer().expect("producer");
+    let mut good = Vec::new();
+    for n in 0..count {
+        let id = format!("e-{prefix}-{n}");
+        let user = format!("u-{}", n % 97);
+        let payload = if bad_every > 0 && n % bad_every == bad_every - 1 {
+            format!(r#"{{"event_id":"{id}","user_id":"{user}","amount":"lots"}}"#)
+        } else {
+            good.push(id.clone());
+            format!(
+                r#"{{"event_id":"{id}","user_id":"{user}","amount":{}.5,"event_time":"2024-05-01T12:00:{:02}Z"}}"#,
+                n % 1000,
+                n % 60
+            )
+        };
+        broker::send(&producer, topic, &user, payload.as_bytes()).expect("send");
+    }
+    broker::flush(&producer).expect("flush");
+    good
+}
+
+/// Reads every row of the table through `delta_kernel` (the Delta maintainers' reader).
+pub async fn kernel_read(table: &Path) -> Vec<RecordBatch> {
+    let table = table.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let url = url::Url::from_directory_path(table.canonicalize().expect("table exists"))
+            .expect("directory url");
+        let store = Arc::new(object_store::local::LocalFileSystem::new());
+        let engine: Arc<dyn Engine> = Arc::new(DefaultEngineBuilder::new(store).build());
+        let snapshot = Snapshot::builder_for(url.as_str())
+            .build(engine.as_ref())
+            .expect("kernel snapshot");
+        let scan = snapshot.scan_builder().build().expect("kernel scan");
+        scan.execute(engine.clone())
+            .expect("kernel execute")
+            .map(|data| {
+                let data = data.expect("kernel data");
+                ArrowEngineData::try_from_engine_data(data)
+                    .expect("arrow data")
+                    .record_batch()
+                    .clone()
+            })
+            .collect()
+    })
+    .await
+    .expect("kernel read task")
+}
+
+/// All values of a string column across batches.
+pub fn strings(batches: &[RecordBatch], column: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for batch in batches {
+        let array = batch
+            .column_by_name(column)
+            .unwrap_or_else(|| panic!("column {column} in {:?}", batch.schema()));
+        let array = arrow::compute::cast(array, &arrow::datatypes::DataType::Utf8).expect("cast");
+        let strings = array
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("strings");
+        out.extend((0..strings.len()).map(|i| strings.value(i).to_string()));
+    }
+    out
+}
+
+/// Asserts every expected id appears exactly once and nothing else does.
+pub fn assert_exactly_once(mut actual: Vec<String>, expected: &[String]) {
+    let total = actual.len();
+    actual.sort();
+    let mut duplicates: Vec<&String> = actual
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| &w[0])
+        .collect();
+    duplicates.dedup();
+    assert!(
+        duplicates.is_empty(),
+        "{} duplicated ids, e.g. {:?}",
+        duplicates.len(),
+        &duplicates[..duplicates.len().min(5)]
+    );
+    let mut expected_sorted = expected.to_vec();
+    expected_sorted.sort();
+    let missing: Vec<&String> = expected_sorted
+        .iter()
+        .filter(|id| actual.binary_search(id).is_err())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} ids missing, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert_eq!(total, expected.len(), "row count");
+}
+
+/// Registers a table for the Spark check run by `scripts/test` (when enabled).
+pub fn register_for_spark(table: &Path, name: &str, expected_rows: usize) {
+    let Ok(dir) = std::env::var("SLUICE_SPARK_CHECK_DIR") else {
+        return;
+    };
+    let target = Path::new(&dir).join(name);
+    let _ = std::fs::remove_dir_all(&target);
+    copy_dir(table, &target);
+    let line = serde_json::json!({"table": target, "expected_rows": expected_rows});
+    use std::io::Write;
+    let mut manifest = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(Path::new(&dir).join("manifest.jsonl"))
+        .expect("manifest");
+    writeln!(manifest, "{line}").expect("manifest write");
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// Starts an embedded broker with a fresh topic.
+pub fn kafka(topic: &str, partitions: i32) -> EmbeddedKafka {
+    EmbeddedKafka::start(topic, partitions).expect("embedded kafka")
+}
+
+/// Storage options for local tables.
+pub fn no_options() -> BTreeMap<String, String> {
+    BTreeMap::new()
+}

@@ -1,0 +1,117 @@
+//! Bad configs and arguments stop before anything is written, naming the key.
+
+use std::process::Command;
+
+use sluice::config::{Config, ConfigError};
+
+fn problems(text: &str) -> String {
+    match Config::parse(text, "test.toml").and_then(|c| c.validate().map(|_| c)) {
+        Ok(_) => panic!("config should be rejected:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const GOOD: &str = r#"
+[lake]
+root = "/tmp/never-written"
+[[sources]]
+kind = "file"
+name = "f"
+path = "x.ndjson"
+[[tables]]
+name = "t"
+source = "f"
+key = "user_id"
+columns = [{ name = "user_id", type = "string" }, { name = "at", type = "timestamp" }]
+"#;
+
+#[test]
+fn the_good_config_is_valid() {
+    Config::parse(GOOD, "good").unwrap().validate().unwrap();
+}
+
+#[test]
+fn errors_name_the_key_and_the_reason() {
+    let unknown_field = problems(&GOOD.replace("name = \"t\"", "name = \"t\"\nflush_every = 3"));
+    assert!(unknown_field.contains("flush_every"), "{unknown_field}");
+
+    let unknown_source = problems(&GOOD.replace("source = \"f\"", "source = \"nope\""));
+    assert!(
+        unknown_source.contains("tables[0].source") && unknown_source.contains("nope"),
+        "{unknown_source}"
+    );
+
+    let bad_key = problems(&GOOD.replace("key = \"user_id\"", "key = \"customer\""));
+    assert!(
+        bad_key.contains("tables[0].key") && bad_key.contains("customer"),
+        "{bad_key}"
+    );
+
+    let bad_type = problems(&GOOD.replace("type = \"timestamp\"", "type = \"timestmp\""));
+    assert!(
+        bad_type.contains("tables[0].columns[1].type") && bad_type.contains("timestmp"),
+        "{bad_type}"
+    );
+
+    let bad_partition = problems(&GOOD.replace(
+        "key = \"user_id\"",
+        "key = \"user_id\"\npartition_by = [\"at\"]",
+    ));
+    assert!(
+        bad_partition.contains("partition_by[0]") && bad_partition.contains("derive"),
+        "{bad_partition}"
+    );
+
+    let bad_size = problems(&GOOD.replace(
+        "[[sources]]",
+        "[batching]\nmax_bytes = \"12 parsecs\"\n[[sources]]",
+    ));
+    assert!(bad_size.contains("parsecs"), "{bad_size}");
+
+    let reserved = problems(&GOOD.replace(
+        "kind = \"file\"\nname = \"f\"\npath = \"x.ndjson\"",
+        "kind = \"kafka\"\nname = \"f\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]\ngroup_id = \"g\"\nproperties = { \"enable.auto.commit\" = \"true\" }",
+    ));
+    assert!(reserved.contains("enable.auto.commit"), "{reserved}");
+}
+
+#[test]
+fn several_problems_are_reported_together() {
+    let text = GOOD
+        .replace("key = \"user_id\"", "key = \"customer\"")
+        .replace("source = \"f\"", "source = \"nope\"");
+    let Err(ConfigError::Invalid(problems)) = Config::parse(&text, "t").unwrap().validate() else {
+        panic!("expected invalid");
+    };
+    assert!(problems.len() >= 2, "{problems:?}");
+}
+
+#[test]
+fn the_cli_refuses_a_bad_config_without_writing_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let lake = dir.path().join("lake");
+    let config = dir.path().join("bad.toml");
+    let text = GOOD
+        .replace("/tmp/never-written", &lake.display().to_string())
+        .replace("key = \"user_id\"", "key = \"customer\"");
+    std::fs::write(&config, text).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["ingest", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("tables[0].key"), "{stderr}");
+    assert!(!lake.exists(), "nothing may be written for a bad config");
+
+    let missing_env = GOOD.replace("/tmp/never-written", "${SLUICE_TEST_UNSET_VARIABLE}");
+    std::fs::write(&config, missing_env).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["ingest", "--check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("SLUICE_TEST_UNSET_VARIABLE"));
+}

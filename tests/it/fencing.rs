@@ -1,0 +1,117 @@
+//! Stale writers are fenced: a commit whose partitions moved on is refused,
+//! also when two writers race for the same partition.
+
+use arrow::datatypes::{DataType, Field, Schema};
+use sluice::table::commit::{commit_with_positions, CommitError, PositionUpdate};
+use sluice::table::lineage::{CommitKind, CommitLineage};
+use sluice::table::{open_or_create, recorded_positions, resolve_location};
+
+use crate::common::*;
+
+fn lineage() -> CommitLineage {
+    CommitLineage {
+        kind: CommitKind::Data,
+        worker: "test".into(),
+        partitions: vec![],
+    }
+}
+
+fn update(prev: Option<i64>, last: i64) -> PositionUpdate {
+    PositionUpdate {
+        app_id: "sluice/k/t/0".into(),
+        prev,
+        last,
+    }
+}
+
+async fn table(lake: &Lake) -> deltalake::DeltaTable {
+    let url = resolve_location(&lake.table("fenced").display().to_string()).unwrap();
+    let schema = Schema::new(vec![Field::new("id", DataType::Utf8, true)]);
+    open_or_create(&url, &no_options(), "fenced", &schema, &[])
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_commit_from_a_stale_position_is_refused() {
+    let lake = Lake::new();
+    let mut writer = table(&lake).await;
+    let version = commit_with_positions(
+        &mut writer,
+        vec![],
+        &[update(None, 10)],
+        &lineage(),
+        "w1",
+        1,
+    )
+    .await
+    .expect("first commit");
+    assert_eq!(version, 1);
+
+    // A second worker still believes nothing was committed.
+    let mut stale = table(&lake).await;
+    let refused =
+        commit_with_positions(&mut stale, vec![], &[update(None, 7)], &lineage(), "w2", 1).await;
+    match refused {
+        Err(CommitError::Stale {
+            table_position,
+            ours,
+            ..
+        }) => {
+            assert_eq!((table_position, ours), (Some(10), None));
+        }
+        other => panic!("expected a stale refusal, got {other:?}"),
+    }
+    let recorded = recorded_positions(&stale, &["sluice/k/t/0".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(recorded.get("sluice/k/t/0"), Some(&10));
+
+    // Continuing from the recorded position is accepted.
+    commit_with_positions(
+        &mut stale,
+        vec![],
+        &[update(Some(10), 20)],
+        &lineage(),
+        "w2",
+        2,
+    )
+    .await
+    .expect("commit continuing from the table's position");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_writers_of_one_partition_land_exactly_one_commit() {
+    let lake = Lake::new();
+    table(&lake).await;
+    for round in 0..5 {
+        let prev = if round == 0 { None } else { Some(round * 100) };
+        let mut tasks = Vec::new();
+        for worker in 0..4 {
+            let mut t = table(&lake).await;
+            tasks.push(tokio::spawn(async move {
+                commit_with_positions(
+                    &mut t,
+                    vec![],
+                    &[update(prev, (round + 1) * 100)],
+                    &lineage(),
+                    &format!("w{worker}"),
+                    1,
+                )
+                .await
+            }));
+        }
+        let mut landed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => landed += 1,
+                Err(CommitError::Stale { .. }) => {}
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+        assert_eq!(
+            landed, 1,
+            "round {round}: exactly one racing writer may land"
+        );
+    }
+}

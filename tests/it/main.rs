@@ -1,0 +1,10 @@
+//! Integration tests, one module per capability.
+
+mod common;
+mod config_errors;
+mod dead_letters;
+mod exactly_once;
+mod fencing;
+mod layout;
+mod memory;
+mod rebalance;
