@@ -41,6 +41,9 @@ pub struct DemoArgs {
     /// Distinct riders.
     #[arg(long, default_value_t = 20_000)]
     pub users: u64,
+    /// Also write the summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
 }
 
 /// The demo config: one Kafka source into the `rides` table.
@@ -202,6 +205,19 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         status.rows
     );
     println!("  config used       {}", lake.join("demo.toml").display());
+    if let Some(path) = &args.summary_json {
+        let summary = serde_json::json!({
+            "table": table_path,
+            "produced": produced,
+            "malformed": malformed.load(Ordering::Relaxed),
+            "committed": s.committed,
+            "dead_lettered": s.dead_lettered,
+            "commits": s.commits,
+            "version": status.version,
+            "files": status.files,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&summary).expect("json"))?;
+    }
     println!("\nRead it:");
     println!("  sluice status {}", table_path.display());
     println!(

@@ -1,5 +1,6 @@
 //! Command-line interface: one module per subcommand.
 
+pub mod bench;
 pub mod demo;
 pub mod generate;
 pub mod ingest;
@@ -51,6 +52,9 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Write demo ride events as NDJSON (for backfills and benchmarks).
     Generate(generate::GenerateArgs),
+    /// One benchmark measurement (used by scripts/bench).
+    #[command(hide = true)]
+    Bench(bench::BenchArgs),
 }
 
 /// Errors any subcommand can end with.
@@ -80,6 +84,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Generate(args) => generate::run(args),
+        Command::Bench(args) => bench::run(args).await,
     }
 }
 

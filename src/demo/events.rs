@@ -83,9 +83,8 @@ impl RideEvents {
             7..=8 => "ride_completed",
             _ => "ride_cancelled",
         };
-        // Spread event times over the last ~36 hours so the table has two or three dates.
-        let offset = (self.sequence as i64 * 7_919) % (36 * 3_600_000_000);
-        let event_micros = self.start_micros + offset;
+        // Event times fall in the last ~36 hours, so the table has two or three dates.
+        let event_micros = self.start_micros + rng.gen_range(0..36 * 3_600_000_000i64);
         let event_time = if rng.gen_bool(0.1) {
             json!(event_micros / 1000) // epoch millis, as some producers send
         } else {

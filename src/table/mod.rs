@@ -93,6 +93,13 @@ pub async fn open(
         .with_storage_options(options(storage_options))
         .build()
         .map_err(|e| TableError::delta(url, e))?;
+    let exists = table
+        .verify_deltatable_existence()
+        .await
+        .map_err(|e| TableError::delta(url, e))?;
+    if !exists {
+        return Err(TableError::NotATable(url.to_string()));
+    }
     match table.load().await {
         Ok(()) => Ok(table),
         Err(DeltaTableError::NotATable(_)) => Err(TableError::NotATable(url.to_string())),

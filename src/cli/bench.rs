@@ -1,0 +1,227 @@
+//! `sluice bench MODE`: one measured run for `scripts/bench`, printed as a
+//! JSON line (events, bytes, seconds, peak RSS of this process).
+//!
+//! - `raw`: the raw limit: arrow-json decode of the NDJSON bytes with the
+//!   demo table's schema plus Parquet zstd encode into a byte sink, on one
+//!   thread, nothing else.
+//! - `file`: `sluice` ingest of the same file into a local table.
+//! - `kafka`: the same events produced to the embedded broker first (not
+//!   timed), then ingested from Kafka until all are committed.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arrow::datatypes::{Field, Schema};
+use arrow::json::ReaderBuilder;
+use deltalake::parquet::arrow::ArrowWriter;
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use crate::config::Config;
+use crate::decode::JsonDecoder;
+use crate::demo::broker::{self, EmbeddedKafka};
+use crate::demo::events::{RideEvents, RIDES_TABLE_COLUMNS};
+use crate::table::writer::writer_properties;
+use crate::telemetry::stats::IngestStats;
+
+/// Arguments of `sluice bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// What to measure.
+    #[arg(value_enum)]
+    pub mode: BenchMode,
+    /// NDJSON input (raw, file).
+    #[arg(long)]
+    pub input: Option<PathBuf>,
+    /// Lake directory for the table (file, kafka).
+    #[arg(long, default_value = "./bench-lake")]
+    pub lake: PathBuf,
+    /// Events to produce (kafka).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: u64,
+}
+
+/// Benchmark modes.
+#[derive(Debug, Clone, Copy, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchMode {
+    /// arrow-json decode + Parquet encode only.
+    Raw,
+    /// File source into a local table.
+    File,
+    /// Embedded Kafka into a local table.
+    Kafka,
+}
+
+#[derive(Debug, Serialize)]
+struct Measurement {
+    mode: BenchMode,
+    events: u64,
+    bytes: u64,
+    seconds: f64,
+    peak_rss_kib: u64,
+}
+
+fn rides_config(lake: &str, source: &str) -> Result<Config, CliError> {
+    let text = format!(
+        "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"2s\"\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}"
+    );
+    let config = Config::parse(&text, "bench config")?;
+    config.validate()?;
+    Ok(config)
+}
+
+fn input(args: &BenchArgs) -> Result<PathBuf, CliError> {
+    args.input
+        .clone()
+        .ok_or_else(|| CliError::Demo("--input is required for this mode".into()))
+}
+
+/// Runs one measurement and prints it.
+pub async fn run(args: BenchArgs) -> Result<(), CliError> {
+    let measurement = match args.mode {
+        BenchMode::Raw => raw(&input(&args)?)?,
+        BenchMode::File => {
+            let path = input(&args)?;
+            let bytes = std::fs::metadata(&path)?.len();
+            let lake = fresh_lake(&args.lake)?;
+            let source = format!(
+                "[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"{}\"",
+                path.display()
+            );
+            let config = rides_config(&lake, &source)?;
+            let stats = Arc::new(IngestStats::new());
+            let started = Instant::now();
+            crate::ingest::run(&config, CancellationToken::new(), stats.clone()).await?;
+            let s = stats.snapshot();
+            Measurement {
+                mode: args.mode,
+                events: s.committed + s.dead_lettered,
+                bytes,
+                seconds: started.elapsed().as_secs_f64(),
+                peak_rss_kib: 0,
+            }
+        }
+        BenchMode::Kafka => kafka(&args).await?,
+    };
+    let measurement = Measurement {
+        peak_rss_kib: peak_rss_kib(),
+        ..measurement
+    };
+    println!("{}", serde_json::to_string(&measurement).expect("json"));
+    Ok(())
+}
+
+fn fresh_lake(dir: &std::path::Path) -> Result<String, CliError> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    Ok(dir.canonicalize()?.display().to_string())
+}
+
+fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
+    let config = rides_config("/unused", "[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"x\"")?;
+    let table = &config.tables[0];
+    let decoder = JsonDecoder::new(table).map_err(|e| CliError::Demo(e.to_string()))?;
+    // The declared columns only, timestamps decoded natively by arrow-json.
+    let declared = table.columns.len();
+    let schema = Arc::new(Schema::new(
+        decoder.table_schema().fields()[..declared]
+            .iter()
+            .map(|f| Field::new(f.name(), f.data_type().clone(), true))
+            .collect::<Vec<_>>(),
+    ));
+    let started = Instant::now();
+    let mut json = ReaderBuilder::new(schema.clone())
+        .with_batch_size(8192)
+        .build_decoder()
+        .map_err(|e| CliError::Demo(e.to_string()))?;
+    let mut writer = ArrowWriter::try_new(std::io::sink(), schema, Some(writer_properties(Some(&table.key))))
+        .map_err(|e| CliError::Demo(e.to_string()))?;
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let (mut events, mut bytes) = (0u64, 0u64);
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            break;
+        }
+        let consumed = json.decode(buf).map_err(|e| CliError::Demo(e.to_string()))?;
+        bytes += consumed as u64;
+        reader.consume(consumed);
+        if consumed == 0 || json.len() >= 8192 {
+            if let Some(batch) = json.flush().map_err(|e| CliError::Demo(e.to_string()))? {
+                events += batch.num_rows() as u64;
+                writer.write(&batch).map_err(|e| CliError::Demo(e.to_string()))?;
+            }
+        }
+    }
+    if let Some(batch) = json.flush().map_err(|e| CliError::Demo(e.to_string()))? {
+        events += batch.num_rows() as u64;
+        writer.write(&batch).map_err(|e| CliError::Demo(e.to_string()))?;
+    }
+    writer.close().map_err(|e| CliError::Demo(e.to_string()))?;
+    Ok(Measurement {
+        mode: BenchMode::Raw,
+        events,
+        bytes,
+        seconds: started.elapsed().as_secs_f64(),
+        peak_rss_kib: 0,
+    })
+}
+
+async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
+    let topic = "bench";
+    let cluster = EmbeddedKafka::start(topic, 4).map_err(CliError::Demo)?;
+    let producer = cluster.producer().map_err(CliError::Demo)?;
+    let mut events = RideEvents::new(1, 100_000, 0.0);
+    let mut bytes = 0u64;
+    for _ in 0..args.events {
+        let event = events.next_event();
+        bytes += event.payload.len() as u64 + 1;
+        broker::send(&producer, topic, &event.key, &event.payload).map_err(CliError::Demo)?;
+    }
+    broker::flush(&producer).map_err(CliError::Demo)?;
+    let lake = fresh_lake(&args.lake)?;
+    let source = format!(
+        "[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"bench\"",
+        cluster.bootstrap_servers()
+    );
+    let config = rides_config(&lake, &source)?;
+    let stats = Arc::new(IngestStats::new());
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let task = {
+        let (stats, shutdown) = (stats.clone(), shutdown.clone());
+        tokio::spawn(async move { crate::ingest::run(&config, shutdown, stats).await })
+    };
+    while stats.snapshot().committed < args.events && !task.is_finished() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    task.await
+        .map_err(|e| CliError::Demo(e.to_string()))??;
+    Ok(Measurement {
+        mode: BenchMode::Kafka,
+        events: stats.snapshot().committed,
+        bytes,
+        seconds,
+        peak_rss_kib: 0,
+    })
+}
+
+/// Peak resident set size of this process (Linux `VmHWM`), in KiB.
+pub fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
