@@ -68,7 +68,7 @@ pub async fn table_status(
     let table = open(url, storage_options).await?;
     let delta = |source| TableError::Delta {
         url: url.to_string(),
-        source,
+        source: Box::new(source),
     };
     let snapshot = table.snapshot().map_err(delta)?;
     let (mut files, mut bytes, mut rows, mut small) = (0u64, 0u64, 0u64, 0u64);

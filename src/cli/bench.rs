@@ -122,7 +122,10 @@ fn fresh_lake(dir: &std::path::Path) -> Result<String, CliError> {
 }
 
 fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
-    let config = rides_config("/unused", "[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"x\"")?;
+    let config = rides_config(
+        "/unused",
+        "[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"x\"",
+    )?;
     let table = &config.tables[0];
     let decoder = JsonDecoder::new(table).map_err(|e| CliError::Demo(e.to_string()))?;
     // The declared columns only, timestamps decoded natively by arrow-json.
@@ -138,8 +141,12 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
         .with_batch_size(8192)
         .build_decoder()
         .map_err(|e| CliError::Demo(e.to_string()))?;
-    let mut writer = ArrowWriter::try_new(std::io::sink(), schema, Some(writer_properties(Some(&table.key))))
-        .map_err(|e| CliError::Demo(e.to_string()))?;
+    let mut writer = ArrowWriter::try_new(
+        std::io::sink(),
+        schema,
+        Some(writer_properties(Some(&table.key))),
+    )
+    .map_err(|e| CliError::Demo(e.to_string()))?;
     let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
     let (mut events, mut bytes) = (0u64, 0u64);
     loop {
@@ -147,19 +154,25 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
         if buf.is_empty() {
             break;
         }
-        let consumed = json.decode(buf).map_err(|e| CliError::Demo(e.to_string()))?;
+        let consumed = json
+            .decode(buf)
+            .map_err(|e| CliError::Demo(e.to_string()))?;
         bytes += consumed as u64;
         reader.consume(consumed);
         if consumed == 0 || json.len() >= 8192 {
             if let Some(batch) = json.flush().map_err(|e| CliError::Demo(e.to_string()))? {
                 events += batch.num_rows() as u64;
-                writer.write(&batch).map_err(|e| CliError::Demo(e.to_string()))?;
+                writer
+                    .write(&batch)
+                    .map_err(|e| CliError::Demo(e.to_string()))?;
             }
         }
     }
     if let Some(batch) = json.flush().map_err(|e| CliError::Demo(e.to_string()))? {
         events += batch.num_rows() as u64;
-        writer.write(&batch).map_err(|e| CliError::Demo(e.to_string()))?;
+        writer
+            .write(&batch)
+            .map_err(|e| CliError::Demo(e.to_string()))?;
     }
     writer.close().map_err(|e| CliError::Demo(e.to_string()))?;
     Ok(Measurement {
@@ -201,8 +214,7 @@ async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
     }
     let seconds = started.elapsed().as_secs_f64();
     shutdown.cancel();
-    task.await
-        .map_err(|e| CliError::Demo(e.to_string()))??;
+    task.await.map_err(|e| CliError::Demo(e.to_string()))??;
     Ok(Measurement {
         mode: BenchMode::Kafka,
         events: stats.snapshot().committed,

@@ -3,6 +3,7 @@
 //! the real ingest path into `./lake/rides` with a short flush interval, and
 //! prints a summary. Needs no external service.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -140,6 +141,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             .progress_chars("=> "),
     );
     let started = Instant::now();
+    let plain = !std::io::stderr().is_terminal();
+    let mut last_line = Instant::now();
     let mut drained_since: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -150,11 +153,20 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
             break;
         }
         let s = stats.snapshot();
-        bar.set_position(produced.load(Ordering::Relaxed));
-        bar.set_message(format!(
+        let line = format!(
             "committed {} | dead letters {} | commits {} | version {}",
             s.committed, s.dead_lettered, s.commits, s.last_version
-        ));
+        );
+        bar.set_position(produced.load(Ordering::Relaxed));
+        if plain && last_line.elapsed() >= Duration::from_secs(10) {
+            last_line = Instant::now();
+            eprintln!(
+                "{:>4.0?} produced {}/{total} | {line}",
+                started.elapsed(),
+                produced.load(Ordering::Relaxed)
+            );
+        }
+        bar.set_message(line);
         if producer_done.load(Ordering::Relaxed) {
             let all_in = s.committed + s.dead_lettered >= produced.load(Ordering::Relaxed);
             let since = *drained_since.get_or_insert_with(Instant::now);

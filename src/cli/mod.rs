@@ -32,8 +32,11 @@ pub struct Cli {
 impl Cli {
     /// The default log level for the flags given.
     pub fn verbosity(&self) -> &'static str {
+        // The demo draws a progress bar; its per-commit log lines need -v.
+        let demo = matches!(self.command, Command::Demo(_));
         match (self.quiet, self.verbose) {
             (true, _) => "warn",
+            (false, 0) if demo => "warn",
             (false, 0) => "info",
             (false, 1) => "debug",
             (false, _) => "trace",

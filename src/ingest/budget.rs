@@ -134,7 +134,7 @@ mod tests {
         let budget = MemoryBudget::new(100);
         assert!(budget.try_reserve(60));
         assert!(!budget.try_reserve(60));
-        assert!(budget.under_pressure() == false && budget.used() == 60);
+        assert!(!budget.under_pressure() && budget.used() == 60);
         budget.release(60);
         assert!(budget.try_reserve(60));
         assert_eq!(budget.high_water(), 60);

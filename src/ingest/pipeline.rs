@@ -43,7 +43,7 @@ pub enum PipelineError {
         /// Table name.
         table: String,
         /// The delta-rs error.
-        source: deltalake::DeltaTableError,
+        source: Box<deltalake::DeltaTableError>,
     },
     /// A commit kept failing.
     #[error("table `{table}`: {source}")]
@@ -51,7 +51,7 @@ pub enum PipelineError {
         /// Table name.
         table: String,
         /// The commit error.
-        source: CommitError,
+        source: Box<CommitError>,
     },
 }
 
@@ -102,7 +102,7 @@ impl Pipeline {
     pub fn new(parts: PipelineParts) -> Result<Self, PipelineError> {
         let write_error = |source| PipelineError::Write {
             table: parts.name.clone(),
-            source,
+            source: Box::new(source),
         };
         let target = parts.batching.target_file_size.0;
         let writer =
@@ -237,6 +237,7 @@ impl Pipeline {
         }
         self.parts.budget.release(freed);
         self.parts.stats.records_received(accepted);
+        tracing::debug!(table = %self.parts.name, accepted, buffered = self.batch.rows(), "records buffered");
         if discarded > 0 {
             self.parts.stats.records_discarded(
                 &self.parts.name,
@@ -273,7 +274,7 @@ impl Pipeline {
                 .await
                 .map_err(|source| PipelineError::Write {
                     table: self.parts.name.clone(),
-                    source,
+                    source: Box::new(source),
                 })?;
         }
         Ok(())
@@ -288,7 +289,7 @@ impl Pipeline {
         let table = self.parts.name.clone();
         let write_error = |source| PipelineError::Write {
             table: table.clone(),
-            source,
+            source: Box::new(source),
         };
         self.commit_dead_letters().await?;
         let adds = self.writer.finish().await.map_err(write_error)?;
@@ -357,7 +358,7 @@ impl Pipeline {
             }
             Err(source) => Err(PipelineError::Commit {
                 table: self.parts.name.clone(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -379,11 +380,11 @@ impl Pipeline {
         let table = self.parts.name.clone();
         let commit_error = |source| PipelineError::Commit {
             table: table.clone(),
-            source,
+            source: Box::new(source),
         };
         let write_error = |source| PipelineError::Write {
             table: table.clone(),
-            source,
+            source: Box::new(source),
         };
         for _attempt in 0..5 {
             self.parts
@@ -462,9 +463,9 @@ impl Pipeline {
         }
         Err(commit_error(CommitError::Failed {
             attempts: 5,
-            source: deltalake::DeltaTableError::Generic(
+            source: Box::new(deltalake::DeltaTableError::Generic(
                 "dead-letter table kept moving under concurrent writers".into(),
-            ),
+            )),
         }))
     }
 }

@@ -57,7 +57,7 @@ pub enum CommitError {
         /// Attempts made.
         attempts: u32,
         /// The last error.
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 }
 
@@ -84,7 +84,7 @@ pub async fn commit_with_positions(
         if attempt >= MAX_ATTEMPTS {
             return Err(CommitError::Failed {
                 attempts: attempt,
-                source: error,
+                source: Box::new(error),
             });
         }
         let backoff = Duration::from_millis(50 * 2u64.pow(attempt.min(6)))

@@ -52,7 +52,7 @@ pub enum TableError {
         /// Table URL.
         url: String,
         /// The delta-rs error.
-        source: DeltaTableError,
+        source: Box<DeltaTableError>,
     },
 }
 
@@ -60,7 +60,7 @@ impl TableError {
     fn delta(url: &Url, source: DeltaTableError) -> Self {
         TableError::Delta {
             url: url.to_string(),
-            source,
+            source: Box::new(source),
         }
     }
 }

@@ -111,8 +111,8 @@ async fn tables_are_reader_1_writer_2_with_micros_utc_zstd_stats_and_bloom_filte
     }
     let txn = actions
         .iter()
-        .filter_map(|a| a.get("txn"))
-        .last()
+        .rev()
+        .find_map(|a| a.get("txn"))
         .expect("txn action");
     assert_eq!(txn["appId"], "sluice/files/file/rides.ndjson");
     assert_eq!(txn["version"], 4999, "last line number recorded");

@@ -8,3 +8,4 @@ mod fencing;
 mod layout;
 mod memory;
 mod rebalance;
+mod signals;
