@@ -10,6 +10,7 @@
 //! - [`ingest`]: the memory budget, the open batch and the per-table pipeline.
 //! - [`table`]: Delta tables: creation, Parquet writing, fenced commits with
 //!   source positions, the dead-letter table, lineage.
+//! - [`maintain`]: compaction, checkpoints and log cleanup, vacuum.
 //! - [`status`]: what a table holds and whether its committed ranges add up.
 //! - [`demo`]: an in-process Kafka broker and a ride-hailing event generator.
 //! - [`telemetry`]: logs and counters.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod decode;
 pub mod demo;
 pub mod ingest;
+pub mod maintain;
 pub mod source;
 pub mod status;
 pub mod table;

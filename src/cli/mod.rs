@@ -1,10 +1,13 @@
 //! Command-line interface: one module per subcommand.
 
 pub mod bench;
+pub mod checkpoint;
+pub mod compact;
 pub mod demo;
 pub mod generate;
 pub mod ingest;
 pub mod status;
+pub mod vacuum;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -53,6 +56,12 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Show a table's version, files, and recorded source positions.
     Status(status::StatusArgs),
+    /// Bin-pack small files into files near a target size (dataChange=false).
+    Compact(compact::CompactArgs),
+    /// Write a checkpoint and delete expired log files.
+    Checkpoint(checkpoint::CheckpointArgs),
+    /// Delete removed and orphaned data files past the retention.
+    Vacuum(vacuum::VacuumArgs),
     /// Write demo ride events as NDJSON (for backfills and benchmarks).
     Generate(generate::GenerateArgs),
     /// One benchmark measurement (used by scripts/bench).
@@ -72,6 +81,12 @@ pub enum CliError {
     /// A table could not be read.
     #[error(transparent)]
     Table(#[from] crate::table::TableError),
+    /// A maintenance operation failed.
+    #[error(transparent)]
+    Maintain(#[from] crate::maintain::MaintainError),
+    /// An argument is malformed.
+    #[error("{0}")]
+    Usage(String),
     /// The demo could not run.
     #[error("demo: {0}")]
     Demo(String),
@@ -86,9 +101,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Ingest(args) => ingest::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Compact(args) => compact::run(args).await,
+        Command::Checkpoint(args) => checkpoint::run(args).await,
+        Command::Vacuum(args) => vacuum::run(args).await,
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).await,
     }
+}
+
+/// Opens an existing table given as a path or URL.
+pub async fn open_table(location: &str) -> Result<deltalake::DeltaTable, CliError> {
+    let url = crate::table::resolve_existing(location)?;
+    Ok(crate::table::open(&url, &Default::default()).await?)
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.

@@ -142,6 +142,7 @@ async fn start_table(
         &table_config.name,
         &schema,
         &table_config.partition_by,
+        &table::default_properties(Some(&table_config.key)),
     )
     .await?;
     let dead_table = dead_letter::open(&dead_url, options, &table_config.name).await?;

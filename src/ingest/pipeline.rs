@@ -228,6 +228,9 @@ impl Pipeline {
                     self.batch.add(&record, prev);
                     self.pending.push(record);
                     accepted += 1;
+                    if let Some(reason) = self.batch.full(&self.parts.batching) {
+                        self.flush(reason).await?;
+                    }
                 }
                 None => {
                     discarded += 1;

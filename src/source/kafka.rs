@@ -230,6 +230,13 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
     client
         .set("queued.max.messages.kbytes", "16384")
         .set("client.id", format!("sluice-{}", config.name));
+    // If a recorded offset has left the broker's retention, resume from the
+    // oldest retained record rather than silently jumping to the end.
+    let reset = match config.start_from {
+        StartFrom::Earliest => "earliest",
+        StartFrom::Latest => "latest",
+    };
+    client.set("auto.offset.reset", reset);
     for (key, value) in &config.properties {
         client.set(key, value);
     }

@@ -65,6 +65,7 @@ pub async fn open(
         &format!("{table_name}_dead_letters"),
         &schema(),
         &[],
+        &super::default_properties(None),
     )
     .await
 }

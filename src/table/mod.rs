@@ -107,7 +107,27 @@ pub async fn open(
     }
 }
 
-/// Opens the table at `url`, creating it from `schema` if it does not exist.
+/// Table properties sluice sets on the tables it creates: checkpoints every 10
+/// commits with stats as structs and JSON, and the subject-key column (if any).
+pub fn default_properties(key: Option<&str>) -> Vec<(String, String)> {
+    let mut properties = vec![
+        ("delta.checkpointInterval".to_string(), "10".to_string()),
+        (
+            "delta.checkpoint.writeStatsAsStruct".to_string(),
+            "true".to_string(),
+        ),
+        (
+            "delta.checkpoint.writeStatsAsJson".to_string(),
+            "true".to_string(),
+        ),
+    ];
+    if let Some(key) = key {
+        properties.push((crate::maintain::KEY_PROPERTY.to_string(), key.to_string()));
+    }
+    properties
+}
+
+/// Opens the table at `url`, creating it from `schema` (with `properties`) if it does not exist.
 ///
 /// Several workers may race to create the same table: the loser's create
 /// fails on the existing version 0 and it opens the winner's table. An
@@ -118,6 +138,7 @@ pub async fn open_or_create(
     name: &str,
     schema: &ArrowSchema,
     partition_by: &[String],
+    properties: &[(String, String)],
 ) -> Result<DeltaTable, TableError> {
     match open(url, storage_options).await {
         Ok(table) => {
@@ -140,6 +161,8 @@ pub async fn open_or_create(
         .with_table_name(name)
         .with_columns(kernel_schema.fields().cloned())
         .with_partition_columns(partition_by.to_vec())
+        .with_configuration(properties.iter().map(|(k, v)| (k.clone(), Some(v.clone()))))
+        .with_raise_if_key_not_exists(false)
         .await;
     match created {
         Ok(table) => {

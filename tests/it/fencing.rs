@@ -27,7 +27,7 @@ fn update(prev: Option<i64>, last: i64) -> PositionUpdate {
 async fn table(lake: &Lake) -> deltalake::DeltaTable {
     let url = resolve_location(&lake.table("fenced").display().to_string()).unwrap();
     let schema = Schema::new(vec![Field::new("id", DataType::Utf8, true)]);
-    open_or_create(&url, &no_options(), "fenced", &schema, &[])
+    open_or_create(&url, &no_options(), "fenced", &schema, &[], &[])
         .await
         .unwrap()
 }

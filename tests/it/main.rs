@@ -6,6 +6,7 @@ mod dead_letters;
 mod exactly_once;
 mod fencing;
 mod layout;
+mod maintenance;
 mod memory;
 mod rebalance;
 mod signals;

@@ -1,0 +1,307 @@
+//! Compaction: bin-pack a partition's small files into files near a target size.
+//!
+//! Per partition, files below `min_file_size` are candidates; they are packed
+//! (largest first) into bins of at most `target_size` bytes, and every bin of
+//! two or more files is rewritten: its files are streamed batch by batch
+//! through a Parquet writer that rolls at the target size, so memory holds at
+//! most one input batch and one output row group, never a partition.
+//!
+//! Each bin is its own commit: `remove` of exactly the files it read plus
+//! `add` of the new ones, all with `dataChange=false`, under the `OPTIMIZE`
+//! operation, landed by [`commit_rewrite`]: it commits only against a
+//! version in which every input file is still live, retrying when appends
+//! land first. Ingestion never fails or waits because of compaction
+//! (invariant 3): an append does not depend on the files compaction removes.
+//! If a concurrent commit removed one of the bin's files (another
+//! compaction, an erasure), the bin aborts cleanly: its new files are never
+//! referenced and vacuum removes them.
+//!
+//! ```no_run
+//! # async fn example(table: &mut deltalake::DeltaTable) -> Result<(), sluice::maintain::MaintainError> {
+//! use sluice::maintain::compact::{compact, CompactOptions};
+//! let metrics = compact(table, &CompactOptions::default(), &|_| {}).await?;
+//! println!("{} files -> {}", metrics.files_in, metrics.files_out);
+//! # Ok(()) }
+//! ```
+
+use std::time::Instant;
+
+use deltalake::kernel::Action;
+#[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
+use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
+use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
+use deltalake::protocol::DeltaOperation;
+use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::DeltaTable;
+use futures::TryStreamExt;
+use serde::Serialize;
+
+use super::files::{live_files_by_partition, partition_label, with_partition_columns, LiveFile};
+use super::{commit_rewrite, MaintainError, RewriteOutcome};
+use crate::table::writer::writer_properties;
+
+/// Default output file size.
+pub const DEFAULT_TARGET_SIZE: u64 = 512 << 20;
+
+/// What to compact and how.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// Output files roll at this size.
+    pub target_size: u64,
+    /// Files at or above this size are left alone.
+    pub min_file_size: u64,
+    /// Only partitions matching all of these `column = value` pairs.
+    pub partition_filter: Vec<(String, String)>,
+    /// The key column to bloom-filter in new files (default: the table's `sluice.key`).
+    pub key_column: Option<String>,
+}
+
+impl Default for CompactOptions {
+    fn default() -> Self {
+        Self {
+            target_size: DEFAULT_TARGET_SIZE,
+            min_file_size: DEFAULT_TARGET_SIZE * 3 / 4,
+            partition_filter: Vec::new(),
+            key_column: None,
+        }
+    }
+}
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CompactMetrics {
+    /// Partitions with at least one bin.
+    pub partitions: u64,
+    /// Bins committed.
+    pub bins_committed: u64,
+    /// Bins aborted because a concurrent commit removed one of their files.
+    pub bins_aborted: u64,
+    /// Files rewritten.
+    pub files_in: u64,
+    /// Bytes rewritten.
+    pub bytes_in: u64,
+    /// Files written.
+    pub files_out: u64,
+    /// Bytes written.
+    pub bytes_out: u64,
+    /// Table versions committed.
+    pub versions: Vec<i64>,
+    /// Wall time.
+    pub seconds: f64,
+}
+
+/// Progress callback: `(bytes of input done)`.
+pub type Progress<'a> = &'a dyn Fn(u64);
+
+/// Bins of files to rewrite together, per partition.
+pub fn plan(files: &[LiveFile], options: &CompactOptions) -> Vec<Vec<LiveFile>> {
+    let mut candidates: Vec<&LiveFile> = files
+        .iter()
+        .filter(|f| f.size < options.min_file_size)
+        .collect();
+    candidates.sort_by(|a, b| b.size.cmp(&a.size).then(a.path.cmp(&b.path)));
+    let mut bins: Vec<(u64, Vec<LiveFile>)> = Vec::new();
+    for file in candidates {
+        match bins
+            .iter_mut()
+            .find(|(size, _)| size + file.size <= options.target_size)
+        {
+            Some((size, members)) => {
+                *size += file.size;
+                members.push(file.clone());
+            }
+            None => bins.push((file.size, vec![file.clone()])),
+        }
+    }
+    bins.into_iter()
+        .map(|(_, members)| members)
+        .filter(|members| members.len() >= 2)
+        .collect()
+}
+
+/// Total input bytes a compaction with `options` would rewrite.
+pub fn planned_bytes(table: &DeltaTable, options: &CompactOptions) -> Result<u64, MaintainError> {
+    let groups = live_files_by_partition(table, &options.partition_filter)?;
+    Ok(groups
+        .values()
+        .flat_map(|files| plan(files, options))
+        .flatten()
+        .map(|f| f.size)
+        .sum())
+}
+
+/// Compacts `table`; see the module docs.
+pub async fn compact(
+    table: &mut DeltaTable,
+    options: &CompactOptions,
+    progress: Progress<'_>,
+) -> Result<CompactMetrics, MaintainError> {
+    let started = Instant::now();
+    table.update_state().await?;
+    let key = options
+        .key_column
+        .clone()
+        .or_else(|| super::table_key(table));
+    let groups = live_files_by_partition(table, &options.partition_filter)?;
+    let mut metrics = CompactMetrics::default();
+    let mut done = 0u64;
+    for (partition, files) in groups {
+        let bins = plan(&files, options);
+        if bins.is_empty() {
+            continue;
+        }
+        metrics.partitions += 1;
+        for bin in bins {
+            let bytes: u64 = bin.iter().map(|f| f.size).sum();
+            match rewrite_bin(table, &bin, options, key.as_deref()).await? {
+                BinOutcome::Committed {
+                    version,
+                    files_out,
+                    bytes_out,
+                } => {
+                    metrics.bins_committed += 1;
+                    metrics.files_in += bin.len() as u64;
+                    metrics.bytes_in += bytes;
+                    metrics.files_out += files_out;
+                    metrics.bytes_out += bytes_out;
+                    metrics.versions.push(version);
+                    tracing::info!(
+                        partition = %partition_label(&partition),
+                        version,
+                        files_in = bin.len(),
+                        files_out,
+                        "compacted bin"
+                    );
+                }
+                BinOutcome::Aborted(reason) => {
+                    metrics.bins_aborted += 1;
+                    tracing::warn!(partition = %partition_label(&partition), %reason, "compaction bin aborted");
+                }
+            }
+            done += bytes;
+            progress(done);
+        }
+    }
+    table.update_state().await?;
+    metrics.seconds = started.elapsed().as_secs_f64();
+    Ok(metrics)
+}
+
+enum BinOutcome {
+    Committed {
+        version: i64,
+        files_out: u64,
+        bytes_out: u64,
+    },
+    Aborted(String),
+}
+
+async fn rewrite_bin(
+    table: &mut DeltaTable,
+    bin: &[LiveFile],
+    options: &CompactOptions,
+    key: Option<&str>,
+) -> Result<BinOutcome, MaintainError> {
+    let schema = table.snapshot()?.snapshot().arrow_schema();
+    let store = table.object_store();
+    let mut writer = RecordBatchWriter::for_table(table)?
+        .with_writer_properties(writer_properties(key))
+        .with_target_file_size(options.target_size);
+    for file in bin {
+        #[allow(deprecated)]
+        let reader = ParquetObjectReader::new(store.clone(), file.location.clone())
+            .with_file_size(file.size);
+        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
+            .with_batch_size(8192)
+            .build()?;
+        while let Some(batch) = stream.try_next().await? {
+            let batch = with_partition_columns(batch, &schema, &file.partition)?;
+            writer.write(batch).await?;
+        }
+    }
+    let mut adds = writer.flush().await?;
+    for add in &mut adds {
+        add.data_change = false;
+    }
+    let files_out = adds.len() as u64;
+    let bytes_out = adds.iter().map(|a| a.size as u64).sum();
+    let actions: Vec<Action> = bin
+        .iter()
+        .map(|f| Action::Remove(f.remove.clone()))
+        .chain(adds.into_iter().map(Action::Add))
+        .collect();
+    let operation = DeltaOperation::Optimize {
+        predicate: None,
+        target_size: options.target_size as i64,
+    };
+    let inputs: Vec<String> = bin.iter().map(|f| f.path.clone()).collect();
+    let info =
+        serde_json::json!({"kind": "compact", "files_in": bin.len(), "files_out": files_out});
+    Ok(
+        match commit_rewrite(table, &inputs, actions, operation, info).await? {
+            RewriteOutcome::Committed(version) => BinOutcome::Committed {
+                version,
+                files_out,
+                bytes_out,
+            },
+            RewriteOutcome::Aborted(reason) => BinOutcome::Aborted(reason),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, size: u64) -> LiveFile {
+        LiveFile {
+            path: name.into(),
+            location: name.into(),
+            size,
+            rows: None,
+            partition: Default::default(),
+            tags: Default::default(),
+            stats: None,
+            remove: deltalake::kernel::Remove {
+                path: name.into(),
+                data_change: false,
+                deletion_timestamp: None,
+                extended_file_metadata: None,
+                partition_values: None,
+                size: Some(size as i64),
+                tags: None,
+                deletion_vector: None,
+                base_row_id: None,
+                default_row_commit_version: None,
+            },
+        }
+    }
+
+    #[test]
+    fn packs_small_files_and_leaves_big_ones_alone() {
+        let options = CompactOptions {
+            target_size: 100,
+            min_file_size: 75,
+            ..CompactOptions::default()
+        };
+        let files = vec![
+            file("big", 90),
+            file("a", 60),
+            file("b", 30),
+            file("c", 30),
+            file("d", 10),
+            file("lonely", 74),
+        ];
+        let bins = plan(&files, &options);
+        let names: Vec<Vec<&str>> = bins
+            .iter()
+            .map(|b| b.iter().map(|f| f.path.as_str()).collect())
+            .collect();
+        // First fit, largest first: [lonely 74, d 10], [a 60, b 30], [c 30] (dropped: one file).
+        assert_eq!(names, vec![vec!["lonely", "d"], vec!["a", "b"]]);
+        assert!(bins
+            .iter()
+            .all(|b| b.iter().map(|f| f.size).sum::<u64>() <= 100));
+    }
+}

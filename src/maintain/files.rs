@@ -1,0 +1,137 @@
+//! The live files of a table, grouped by partition, as maintenance plans them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
+use arrow::datatypes::SchemaRef;
+use deltalake::kernel::Remove;
+use deltalake::{DeltaTable, DeltaTableError, Path};
+
+/// One live data file.
+#[derive(Debug, Clone)]
+pub struct LiveFile {
+    /// Path relative to the table root, as in the log.
+    pub path: String,
+    /// Object-store path.
+    pub location: Path,
+    /// Size in bytes.
+    pub size: u64,
+    /// Rows (from stats), if known.
+    pub rows: Option<u64>,
+    /// Partition values as strings (`None`: null).
+    pub partition: BTreeMap<String, Option<String>>,
+    /// `add.tags`.
+    pub tags: HashMap<String, Option<String>>,
+    /// `add.stats` (JSON), if written.
+    pub stats: Option<String>,
+    /// The `remove` action that retires it without changing data.
+    pub remove: Remove,
+}
+
+/// Partition values, as a sortable key.
+pub type PartitionKey = Vec<(String, Option<String>)>;
+
+/// Renders a partition key as `a=1/b=x` (or `(unpartitioned)`).
+pub fn partition_label(key: &PartitionKey) -> String {
+    if key.is_empty() {
+        return "(unpartitioned)".into();
+    }
+    key.iter()
+        .map(|(k, v)| format!("{k}={}", v.as_deref().unwrap_or("null")))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// Parses `--partition date=2024-05-01` filters.
+pub fn parse_partition_filter(filters: &[String]) -> Result<Vec<(String, String)>, String> {
+    filters
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                .filter(|(k, _)| !k.is_empty())
+                .ok_or_else(|| format!("partition filter `{f}` is not of the form column=value"))
+        })
+        .collect()
+}
+
+/// Live files grouped by partition, filtered by `filter` (all must match).
+pub fn live_files_by_partition(
+    table: &DeltaTable,
+    filter: &[(String, String)],
+) -> Result<BTreeMap<PartitionKey, Vec<LiveFile>>, DeltaTableError> {
+    let snapshot = table.snapshot()?;
+    let partition_columns = snapshot.metadata().partition_columns().to_vec();
+    for (column, _) in filter {
+        if !partition_columns.contains(column) {
+            return Err(DeltaTableError::Generic(format!(
+                "`{column}` is not a partition column (partition columns: {partition_columns:?})"
+            )));
+        }
+    }
+    let mut groups: BTreeMap<PartitionKey, Vec<LiveFile>> = BTreeMap::new();
+    for view in snapshot.log_data().iter() {
+        let values = view.partition_values_map();
+        let key: PartitionKey = partition_columns
+            .iter()
+            .map(|c| (c.clone(), values.get(c).cloned().flatten()))
+            .collect();
+        let matches = filter.iter().all(|(column, wanted)| {
+            key.iter()
+                .any(|(c, v)| c == column && v.as_deref() == Some(wanted.as_str()))
+        });
+        if !matches {
+            continue;
+        }
+        // Tags are only exposed through the `Add` conversion.
+        #[allow(deprecated)]
+        let add = view.add_action();
+        groups.entry(key.clone()).or_default().push(LiveFile {
+            path: view.path().to_string(),
+            location: view.object_store_path(),
+            size: view.size() as u64,
+            rows: view.num_records().map(|n| n as u64),
+            partition: key.into_iter().collect(),
+            tags: add.tags.clone().unwrap_or_default(),
+            stats: view.stats(),
+            remove: view.remove_action(false),
+        });
+    }
+    Ok(groups)
+}
+
+/// Adds the partition columns (constant per file) back to a batch read from a
+/// data file, so it matches the table schema.
+pub fn with_partition_columns(
+    batch: RecordBatch,
+    table_schema: &SchemaRef,
+    partition: &BTreeMap<String, Option<String>>,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let rows = batch.num_rows();
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(table_schema.fields().len());
+    for field in table_schema.fields() {
+        if let Some(column) = batch.column_by_name(field.name()) {
+            columns.push(column.clone());
+        } else if let Some(value) = partition.get(field.name()) {
+            let column: ArrayRef = match value {
+                Some(text) => {
+                    let strings: ArrayRef = Arc::new(StringArray::from(vec![text.as_str(); rows]));
+                    arrow::compute::cast(&strings, field.data_type())?
+                }
+                None => new_null_array(field.data_type(), rows),
+            };
+            columns.push(column);
+        } else {
+            columns.push(new_null_array(field.data_type(), rows));
+        }
+    }
+    let schema = Arc::new(arrow::datatypes::Schema::new(
+        table_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone().with_nullable(true))
+            .collect::<Vec<_>>(),
+    ));
+    RecordBatch::try_new(schema, columns)
+}
