@@ -8,6 +8,7 @@ pub mod generate;
 pub mod ingest;
 pub mod status;
 pub mod vacuum;
+pub mod zorder;
 
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
@@ -58,6 +59,8 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Bin-pack small files into files near a target size (dataChange=false).
     Compact(compact::CompactArgs),
+    /// Cluster rows by columns so point lookups skip files (incremental, bounded memory).
+    Zorder(zorder::ZOrderArgs),
     /// Write a checkpoint and delete expired log files.
     Checkpoint(checkpoint::CheckpointArgs),
     /// Delete removed and orphaned data files past the retention.
@@ -102,6 +105,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Compact(args) => compact::run(args).await,
+        Command::Zorder(args) => zorder::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args).await,
         Command::Vacuum(args) => vacuum::run(args).await,
         Command::Generate(args) => generate::run(args),

@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod compact;
 pub mod files;
 pub mod vacuum;
+pub mod zorder;
 
 use deltalake::kernel::transaction::TransactionError;
 use deltalake::{DeltaTable, DeltaTableError};
@@ -28,6 +29,9 @@ pub enum MaintainError {
     /// Reshaping a batch failed.
     #[error("reshaping a batch: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
+    /// Local spill files failed.
+    #[error("spilling to local disk: {0}")]
+    Io(#[from] std::io::Error),
     /// The request is not valid for this table.
     #[error("{0}")]
     Invalid(String),

@@ -10,3 +10,4 @@ mod maintenance;
 mod memory;
 mod rebalance;
 mod signals;
+mod zorder;

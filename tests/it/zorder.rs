@@ -1,0 +1,222 @@
+//! Z-order: point lookups skip files, memory stays within the budget by
+//! spilling, a second run after a small append rewrites only the new data,
+//! and bad requests change nothing.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Duration;
+
+use sluice::maintain::zorder::{zorder, ZOrderOptions};
+use sluice::table::{open, resolve_existing};
+
+use crate::common::*;
+
+async fn load(table: &Path) -> deltalake::DeltaTable {
+    open(
+        &resolve_existing(&table.display().to_string()).unwrap(),
+        &no_options(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Writes `count` events with ids from `from`, users spread over `users`.
+fn write_events(path: &Path, from: usize, count: usize, users: usize) -> Vec<String> {
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    let mut ids = Vec::new();
+    for n in from..from + count {
+        let id = format!("e-{n:07}");
+        let user = (n * 7919) % users;
+        writeln!(
+            out,
+            r#"{{"event_id":"{id}","user_id":"u-{user:06}","amount":{}.25,"event_time":"2024-05-01T12:{:02}:00Z"}}"#,
+            n % 997,
+            n % 60
+        )
+        .unwrap();
+        ids.push(id);
+    }
+    out.flush().unwrap();
+    ids
+}
+
+async fn ingest_file(lake: &Lake, path: &Path, batching: &str) {
+    let config = file_config(lake, path, "events", batching, EVENT_COLUMNS);
+    let run = Running::start(&config);
+    tokio::time::timeout(Duration::from_secs(120), run.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Share of live files whose `user_id` min/max stats rule out `user`, averaged over `users`.
+async fn skip_ratio(table: &Path, users: &[String]) -> (f64, usize) {
+    let table = load(table).await;
+    let snapshot = table.snapshot().unwrap();
+    let ranges: Vec<(String, String)> = snapshot
+        .log_data()
+        .iter()
+        .map(|f| {
+            let stats: serde_json::Value = serde_json::from_str(&f.stats().unwrap()).unwrap();
+            (
+                stats["minValues"]["user_id"].as_str().unwrap().to_string(),
+                stats["maxValues"]["user_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let total = ranges.len();
+    let mut skipped = 0usize;
+    for user in users {
+        skipped += ranges
+            .iter()
+            .filter(|(lo, hi)| user < lo || user > hi)
+            .count();
+    }
+    (skipped as f64 / (total * users.len()) as f64, total)
+}
+
+fn sample_users() -> Vec<String> {
+    (0..50).map(|i| format!("u-{:06}", i * 97 + 13)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn point_lookups_skip_files_and_a_second_run_only_orders_new_data() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("events.ndjson");
+    let mut expected = write_events(&input, 0, 40_000, 5000);
+    // 200 commits of 200 rows: 200 small files, every user in most of them.
+    ingest_file(&lake, &input, "max_rows = 200").await;
+    let table_path = lake.table("events");
+    let (before, files_before) = skip_ratio(&table_path, &sample_users()).await;
+    assert!(files_before >= 200, "{files_before} files");
+
+    let options = ZOrderOptions {
+        columns: vec!["user_id".into()],
+        target_size: 16 << 10,
+        memory_budget: 64 << 20,
+        ..ZOrderOptions::default()
+    };
+    let mut table = load(&table_path).await;
+    let first = zorder(&mut table, &options, &|_| {}).await.unwrap();
+    assert_eq!(first.files_in as usize, files_before);
+    let (after, files_after) = skip_ratio(&table_path, &sample_users()).await;
+    eprintln!(
+        "z-order by user_id: {files_before} files, skip ratio {before:.3} -> {files_after} files, skip ratio {after:.3}"
+    );
+    assert!(files_after >= 20, "{files_after} output files");
+    assert!(
+        after >= 0.95,
+        "a point lookup skips {after:.3} of the files"
+    );
+    assert_exactly_once(
+        strings(&kernel_read(&table_path).await, "event_id"),
+        &expected,
+    );
+
+    // A small append, then a second run: only the new files are sorted.
+    let more = lake.dir.path().join("more.ndjson");
+    expected.extend(write_events(&more, 40_000, 2000, 5000));
+    let config = file_config(&lake, &more, "events", "max_rows = 200", EVENT_COLUMNS);
+    let run = Running::start(&config);
+    tokio::time::timeout(Duration::from_secs(60), run.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let mut table = load(&table_path).await;
+    let second = zorder(&mut table, &options, &|_| {}).await.unwrap();
+    let total_bytes: u64 = table
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.size() as u64)
+        .sum();
+    eprintln!(
+        "incremental z-order: rewrote {} of {} bytes ({} already ordered)",
+        second.bytes_in, total_bytes, second.ordered_bytes_rewritten
+    );
+    assert_eq!(second.files_in, 10, "only the ten appended files");
+    assert_eq!(second.ordered_bytes_rewritten, 0);
+    assert!(
+        second.bytes_in * 10 < total_bytes,
+        "a small fraction is rewritten"
+    );
+    let (after_append, _) = skip_ratio(&table_path, &sample_users()).await;
+    assert!(
+        after_append >= 0.9,
+        "two runs: lookups still skip {after_append:.3}"
+    );
+    assert_exactly_once(
+        strings(&kernel_read(&table_path).await, "event_id"),
+        &expected,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_larger_than_the_budget_spills_and_completes() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("events.ndjson");
+    let expected = write_events(&input, 0, 120_000, 20_000);
+    ingest_file(&lake, &input, "max_rows = 20000").await;
+    let table_path = lake.table("events");
+    let budget = 2usize << 20;
+    let options = ZOrderOptions {
+        columns: vec!["user_id".into(), "amount".into()],
+        target_size: 1 << 20,
+        memory_budget: budget,
+        ..ZOrderOptions::default()
+    };
+    let mut table = load(&table_path).await;
+    let metrics = zorder(&mut table, &options, &|_| {}).await.unwrap();
+    eprintln!("z-order with a {budget}-byte budget: {metrics:?}");
+    assert!(
+        metrics.spilled_runs >= 4,
+        "sorted in several spilled runs: {metrics:?}"
+    );
+    assert!(
+        metrics.peak_sort_memory <= (budget / 2 + (1 << 20)) as u64,
+        "buffered {} bytes with a budget of {budget}",
+        metrics.peak_sort_memory
+    );
+    assert_eq!(metrics.rows, 120_000);
+    assert_exactly_once(
+        strings(&kernel_read(&table_path).await, "event_id"),
+        &expected,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_change_nothing() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("events.ndjson");
+    write_events(&input, 0, 100, 10);
+    ingest_file(&lake, &input, "").await;
+    let table_path = lake.table("events");
+    let mut table = load(&table_path).await;
+    let version = table.version();
+    for (columns, expected) in [
+        (vec!["nope".to_string()], "unknown column `nope`"),
+        (vec![], "at least one column"),
+    ] {
+        let options = ZOrderOptions {
+            columns,
+            ..ZOrderOptions::default()
+        };
+        let error = zorder(&mut table, &options, &|_| {})
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains(expected), "{error}");
+    }
+    assert_eq!(load(&table_path).await.version(), version);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["zorder", "--by", "amount,missing"])
+        .arg(&table_path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("unknown column `missing`"));
+}
