@@ -10,9 +10,11 @@
 //! - [`ingest`]: the memory budget, the open batch and the per-table pipeline.
 //! - [`table`]: Delta tables: creation, Parquet writing, fenced commits with
 //!   source positions, the dead-letter table, lineage.
-//! - [`maintain`]: compaction, checkpoints and log cleanup, vacuum.
+//! - [`maintain`]: compaction, Z-order, checkpoints and log cleanup,
+//!   vacuum, and the background loop that runs them.
 //! - [`status`]: what a table holds and whether its committed ranges add up.
 //! - [`demo`]: an in-process Kafka broker and a ride-hailing event generator.
+//! - [`fleet`]: object-store leases shared by the workers of a fleet.
 //! - [`telemetry`]: logs and counters.
 //! - [`cli`]: one module per subcommand.
 
@@ -22,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod fleet;
 pub mod ingest;
 pub mod maintain;
 pub mod source;

@@ -5,8 +5,10 @@
 //!   demo table's schema plus Parquet zstd encode into a byte sink, on one
 //!   thread, nothing else.
 //! - `file`: `sluice` ingest of the same file into a local table.
-//! - `kafka`: the same events produced to the embedded broker first (not
-//!   timed), then ingested from Kafka until all are committed.
+//! - `kafka`: the same events produced to the embedded broker while sluice
+//!   consumes them, never more than 100k ahead (the broker keeps only 5 MB
+//!   per partition), timed from the first produced event to the last commit;
+//!   the producer shares the CPU.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -185,17 +187,12 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
 }
 
 async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
+    // The embedded broker keeps 5 MB per partition, so the events are
+    // produced while sluice consumes them, at most 100k (~44 MB) ahead of it
+    // (16 partitions keep ~80 MB), and the clock runs from the first produced
+    // event to the last commit.
     let topic = "bench";
-    let cluster = EmbeddedKafka::start(topic, 4).map_err(CliError::Demo)?;
-    let producer = cluster.producer().map_err(CliError::Demo)?;
-    let mut events = RideEvents::new(1, 100_000, 0.0);
-    let mut bytes = 0u64;
-    for _ in 0..args.events {
-        let event = events.next_event();
-        bytes += event.payload.len() as u64 + 1;
-        broker::send(&producer, topic, &event.key, &event.payload).map_err(CliError::Demo)?;
-    }
-    broker::flush(&producer).map_err(CliError::Demo)?;
+    let cluster = EmbeddedKafka::start(topic, 16).map_err(CliError::Demo)?;
     let lake = fresh_lake(&args.lake)?;
     let source = format!(
         "[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"bench\"",
@@ -204,15 +201,53 @@ async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
     let config = rides_config(&lake, &source)?;
     let stats = Arc::new(IngestStats::new());
     let shutdown = CancellationToken::new();
-    let started = Instant::now();
     let task = {
         let (stats, shutdown) = (stats.clone(), shutdown.clone());
         tokio::spawn(async move { crate::ingest::run(&config, shutdown, stats).await })
     };
-    while stats.snapshot().committed < args.events && !task.is_finished() {
+    // Let the consumer join the group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let producer = cluster.producer().map_err(CliError::Demo)?;
+    let count = args.events;
+    let started = Instant::now();
+    let consumed = stats.clone();
+    let produced = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+        let mut events = RideEvents::new(1, 100_000, 0.0);
+        let mut bytes = 0u64;
+        for n in 0..count {
+            // Stay within what the broker retains: at most 100k records ahead of the consumer.
+            while n >= consumed.snapshot().received + 100_000 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            let event = events.next_event();
+            bytes += event.payload.len() as u64 + 1;
+            broker::send(&producer, topic, &event.key, &event.payload)?;
+        }
+        broker::flush(&producer)?;
+        Ok(bytes)
+    });
+    let mut last = (0u64, Instant::now());
+    loop {
+        let committed = stats.snapshot().committed;
+        if committed >= args.events || task.is_finished() {
+            break;
+        }
+        if committed != last.0 {
+            last = (committed, Instant::now());
+        } else if produced.is_finished() && last.1.elapsed() > Duration::from_secs(15) {
+            tracing::warn!(
+                committed,
+                "no progress for 15s: the broker dropped records it could not retain"
+            );
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let bytes = produced
+        .await
+        .map_err(|e| CliError::Demo(e.to_string()))?
+        .map_err(CliError::Demo)?;
     shutdown.cancel();
     task.await.map_err(|e| CliError::Demo(e.to_string()))??;
     Ok(Measurement {

@@ -208,6 +208,13 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         "  commits           {} (this run; {} batches fenced)",
         s.commits, s.fenced
     );
+    let missing = produced.saturating_sub(s.committed + s.dead_lettered);
+    if missing > 0 {
+        println!(
+            "  NOT INGESTED      {missing} events: the embedded broker keeps only 5 MB per partition and \
+             dropped them before sluice read them; lower --rate or raise --partitions"
+        );
+    }
     println!(
         "  table             {} at version {}: {} files, {}, {} rows in total",
         table_path.display(),

@@ -24,3 +24,21 @@ pub const ROW_GROUP_BYTES: usize = 64 << 20;
 pub const ZSTD_LEVEL: i32 = 3;
 /// Files below this size count as small in `status`.
 pub const SMALL_FILE_BYTES: u64 = 32 << 20;
+/// How often the maintenance loop looks at each table.
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(300);
+/// Compact a partition once it has this many small files.
+pub const COMPACT_MIN_SMALL_FILES: usize = 16;
+/// Compaction and Z-order output size.
+pub const COMPACT_TARGET_SIZE: u64 = 512 << 20;
+/// Z-order a partition once no file arrived for this long.
+pub const ZORDER_IDLE: Duration = Duration::from_secs(3600);
+/// ... or once it holds this many unordered bytes.
+pub const ZORDER_UNORDERED_BYTES: u64 = 1 << 30;
+/// Memory for a Z-order sort.
+pub const ZORDER_MEMORY_BUDGET: u64 = 1 << 30;
+/// Vacuum files removed longer ago than this.
+pub const VACUUM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Vacuum this often.
+pub const VACUUM_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+/// Maintenance lease duration.
+pub const LEASE_TTL: Duration = Duration::from_secs(600);

@@ -100,6 +100,55 @@ pub struct Config {
     /// Destination tables, each fed by one source.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// The background maintenance loop.
+    #[serde(default)]
+    pub maintenance: MaintenanceConfig,
+}
+
+/// When the ingest process compacts, Z-orders and vacuums its tables.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MaintenanceConfig {
+    /// Run the loop at all.
+    pub enabled: bool,
+    /// How often each table is looked at.
+    pub interval: Span,
+    /// Compact a partition once it has this many small files.
+    pub compact_min_small_files: usize,
+    /// Files below this size are small.
+    pub small_file_size: ByteSize,
+    /// Compaction and Z-order output file size.
+    pub compact_target_size: ByteSize,
+    /// Z-order a partition (of a table with `zorder_by`) once no file has arrived for this long.
+    pub zorder_idle: Span,
+    /// ... or once it has this many unordered bytes.
+    pub zorder_unordered_bytes: ByteSize,
+    /// Memory for a Z-order sort; the rest spills to local disk.
+    pub zorder_memory_budget: ByteSize,
+    /// Vacuum removed and orphaned files older than this.
+    pub vacuum_retention: Span,
+    /// How often to vacuum (and expire old log files).
+    pub vacuum_interval: Span,
+    /// How long a maintenance lease lasts without renewal.
+    pub lease_ttl: Span,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Span(defaults::MAINTENANCE_INTERVAL),
+            compact_min_small_files: defaults::COMPACT_MIN_SMALL_FILES,
+            small_file_size: ByteSize(defaults::SMALL_FILE_BYTES),
+            compact_target_size: ByteSize(defaults::COMPACT_TARGET_SIZE),
+            zorder_idle: Span(defaults::ZORDER_IDLE),
+            zorder_unordered_bytes: ByteSize(defaults::ZORDER_UNORDERED_BYTES),
+            zorder_memory_budget: ByteSize(defaults::ZORDER_MEMORY_BUDGET),
+            vacuum_retention: Span(defaults::VACUUM_RETENTION),
+            vacuum_interval: Span(defaults::VACUUM_INTERVAL),
+            lease_ttl: Span(defaults::LEASE_TTL),
+        }
+    }
 }
 
 /// The lake root and how to reach it.

@@ -27,6 +27,9 @@ pub struct TableConfig {
     /// Source coordinates stored with each row.
     #[serde(default)]
     pub metadata_columns: Vec<MetadataColumn>,
+    /// Columns the maintenance loop Z-orders idle partitions by (e.g. `["user_id"]`).
+    #[serde(default)]
+    pub zorder_by: Vec<String>,
     /// Dead-letter table location; default `<lake.root>/<name>_dead_letters`.
     #[serde(default)]
     pub dead_letter_uri: Option<String>,

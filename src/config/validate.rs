@@ -39,6 +39,23 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             "must be greater than zero".into(),
         );
     }
+    let m = &config.maintenance;
+    if m.enabled && m.interval.0.is_zero() {
+        add(
+            "maintenance.interval".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if m.enabled && m.vacuum_retention.0 < std::time::Duration::from_secs(24 * 3600) {
+        add(
+            "maintenance.vacuum_retention".into(),
+            "must be at least 1 day: readers and lagging writers may still need removed files"
+                .into(),
+        );
+    }
+    if m.lease_ttl.0 < std::time::Duration::from_secs(5) {
+        add("maintenance.lease_ttl".into(), "must be at least 5s".into());
+    }
     if b.memory_budget.0 < b.max_bytes.0.min(1 << 20) {
         add(
             "batching.memory_budget".into(),
@@ -231,6 +248,23 @@ pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
                 format!("partition_by[{j}]"),
                 "the key column cannot be a partition column (one directory per user)".into(),
             );
+        }
+    }
+    for (j, column) in table.zorder_by.iter().enumerate() {
+        match types.get(column.as_str()) {
+            None => add(
+                format!("zorder_by[{j}]"),
+                format!("`{column}` is not a column"),
+            ),
+            Some(_) if table.partition_by.contains(column) => add(
+                format!("zorder_by[{j}]"),
+                format!("`{column}` is a partition column; Z-order by data columns"),
+            ),
+            Some(ty) if !crate::maintain::zorder::key::supported(ty) => add(
+                format!("zorder_by[{j}]"),
+                format!("cannot Z-order by `{column}` of type {ty}"),
+            ),
+            Some(_) => {}
         }
     }
     if table.partition_by.len() == types.len() {

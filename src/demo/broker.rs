@@ -66,6 +66,7 @@ impl EmbeddedKafka {
             .set("bootstrap.servers", &self.bootstrap)
             .set("linger.ms", "5")
             .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "65536")
             .create()
             .map_err(|e| format!("cannot create producer: {e}"))
     }

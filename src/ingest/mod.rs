@@ -3,7 +3,9 @@
 //! [`run`] opens (or creates) each table and its dead-letter table, starts
 //! the table's source with a position lookup on the table, and runs one
 //! [`pipeline::Pipeline`] per table until every finite source is drained or
-//! `shutdown` fires and the buffered work is committed.
+//! `shutdown` fires and the buffered work is committed. Beside each pipeline
+//! runs the table's maintenance loop (`maintain::scheduler`), stopped when
+//! the pipelines are done.
 
 pub mod batcher;
 pub mod budget;
@@ -16,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceConfig, TableConfig};
 use crate::decode::json::{DecoderError, JsonDecoder};
+use crate::maintain::scheduler::{self, MaintenanceLoop};
 use crate::source::{file, kafka, SourceControl, SourceEvent};
 use crate::table::{self, dead_letter, TableError};
 use crate::telemetry::stats::IngestStats;
@@ -95,6 +98,8 @@ pub async fn run_with_budget(
 ) -> Result<(), IngestError> {
     let worker = worker_id();
     let mut tasks = tokio::task::JoinSet::new();
+    let maintenance_stop = shutdown.child_token();
+    let mut maintenance = Vec::new();
     for table_config in &config.tables {
         let source = config
             .source_for(table_config)
@@ -104,6 +109,20 @@ pub async fn run_with_budget(
         let token = shutdown.clone();
         let name = table_config.name.clone();
         tasks.spawn(async move { (name, pipeline.run(events, token).await) });
+        if config.maintenance.enabled {
+            let (url, _) = table_urls(config, table_config)?;
+            let maintenance_loop = MaintenanceLoop::new(
+                &table_config.name,
+                url,
+                config.lake.storage_options.clone(),
+                config.maintenance.clone(),
+                table_config.zorder_by.clone(),
+                &worker,
+            )
+            .await
+            .map_err(|e| IngestError::Task(table_config.name.clone(), e.to_string()))?;
+            maintenance.push(scheduler::spawn(maintenance_loop, maintenance_stop.clone()));
+        }
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
@@ -117,6 +136,10 @@ pub async fn run_with_budget(
             shutdown.cancel();
             first_error.get_or_insert(error);
         }
+    }
+    maintenance_stop.cancel();
+    for handle in maintenance {
+        let _ = handle.await;
     }
     match first_error {
         Some(error) => Err(error),

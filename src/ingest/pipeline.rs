@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::batcher::{Batch, FlushReason};
 use super::budget::MemoryBudget;
 use crate::config::{defaults, BatchingConfig};
-use crate::decode::JsonDecoder;
+use crate::decode::{Decoded, JsonDecoder};
 use crate::source::{PartitionId, Record, SourceControl, SourceEvent};
 use crate::table::commit::{commit_with_positions, CommitError, PositionUpdate};
 use crate::table::dead_letter::{self, DeadLetter};
@@ -93,6 +93,8 @@ pub struct Pipeline {
     states: HashMap<Arc<PartitionId>, PartState>,
     batch: Batch,
     pending: Vec<Record>,
+    in_flight: Option<tokio::task::JoinHandle<(Vec<Record>, Decoded)>>,
+    decoder: Arc<JsonDecoder>,
     dead: Vec<DeadLetter>,
     epoch: i64,
 }
@@ -108,6 +110,7 @@ impl Pipeline {
         let writer =
             TableWriter::new(&parts.table, Some(&parts.key), target).map_err(write_error)?;
         let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
+        let decoder = Arc::new(parts.decoder.clone());
         Ok(Self {
             parts,
             writer,
@@ -115,6 +118,8 @@ impl Pipeline {
             states: HashMap::new(),
             batch: Batch::default(),
             pending: Vec::new(),
+            in_flight: None,
+            decoder,
             dead: Vec::new(),
             epoch: 0,
         })
@@ -254,12 +259,41 @@ impl Pipeline {
         Ok(())
     }
 
+    /// Starts decoding the pending records on a blocking thread and, while
+    /// that runs, writes the previously decoded chunk: decode and Parquet
+    /// encode overlap on two cores.
     async fn decode_pending(&mut self) -> Result<(), PipelineError> {
-        if self.pending.is_empty() {
-            return Ok(());
+        let previous = self.in_flight.take();
+        if !self.pending.is_empty() {
+            let records = std::mem::take(&mut self.pending);
+            let decoder = self.decoder.clone();
+            self.in_flight = Some(tokio::task::spawn_blocking(move || {
+                let decoded = decoder.decode(&records);
+                (records, decoded)
+            }));
         }
-        let records = std::mem::take(&mut self.pending);
-        let decoded = self.parts.decoder.decode(&records);
+        if let Some(handle) = previous {
+            let (records, decoded) = handle.await.expect("decode task does not panic");
+            self.absorb(records, decoded).await?;
+        }
+        Ok(())
+    }
+
+    /// Decodes and writes everything pending.
+    async fn drain_decodes(&mut self) -> Result<(), PipelineError> {
+        self.decode_pending().await?;
+        if let Some(handle) = self.in_flight.take() {
+            let (records, decoded) = handle.await.expect("decode task does not panic");
+            self.absorb(records, decoded).await?;
+        }
+        Ok(())
+    }
+
+    async fn absorb(
+        &mut self,
+        records: Vec<Record>,
+        decoded: Decoded,
+    ) -> Result<(), PipelineError> {
         for (index, reason) in decoded.rejected {
             let record = &records[index];
             self.batch.add_dead(&record.partition);
@@ -288,7 +322,7 @@ impl Pipeline {
             return Ok(());
         }
         let started = Instant::now();
-        self.decode_pending().await?;
+        self.drain_decodes().await?;
         let table = self.parts.name.clone();
         let write_error = |source| PipelineError::Write {
             table: table.clone(),

@@ -91,7 +91,7 @@ pub struct CompactMetrics {
 }
 
 /// Progress callback: `(bytes of input done)`.
-pub type Progress<'a> = &'a dyn Fn(u64);
+pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 /// Bins of files to rewrite together, per partition.
 pub fn plan(files: &[LiveFile], options: &CompactOptions) -> Vec<Vec<LiveFile>> {
@@ -259,6 +259,7 @@ mod tests {
             path: name.into(),
             location: name.into(),
             size,
+            modified_ms: 0,
             rows: None,
             partition: Default::default(),
             tags: Default::default(),

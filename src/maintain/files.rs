@@ -17,6 +17,8 @@ pub struct LiveFile {
     pub location: Path,
     /// Size in bytes.
     pub size: u64,
+    /// When it was written (ms since the epoch).
+    pub modified_ms: i64,
     /// Rows (from stats), if known.
     pub rows: Option<u64>,
     /// Partition values as strings (`None`: null).
@@ -91,6 +93,7 @@ pub fn live_files_by_partition(
             path: view.path().to_string(),
             location: view.object_store_path(),
             size: view.size() as u64,
+            modified_ms: view.modification_time(),
             rows: view.num_records().map(|n| n as u64),
             partition: key.into_iter().collect(),
             tags: add.tags.clone().unwrap_or_default(),

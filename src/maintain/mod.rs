@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod compact;
 pub mod files;
+pub mod scheduler;
 pub mod vacuum;
 pub mod zorder;
 

@@ -376,3 +376,63 @@ fn cli_maintenance_reports_json_and_refuses_bad_input() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("lots"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_background_loop_compacts_and_zorders_while_ingesting() {
+    let lake = Lake::new();
+    let topic = "loop";
+    let kafka = kafka(topic, 2);
+    let batching = r#"max_latency = "200ms"
+
+[maintenance]
+interval = "1s"
+compact_min_small_files = 4
+small_file_size = "1MiB"
+compact_target_size = "8MiB"
+zorder_idle = "3s"
+lease_ttl = "30s""#;
+    let config = kafka_config(
+        &lake,
+        kafka.bootstrap_servers(),
+        topic,
+        "g-loop",
+        batching,
+        "zorder_by = [\"user_id\"]",
+    );
+    let ingest = Running::start(&config);
+    let mut expected = Vec::new();
+    for wave in 0..6 {
+        expected.extend(produce(&kafka, topic, &format!("w{wave}"), 300, 0));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    ingest
+        .wait_for(Duration::from_secs(60), "all rows", |s| {
+            s.committed >= expected.len() as u64
+        })
+        .await;
+    let table_path = lake.table("events");
+    // The partition goes idle: the loop Z-orders it by user_id.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let table = load(&table_path).await;
+            let tagged = table.snapshot().unwrap().log_data().iter().all(|f| {
+                #[allow(deprecated)]
+                let add = f.add_action();
+                add.tags.unwrap_or_default().contains_key("sluice.zorder")
+            });
+            if tagged {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await
+    .expect("the maintenance loop Z-orders the idle table");
+    let stats = ingest.stop().await;
+    assert_eq!(stats.fenced, 0);
+    assert!(!log_actions_of(&table_path, "OPTIMIZE").is_empty());
+    assert_exactly_once(
+        strings(&kernel_read(&table_path).await, "event_id"),
+        &expected,
+    );
+}

@@ -166,7 +166,7 @@ pub fn select(files: &[LiveFile], columns: &str, max_runs: usize) -> Selection {
 pub async fn zorder(
     table: &mut DeltaTable,
     options: &ZOrderOptions,
-    progress: &dyn Fn(u64),
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ZOrderMetrics, MaintainError> {
     let started = Instant::now();
     table.update_state().await?;

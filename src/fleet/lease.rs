@@ -1,0 +1,223 @@
+//! Leases in the object store: at most one worker of a fleet runs a given
+//! job (a table's vacuum, a partition's compaction) at a time.
+//!
+//! Time is cut into epochs of `ttl`. Holding a lease for epoch `e` means
+//! having created the object `<root>/<name>/<e>` with a conditional put
+//! (`PutMode::Create`: it fails if the object exists), which object stores
+//! with conditional writes (S3, GCS, Azure, local disk) make atomic. A lease
+//! expires by itself when its epoch ends; a holder that is still working
+//! renews it by creating the next epoch's object before that epoch starts,
+//! and a worker only tries to acquire an epoch once it has begun, so a live
+//! holder always wins its renewal. Workers that lose a race simply skip the
+//! job; the rewrite commits themselves stay safe without leases (see
+//! `maintain::commit_rewrite`), leases only keep the fleet from doing the
+//! same work twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions};
+
+/// Milliseconds since the epoch; injected so tests control time.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| chrono::Utc::now().timestamp_millis())
+}
+
+/// Errors talking to the lease store.
+#[derive(Debug, thiserror::Error)]
+#[error("lease store: {0}")]
+pub struct LeaseError(#[from] object_store::Error);
+
+/// A lease store for one holder.
+#[derive(Clone)]
+pub struct Leases {
+    store: Arc<dyn ObjectStore>,
+    root: Path,
+    ttl_ms: i64,
+    holder: String,
+    clock: Clock,
+}
+
+/// A held lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The job name.
+    pub name: String,
+    /// The epoch held.
+    pub epoch: i64,
+    /// When it expires unless renewed (ms since the epoch).
+    pub expires_ms: i64,
+}
+
+impl Leases {
+    /// Leases under `root` in `store`, held as `holder`, lasting `ttl`.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        root: Path,
+        ttl: Duration,
+        holder: impl Into<String>,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            store,
+            root,
+            ttl_ms: (ttl.as_millis() as i64).max(1000),
+            holder: holder.into(),
+            clock,
+        }
+    }
+
+    fn path(&self, name: &str, epoch: i64) -> Path {
+        Path::from(format!(
+            "{}/{}/{epoch:016}",
+            self.root,
+            name.replace('/', "~")
+        ))
+    }
+
+    async fn create(&self, name: &str, epoch: i64) -> Result<bool, LeaseError> {
+        let body = serde_json::json!({"holder": self.holder, "at": (self.clock)()}).to_string();
+        let options = PutOptions {
+            mode: PutMode::Create,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&self.path(name, epoch), Bytes::from(body).into(), options)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Takes the lease for the current epoch if nobody holds it.
+    pub async fn try_acquire(&self, name: &str) -> Result<Option<Lease>, LeaseError> {
+        let now = (self.clock)();
+        let epoch = now / self.ttl_ms;
+        if !self.create(name, epoch).await? {
+            return Ok(None);
+        }
+        Ok(Some(Lease {
+            name: name.to_string(),
+            epoch,
+            expires_ms: (epoch + 1) * self.ttl_ms,
+        }))
+    }
+
+    /// Extends a held lease into the next epoch; false if it was lost.
+    pub async fn renew(&self, lease: &mut Lease) -> Result<bool, LeaseError> {
+        let next = lease.epoch + 1;
+        if !self.create(&lease.name, next).await? {
+            let existing = self
+                .store
+                .get(&self.path(&lease.name, next))
+                .await?
+                .bytes()
+                .await?;
+            let mine = serde_json::from_slice::<serde_json::Value>(&existing)
+                .ok()
+                .is_some_and(|v| v["holder"] == self.holder.as_str());
+            if !mine {
+                return Ok(false);
+            }
+        }
+        lease.epoch = next;
+        lease.expires_ms = (next + 1) * self.ttl_ms;
+        Ok(true)
+    }
+
+    /// How long to wait between renewals.
+    pub fn renew_every(&self) -> Duration {
+        Duration::from_millis((self.ttl_ms / 3) as u64)
+    }
+
+    /// Runs `job` while renewing `lease` in the background; the renewals stop with the job.
+    pub async fn hold_while<F: std::future::Future>(&self, mut lease: Lease, job: F) -> F::Output {
+        let leases = self.clone();
+        let renewals = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(leases.renew_every()).await;
+                match leases.renew(&mut lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(lease = %lease.name, "lease lost to another worker");
+                        return;
+                    }
+                    Err(error) => {
+                        tracing::warn!(lease = %lease.name, %error, "lease renewal failed")
+                    }
+                }
+            }
+        });
+        let output = job.await;
+        renewals.abort();
+        output
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    fn leases(dir: &std::path::Path, holder: &str, now: &Arc<AtomicI64>) -> Leases {
+        let store = Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir).unwrap());
+        let now = now.clone();
+        Leases::new(
+            store,
+            Path::from("_sluice_leases"),
+            Duration::from_secs(60),
+            holder,
+            Arc::new(move || now.load(Ordering::Relaxed)),
+        )
+    }
+
+    #[tokio::test]
+    async fn one_holder_per_epoch_and_renewal_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicI64::new(600_000));
+        let (a, b) = (leases(dir.path(), "a", &now), leases(dir.path(), "b", &now));
+
+        let mut held = a
+            .try_acquire("compact/date=2024-05-01")
+            .await
+            .unwrap()
+            .expect("a acquires");
+        assert!(
+            b.try_acquire("compact/date=2024-05-01")
+                .await
+                .unwrap()
+                .is_none(),
+            "b must wait"
+        );
+        assert!(
+            b.try_acquire("vacuum").await.unwrap().is_some(),
+            "other jobs are independent"
+        );
+
+        // A renews before the next epoch starts, so B cannot take it then.
+        assert!(a.renew(&mut held).await.unwrap());
+        now.store(660_000, Ordering::Relaxed);
+        assert!(b
+            .try_acquire("compact/date=2024-05-01")
+            .await
+            .unwrap()
+            .is_none());
+        assert!(a.renew(&mut held).await.unwrap(), "a keeps renewing");
+
+        // Once A stops renewing, the lease expires and B gets it.
+        now.store(800_000, Ordering::Relaxed);
+        let taken = b.try_acquire("compact/date=2024-05-01").await.unwrap();
+        assert!(taken.is_some());
+        let mut stale = held.clone();
+        stale.epoch = 800_000 / 60_000 - 1;
+        assert!(!a.renew(&mut stale).await.unwrap(), "a lost it");
+    }
+}

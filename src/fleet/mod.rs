@@ -1,0 +1,3 @@
+//! Coordination across a fleet of identical workers.
+
+pub mod lease;
