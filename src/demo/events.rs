@@ -156,29 +156,7 @@ impl RideEvents {
 }
 
 /// The demo table's columns as config TOML (also used by tests and benchmarks).
-pub const RIDES_TABLE_COLUMNS: &str = r#"
-key = "user_id"
-partition_by = ["date"]
-columns = [
-  { name = "event_id", type = "string", nullable = false },
-  { name = "event_type", type = "string", nullable = false },
-  { name = "event_time", type = "timestamp", nullable = false },
-  { name = "user_id", type = "string", nullable = false },
-  { name = "driver_id", type = "string" },
-  { name = "ride_id", type = "string", nullable = false },
-  { name = "city", type = "string" },
-  { name = "pickup", type = "struct<lat:double,lon:double>" },
-  { name = "dropoff", type = "struct<lat:double,lon:double>" },
-  { name = "fare_amount", type = "double" },
-  { name = "currency", type = "string" },
-  { name = "distance_km", type = "double" },
-  { name = "surge_multiplier", type = "double" },
-  { name = "payment_method", type = "string" },
-  { name = "rating", type = "int" },
-  { name = "tags", type = "array<string>" },
-]
-derived = [{ name = "date", from = "event_time", transform = "date" }]
-"#;
+pub const RIDES_TABLE_COLUMNS: &str = include_str!("../../fixtures/rides_columns.toml");
 
 #[cfg(test)]
 mod tests {

@@ -27,16 +27,12 @@
 use std::time::Instant;
 
 use deltalake::kernel::Action;
-#[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
-use deltalake::parquet::arrow::async_reader::ParquetObjectReader;
-use deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::files::{live_files_by_partition, partition_label, with_partition_columns, LiveFile};
+use super::files::{live_files_by_partition, partition_label, read_batches, LiveFile};
 use super::{commit_rewrite, MaintainError, RewriteOutcome};
 use crate::table::writer::writer_properties;
 
@@ -203,22 +199,12 @@ async fn rewrite_bin(
     key: Option<&str>,
 ) -> Result<BinOutcome, MaintainError> {
     let schema = table.snapshot()?.snapshot().arrow_schema();
-    let store = table.object_store();
     let mut writer = RecordBatchWriter::for_table(table)?
         .with_writer_properties(writer_properties(key))
         .with_target_file_size(options.target_size);
-    for file in bin {
-        #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(store.clone(), file.location.clone())
-            .with_file_size(file.size);
-        let mut stream = ParquetRecordBatchStreamBuilder::new(reader)
-            .await?
-            .with_batch_size(8192)
-            .build()?;
-        while let Some(batch) = stream.try_next().await? {
-            let batch = with_partition_columns(batch, &schema, &file.partition)?;
-            writer.write(batch).await?;
-        }
+    let mut batches = read_batches(table.object_store(), bin.to_vec(), schema);
+    while let Some(batch) = batches.recv().await {
+        writer.write(batch?).await?;
     }
     let mut adds = writer.flush().await?;
     for add in &mut adds {

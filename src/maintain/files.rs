@@ -138,3 +138,75 @@ pub fn with_partition_columns(
     ));
     RecordBatch::try_new(schema, columns)
 }
+
+/// Input files below this size are read whole, several at a time.
+const PREFETCH_MAX_BYTES: u64 = 4 << 20;
+/// Small files read at once.
+const PREFETCH_FILES: usize = 3;
+
+async fn read_file(
+    store: Arc<dyn deltalake::ObjectStore>,
+    file: &LiveFile,
+    schema: &SchemaRef,
+    tx: &tokio::sync::mpsc::Sender<Result<RecordBatch, super::MaintainError>>,
+) -> Result<(), super::MaintainError> {
+    use futures::TryStreamExt;
+    #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
+    let reader = deltalake::parquet::arrow::async_reader::ParquetObjectReader::new(
+        store,
+        file.location.clone(),
+    )
+    .with_file_size(file.size);
+    let mut stream =
+        deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new(reader)
+            .await?
+            .with_batch_size(8192)
+            .build()?;
+    while let Some(batch) = stream.try_next().await? {
+        let batch = with_partition_columns(batch, schema, &file.partition)?;
+        if tx.send(Ok(batch)).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the rows of `files` (with their partition columns) on background
+/// tasks, in no particular order, so decoding overlaps with the caller's
+/// writing. Small files are read a few at a time; large ones one by one,
+/// streamed batch by batch. The channel holds a handful of batches.
+pub fn read_batches(
+    store: Arc<dyn deltalake::ObjectStore>,
+    files: Vec<LiveFile>,
+    schema: SchemaRef,
+) -> tokio::sync::mpsc::Receiver<Result<RecordBatch, super::MaintainError>> {
+    use futures::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        let (small, large): (Vec<LiveFile>, Vec<LiveFile>) =
+            files.into_iter().partition(|f| f.size < PREFETCH_MAX_BYTES);
+        let mut reads = futures::stream::iter(small.into_iter().map(|file| {
+            let (store, schema, tx) = (store.clone(), schema.clone(), tx.clone());
+            tokio::spawn(async move { read_file(store, &file, &schema, &tx).await })
+        }))
+        .buffer_unordered(PREFETCH_FILES);
+        while let Some(joined) = reads.next().await {
+            let result = joined.unwrap_or_else(|e| {
+                Err(super::MaintainError::Invalid(format!(
+                    "read task failed: {e}"
+                )))
+            });
+            if let Err(error) = result {
+                let _ = tx.send(Err(error)).await;
+                return;
+            }
+        }
+        for file in &large {
+            if let Err(error) = read_file(store.clone(), file, &schema, &tx).await {
+                let _ = tx.send(Err(error)).await;
+                return;
+            }
+        }
+    });
+    rx
+}

@@ -42,10 +42,9 @@ use deltalake::kernel::Action;
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
-use futures::TryStreamExt;
 use serde::Serialize;
 
-use super::files::{live_files_by_partition, partition_label, with_partition_columns, LiveFile};
+use super::files::{live_files_by_partition, partition_label, read_batches, LiveFile};
 use super::{commit_rewrite, MaintainError, RewriteOutcome};
 use crate::table::writer::writer_properties;
 use key::{common_prefix, supported, KeyBuilder};
@@ -363,33 +362,19 @@ async fn rewrite(
     columns_tag: &str,
     run_id: &str,
 ) -> Result<Rewritten, MaintainError> {
-    let store = table.object_store();
     let mut sorter: Option<ExternalSorter> = None;
-    for file in inputs {
-        #[allow(deprecated)]
-        let reader = deltalake::parquet::arrow::async_reader::ParquetObjectReader::new(
-            store.clone(),
-            file.location.clone(),
-        )
-        .with_file_size(file.size);
-        let mut stream =
-            deltalake::parquet::arrow::async_reader::ParquetRecordBatchStreamBuilder::new(reader)
-                .await?
-                .with_batch_size(8192)
-                .build()?;
-        while let Some(batch) = stream.try_next().await? {
-            let batch = with_partition_columns(batch, schema, &file.partition)?;
-            let keyed = with_key(&batch, builder)?;
-            let sorter = match &mut sorter {
-                Some(sorter) => sorter,
-                None => sorter.insert(ExternalSorter::new(
-                    keyed.schema(),
-                    keyed.num_columns() - 1,
-                    options.memory_budget,
-                )?),
-            };
-            sorter.push(keyed)?;
-        }
+    let mut batches = read_batches(table.object_store(), inputs.to_vec(), schema.clone());
+    while let Some(batch) = batches.recv().await {
+        let keyed = with_key(&batch?, builder)?;
+        let sorter = match &mut sorter {
+            Some(sorter) => sorter,
+            None => sorter.insert(ExternalSorter::new(
+                keyed.schema(),
+                keyed.num_columns() - 1,
+                options.memory_budget,
+            )?),
+        };
+        sorter.push(keyed)?;
     }
     let Some(sorter) = sorter else {
         return Ok(Rewritten {

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Compaction and Z-order, sluice side by side with delta-rs's own optimize.
+
+usage: bench_maintain.py SLUICE_BIN WORK_DIR compact|zorder EVENTS[,EVENTS...] [RUNS]
+
+For each table size: builds one fragmented table (the demo's ride events
+ingested by sluice from NDJSON in batches of 500 rows, so thousands of small
+files), copies it for every run of each tool, then runs
+  sluice compact|zorder ... --json      (a subprocess)
+  delta-rs optimize.compact|z_order     (the `deltalake` Python package, a subprocess)
+with the same target size, and reports per tool the median wall time, input
+MB/s, peak RSS of the process (from wait4), output file count, and the
+sluice/delta-rs speed ratio. Row counts are checked equal afterwards.
+"""
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TARGET = 64 << 20
+ZORDER_BUDGET = 256 << 20
+
+DELTA_RS = {
+    "compact": "from deltalake import DeltaTable; import json, sys; "
+               "m = DeltaTable(sys.argv[1]).optimize.compact(target_size=int(sys.argv[2])); print(json.dumps(m))",
+    "zorder": "from deltalake import DeltaTable; import json, sys; "
+              "m = DeltaTable(sys.argv[1]).optimize.z_order(['user_id'], target_size=int(sys.argv[2]), "
+              "max_spill_size=int(sys.argv[3])); print(json.dumps(m))",
+}
+
+
+def measured(cmd):
+    """Runs cmd; returns (seconds, peak RSS MiB, stdout)."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.monotonic() - started
+    if status != 0:
+        sys.exit(f"{cmd[0]} failed ({status}): {err.decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024, out.decode()
+
+
+def table_stats(path):
+    files, rows, size = 0, 0, 0
+    live = {}
+    log = Path(path) / "_delta_log"
+    for commit in sorted(log.glob("*.json")):
+        for line in commit.read_text().splitlines():
+            action = json.loads(line)
+            if "add" in action:
+                live[action["add"]["path"]] = action["add"]
+            elif "remove" in action:
+                live.pop(action["remove"]["path"], None)
+    for add in live.values():
+        files += 1
+        size += add["size"]
+        rows += json.loads(add["stats"])["numRecords"]
+    return files, rows, size
+
+
+def build_table(sluice, work, events):
+    base = work / f"base-{events}"
+    if (base / "rides" / "_delta_log").exists():
+        return base / "rides"
+    base.mkdir(parents=True, exist_ok=True)
+    data = base / "events.ndjson"
+    subprocess.run([sluice, "-q", "generate", "--out", str(data), "--count", str(events), "--seed", "3"], check=True)
+    columns = (Path(__file__).parent.parent / "fixtures" / "rides_columns.toml").read_text()
+    config = base / "ingest.toml"
+    config.write_text(f"""
+[lake]
+root = "{base}"
+[batching]
+max_rows = 500
+[maintenance]
+enabled = false
+[[sources]]
+kind = "file"
+name = "backfill"
+path = "{data}"
+[[tables]]
+name = "rides"
+source = "backfill"
+{columns}
+""")
+    subprocess.run([sluice, "-q", "ingest", "--config", str(config)], check=True)
+    return base / "rides"
+
+
+def main():
+    sluice, work, mode, sizes = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+    runs = int(sys.argv[5]) if len(sys.argv) > 5 else 3
+    python = sys.executable
+    print(f"{'events':>9} {'tool':<9} {'files in':>8} {'MB in':>7} {'seconds':>8} {'MB/s':>7} {'peak RSS MiB':>13} {'files out':>9}")
+    for events in [int(s) for s in sizes.split(",")]:
+        source = build_table(sluice, work, events)
+        files_in, rows_in, bytes_in = table_stats(source)
+        results = {"sluice": [], "delta-rs": []}
+        for run in range(runs):
+            for tool in ("sluice", "delta-rs"):
+                copy = work / f"run-{tool}-{events}-{run}"
+                shutil.rmtree(copy, ignore_errors=True)
+                shutil.copytree(source, copy)
+                if tool == "sluice":
+                    cmd = [sluice, "-q", mode, str(copy), "--target-size", str(TARGET), "--json"]
+                    if mode == "zorder":
+                        cmd += ["--by", "user_id", "--memory-budget", str(ZORDER_BUDGET)]
+                else:
+                    cmd = [python, "-c", DELTA_RS[mode], str(copy), str(TARGET), str(ZORDER_BUDGET)]
+                seconds, rss, _ = measured(cmd)
+                files_out, rows_out, _ = table_stats(copy)
+                if rows_out != rows_in:
+                    sys.exit(f"{tool} changed the row count: {rows_in} -> {rows_out}")
+                results[tool].append((seconds, rss, files_out))
+                shutil.rmtree(copy)
+        medians = {}
+        for tool, rows in results.items():
+            seconds = statistics.median(r[0] for r in rows)
+            rss = statistics.median(r[1] for r in rows)
+            medians[tool] = seconds
+            print(f"{events:>9} {tool:<9} {files_in:>8} {bytes_in / 1e6:>7.1f} {seconds:>8.2f} "
+                  f"{bytes_in / 1e6 / seconds:>7.1f} {rss:>13.0f} {rows[0][2]:>9}")
+        print(f"{events:>9} speed sluice/delta-rs = {medians['delta-rs'] / medians['sluice']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
