@@ -3,8 +3,9 @@
 //! Per partition, files below `min_file_size` are candidates; they are packed
 //! (largest first) into bins of at most `target_size` bytes, and every bin of
 //! two or more files is rewritten: its files are streamed batch by batch
-//! through a Parquet writer that rolls at the target size, so memory holds at
-//! most one input batch and one output row group, never a partition.
+//! through a Parquet writer that rolls at the target size, so memory holds
+//! a few input batches and one output row group per bin, never a partition.
+//! Two bins are written at once, on separate tasks.
 //!
 //! Each bin is its own commit: `remove` of exactly the files it read plus
 //! `add` of the new ones, all with `dataChange=false`, under the `OPTIMIZE`
@@ -26,15 +27,19 @@
 
 use std::time::Instant;
 
-use deltalake::kernel::Action;
+use deltalake::kernel::{Action, Add};
 use deltalake::protocol::DeltaOperation;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::DeltaTable;
+use futures::StreamExt;
 use serde::Serialize;
 
 use super::files::{live_files_by_partition, partition_label, read_batches, LiveFile};
 use super::{commit_rewrite, MaintainError, RewriteOutcome};
 use crate::table::writer::writer_properties;
+
+/// Bins written at once (one Parquet encoder per core).
+const PARALLEL_BINS: usize = 2;
 
 /// Default output file size.
 pub const DEFAULT_TARGET_SIZE: u64 = 512 << 20;
@@ -140,43 +145,57 @@ pub async fn compact(
         .or_else(|| super::table_key(table));
     let groups = live_files_by_partition(table, &options.partition_filter)?;
     let mut metrics = CompactMetrics::default();
-    let mut done = 0u64;
+    let mut jobs = Vec::new();
     for (partition, files) in groups {
         let bins = plan(&files, options);
-        if bins.is_empty() {
-            continue;
+        if !bins.is_empty() {
+            metrics.partitions += 1;
         }
-        metrics.partitions += 1;
-        for bin in bins {
-            let bytes: u64 = bin.iter().map(|f| f.size).sum();
-            match rewrite_bin(table, &bin, options, key.as_deref()).await? {
-                BinOutcome::Committed {
+        jobs.extend(bins.into_iter().map(|bin| (partition.clone(), bin)));
+    }
+    // Bins are written on parallel tasks (one Parquet encoder per core) and
+    // committed one by one as they finish.
+    let snapshot_table = table.clone();
+    let mut written = futures::stream::iter(jobs.into_iter().map(move |(partition, bin)| {
+        let (reader, options, key) = (snapshot_table.clone(), options.clone(), key.clone());
+        tokio::spawn(async move {
+            let adds = write_bin(&reader, &bin, &options, key.as_deref()).await;
+            (partition, bin, adds)
+        })
+    }))
+    .buffer_unordered(PARALLEL_BINS);
+    let mut done = 0u64;
+    while let Some(joined) = written.next().await {
+        let (partition, bin, adds) =
+            joined.map_err(|e| MaintainError::Invalid(format!("compaction task failed: {e}")))?;
+        let bytes: u64 = bin.iter().map(|f| f.size).sum();
+        match commit_bin(table, &bin, adds?, options).await? {
+            BinOutcome::Committed {
+                version,
+                files_out,
+                bytes_out,
+            } => {
+                metrics.bins_committed += 1;
+                metrics.files_in += bin.len() as u64;
+                metrics.bytes_in += bytes;
+                metrics.files_out += files_out;
+                metrics.bytes_out += bytes_out;
+                metrics.versions.push(version);
+                tracing::info!(
+                    partition = %partition_label(&partition),
                     version,
+                    files_in = bin.len(),
                     files_out,
-                    bytes_out,
-                } => {
-                    metrics.bins_committed += 1;
-                    metrics.files_in += bin.len() as u64;
-                    metrics.bytes_in += bytes;
-                    metrics.files_out += files_out;
-                    metrics.bytes_out += bytes_out;
-                    metrics.versions.push(version);
-                    tracing::info!(
-                        partition = %partition_label(&partition),
-                        version,
-                        files_in = bin.len(),
-                        files_out,
-                        "compacted bin"
-                    );
-                }
-                BinOutcome::Aborted(reason) => {
-                    metrics.bins_aborted += 1;
-                    tracing::warn!(partition = %partition_label(&partition), %reason, "compaction bin aborted");
-                }
+                    "compacted bin"
+                );
             }
-            done += bytes;
-            progress(done);
+            BinOutcome::Aborted(reason) => {
+                metrics.bins_aborted += 1;
+                tracing::warn!(partition = %partition_label(&partition), %reason, "compaction bin aborted");
+            }
         }
+        done += bytes;
+        progress(done);
     }
     table.update_state().await?;
     metrics.seconds = started.elapsed().as_secs_f64();
@@ -192,12 +211,13 @@ enum BinOutcome {
     Aborted(String),
 }
 
-async fn rewrite_bin(
-    table: &mut DeltaTable,
+/// Writes a bin's rows into new files; returns their `add` actions.
+async fn write_bin(
+    table: &DeltaTable,
     bin: &[LiveFile],
     options: &CompactOptions,
     key: Option<&str>,
-) -> Result<BinOutcome, MaintainError> {
+) -> Result<Vec<Add>, MaintainError> {
     let schema = table.snapshot()?.snapshot().arrow_schema();
     let mut writer = RecordBatchWriter::for_table(table)?
         .with_writer_properties(writer_properties(key))
@@ -210,6 +230,16 @@ async fn rewrite_bin(
     for add in &mut adds {
         add.data_change = false;
     }
+    Ok(adds)
+}
+
+/// Commits a written bin (see [`commit_rewrite`]).
+async fn commit_bin(
+    table: &mut DeltaTable,
+    bin: &[LiveFile],
+    adds: Vec<Add>,
+    options: &CompactOptions,
+) -> Result<BinOutcome, MaintainError> {
     let files_out = adds.len() as u64;
     let bytes_out = adds.iter().map(|a| a.size as u64).sum();
     let actions: Vec<Action> = bin
