@@ -83,7 +83,11 @@ source = "k"
 "#,
         root = lake.root()
     );
-    let config = Config::parse(&text, "test").expect("test config parses");
+    parse_valid(&text)
+}
+
+fn parse_valid(text: &str) -> Config {
+    let config = Config::parse(text, "test").expect("test config parses");
     config.validate().expect("test config is valid");
     config
 }
@@ -111,9 +115,7 @@ source = "files"
         root = lake.root(),
         path = path.display()
     );
-    let config = Config::parse(&text, "test").expect("test config parses");
-    config.validate().expect("test config is valid");
-    config
+    parse_valid(&text)
 }
 
 /// An ingest run in a background task.
@@ -338,4 +340,10 @@ pub fn kafka(topic: &str, partitions: i32) -> EmbeddedKafka {
 /// Storage options for local tables.
 pub fn no_options() -> BTreeMap<String, String> {
     BTreeMap::new()
+}
+
+/// Opens a table at its latest version.
+pub async fn load(table: &Path) -> deltalake::DeltaTable {
+    let url = sluice::table::resolve_existing(&table.display().to_string()).unwrap();
+    sluice::table::open(&url, &no_options()).await.unwrap()
 }

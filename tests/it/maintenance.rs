@@ -12,18 +12,8 @@ use deltalake::operations::vacuum::Clock;
 use sluice::maintain::checkpoint::checkpoint;
 use sluice::maintain::compact::{compact, CompactOptions};
 use sluice::maintain::vacuum::{vacuum, VacuumOptions};
-use sluice::table::{open, resolve_existing};
 
 use crate::common::*;
-
-async fn load(table: &Path) -> deltalake::DeltaTable {
-    open(
-        &resolve_existing(&table.display().to_string()).unwrap(),
-        &no_options(),
-    )
-    .await
-    .unwrap()
-}
 
 fn small_files() -> CompactOptions {
     CompactOptions {

@@ -7,18 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice::maintain::zorder::{zorder, ZOrderOptions};
-use sluice::table::{open, resolve_existing};
 
 use crate::common::*;
-
-async fn load(table: &Path) -> deltalake::DeltaTable {
-    open(
-        &resolve_existing(&table.display().to_string()).unwrap(),
-        &no_options(),
-    )
-    .await
-    .unwrap()
-}
 
 /// Writes `count` events with ids from `from`, users spread over `users`.
 fn write_events(path: &Path, from: usize, count: usize, users: usize) -> Vec<String> {
