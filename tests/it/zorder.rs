@@ -210,3 +210,56 @@ async fn bad_requests_change_nothing() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown column `missing`"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zorder_while_appends_land_loses_nothing() {
+    let lake = Lake::new();
+    let first = lake.dir.path().join("first.ndjson");
+    let mut expected = write_events(&first, 0, 20_000, 2000);
+    ingest_file(&lake, &first, "max_rows = 500").await;
+    let table_path = lake.table("events");
+
+    // A second backfill appends a commit every 300 rows while Z-order runs.
+    let second = lake.dir.path().join("second.ndjson");
+    expected.extend(write_events(&second, 20_000, 15_000, 2000));
+    let config = file_config(&lake, &second, "events", "max_rows = 300", EVENT_COLUMNS);
+    let appender = Running::start(&config);
+    let options = ZOrderOptions {
+        columns: vec!["user_id".into()],
+        target_size: 64 << 10,
+        ..ZOrderOptions::default()
+    };
+    let mut table = load(&table_path).await;
+    let metrics = zorder(&mut table, &options, &|_| {}).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(60), appender.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(metrics.partitions + metrics.partitions_aborted, 1, "{metrics:?}");
+    assert_exactly_once(strings(&kernel_read(&table_path).await, "event_id"), &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_column_is_not_a_zorder_key() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("rides.ndjson");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let mut events = sluice::demo::events::RideEvents::new(5, 100, 0.0);
+    for _ in 0..200 {
+        out.write_all(&events.next_event().payload).unwrap();
+        out.write_all(b"\n").unwrap();
+    }
+    out.flush().unwrap();
+    drop(out);
+    let config = file_config(&lake, &input, "rides", "", sluice::demo::events::RIDES_TABLE_COLUMNS);
+    let run = Running::start(&config);
+    tokio::time::timeout(Duration::from_secs(60), run.task).await.unwrap().unwrap().unwrap();
+    let mut table = load(&lake.table("rides")).await;
+    let options = ZOrderOptions {
+        columns: vec!["date".into()],
+        ..ZOrderOptions::default()
+    };
+    let error = zorder(&mut table, &options, &|_| {}).await.unwrap_err().to_string();
+    assert!(error.contains("`date` is a partition column"), "{error}");
+}
