@@ -93,8 +93,54 @@ source = "backfill"
     return base / "rides"
 
 
+def bench_log(sluice, work, sizes, runs):
+    """Opening a table with N commits (compacted, so the live files match)."""
+    columns = (Path(__file__).parent.parent / "fixtures" / "rides_columns.toml").read_text()
+    print(f"{'commits':>8} {'live files':>10} {'json commits to replay':>22} {'open seconds':>13}")
+    medians = {}
+    for commits in sizes:
+        base = work / f"log-{commits}"
+        table = base / "rides"
+        if not (table / "_delta_log").exists():
+            base.mkdir(parents=True, exist_ok=True)
+            data = base / "events.ndjson"
+            subprocess.run([sluice, "-q", "generate", "--out", str(data), "--count", str(commits * 10)], check=True)
+            (base / "ingest.toml").write_text(f"""
+[lake]
+root = "{base}"
+[batching]
+max_rows = 10
+[maintenance]
+enabled = false
+[[sources]]
+kind = "file"
+name = "backfill"
+path = "{data}"
+[[tables]]
+name = "rides"
+source = "backfill"
+{columns}
+""")
+            subprocess.run([sluice, "-q", "ingest", "--config", str(base / "ingest.toml")], check=True)
+            # Same live files either way: compact, then checkpoint (history kept).
+            subprocess.run([sluice, "-q", "compact", str(table), "--json"], check=True, capture_output=True)
+            subprocess.run([sluice, "-q", "checkpoint", str(table), "--no-cleanup"], check=True, capture_output=True)
+        last = json.loads((table / "_delta_log" / "_last_checkpoint").read_text())["version"] \
+            if (table / "_delta_log" / "_last_checkpoint").exists() else -1
+        replay = sum(1 for c in (table / "_delta_log").glob("*.json") if int(c.stem) > last)
+        times = [json.loads(measured([sluice, "-q", "bench", "open", "--input", str(table)])[2])["seconds"]
+                 for _ in range(runs)]
+        medians[commits] = statistics.median(times)
+        files = table_stats(table)[0]
+        print(f"{commits:>8} {files:>10} {replay:>22} {medians[commits]:>13.4f}")
+    small, large = min(medians), max(medians)
+    print(f"open time {large} commits / {small} commits = {medians[large] / medians[small]:.2f}")
+
+
 def main():
     sluice, work, mode, sizes = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if mode == "log":
+        return bench_log(sluice, work, [int(s) for s in sizes.split(",")], int(sys.argv[5]) if len(sys.argv) > 5 else 5)
     runs = int(sys.argv[5]) if len(sys.argv) > 5 else 3
     python = sys.executable
     print(f"{'events':>9} {'tool':<9} {'files in':>8} {'MB in':>7} {'seconds':>8} {'MB/s':>7} {'peak RSS MiB':>13} {'files out':>9}")

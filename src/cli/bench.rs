@@ -5,6 +5,7 @@
 //!   demo table's schema plus Parquet zstd encode into a byte sink, on one
 //!   thread, nothing else.
 //! - `file`: `sluice` ingest of the same file into a local table.
+//! - `open`: median time to open a table and load its snapshot.
 //! - `kafka`: the same events produced to the embedded broker while sluice
 //!   consumes them, never more than 100k ahead (the broker keeps only 5 MB
 //!   per partition), timed from the first produced event to the last commit;
@@ -56,6 +57,8 @@ pub enum BenchMode {
     File,
     /// Embedded Kafka into a local table.
     Kafka,
+    /// Open the table at `--input` (a table path) and load its snapshot, 5 times.
+    Open,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,6 +111,24 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             }
         }
         BenchMode::Kafka => kafka(&args).await?,
+        BenchMode::Open => {
+            let path = input(&args)?;
+            let url = crate::table::resolve_existing(&path.display().to_string())?;
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let started = Instant::now();
+                crate::table::open(&url, &Default::default()).await?;
+                times.push(started.elapsed().as_secs_f64());
+            }
+            times.sort_by(f64::total_cmp);
+            Measurement {
+                mode: args.mode,
+                events: 0,
+                bytes: 0,
+                seconds: times[times.len() / 2],
+                peak_rss_kib: 0,
+            }
+        }
     };
     let measurement = Measurement {
         peak_rss_kib: peak_rss_kib(),

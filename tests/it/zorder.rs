@@ -236,8 +236,15 @@ async fn zorder_while_appends_land_loses_nothing() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(metrics.partitions + metrics.partitions_aborted, 1, "{metrics:?}");
-    assert_exactly_once(strings(&kernel_read(&table_path).await, "event_id"), &expected);
+    assert_eq!(
+        metrics.partitions + metrics.partitions_aborted,
+        1,
+        "{metrics:?}"
+    );
+    assert_exactly_once(
+        strings(&kernel_read(&table_path).await, "event_id"),
+        &expected,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,14 +259,27 @@ async fn a_partition_column_is_not_a_zorder_key() {
     }
     out.flush().unwrap();
     drop(out);
-    let config = file_config(&lake, &input, "rides", "", sluice::demo::events::RIDES_TABLE_COLUMNS);
+    let config = file_config(
+        &lake,
+        &input,
+        "rides",
+        "",
+        sluice::demo::events::RIDES_TABLE_COLUMNS,
+    );
     let run = Running::start(&config);
-    tokio::time::timeout(Duration::from_secs(60), run.task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(60), run.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let mut table = load(&lake.table("rides")).await;
     let options = ZOrderOptions {
         columns: vec!["date".into()],
         ..ZOrderOptions::default()
     };
-    let error = zorder(&mut table, &options, &|_| {}).await.unwrap_err().to_string();
+    let error = zorder(&mut table, &options, &|_| {})
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("`date` is a partition column"), "{error}");
 }
