@@ -64,10 +64,9 @@ def table_stats(path):
     return files, rows, size
 
 
-def build_table(sluice, work, events):
-    base = work / f"base-{events}"
-    if (base / "rides" / "_delta_log").exists():
-        return base / "rides"
+def ingest_rides(sluice, base, events, max_rows):
+    """Generates `events` demo events under `base` and ingests them into
+    `base/rides` in commits of `max_rows` rows (maintenance off)."""
     base.mkdir(parents=True, exist_ok=True)
     data = base / "events.ndjson"
     subprocess.run([sluice, "-q", "generate", "--out", str(data), "--count", str(events), "--seed", "3"], check=True)
@@ -77,7 +76,7 @@ def build_table(sluice, work, events):
 [lake]
 root = "{base}"
 [batching]
-max_rows = 500
+max_rows = {max_rows}
 [maintenance]
 enabled = false
 [[sources]]
@@ -93,35 +92,22 @@ source = "backfill"
     return base / "rides"
 
 
+def build_table(sluice, work, events):
+    base = work / f"base-{events}"
+    if (base / "rides" / "_delta_log").exists():
+        return base / "rides"
+    return ingest_rides(sluice, base, events, 500)
+
+
 def bench_log(sluice, work, sizes, runs):
     """Opening a table with N commits (compacted, so the live files match)."""
-    columns = (Path(__file__).parent.parent / "fixtures" / "rides_columns.toml").read_text()
     print(f"{'commits':>8} {'live files':>10} {'json commits to replay':>22} {'open seconds':>13}")
     medians = {}
     for commits in sizes:
         base = work / f"log-{commits}"
         table = base / "rides"
         if not (table / "_delta_log").exists():
-            base.mkdir(parents=True, exist_ok=True)
-            data = base / "events.ndjson"
-            subprocess.run([sluice, "-q", "generate", "--out", str(data), "--count", str(commits * 10)], check=True)
-            (base / "ingest.toml").write_text(f"""
-[lake]
-root = "{base}"
-[batching]
-max_rows = 10
-[maintenance]
-enabled = false
-[[sources]]
-kind = "file"
-name = "backfill"
-path = "{data}"
-[[tables]]
-name = "rides"
-source = "backfill"
-{columns}
-""")
-            subprocess.run([sluice, "-q", "ingest", "--config", str(base / "ingest.toml")], check=True)
+            ingest_rides(sluice, base, commits * 10, 10)
             # Same live files either way: compact, then checkpoint (history kept).
             subprocess.run([sluice, "-q", "compact", str(table), "--json"], check=True, capture_output=True)
             subprocess.run([sluice, "-q", "checkpoint", str(table), "--no-cleanup"], check=True, capture_output=True)

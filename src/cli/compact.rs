@@ -1,7 +1,5 @@
 //! `sluice compact TABLE`: bin-pack small files into files near a target size.
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::CliError;
 use crate::config::ByteSize;
 use crate::maintain::compact::{compact, planned_bytes, CompactOptions, DEFAULT_TARGET_SIZE};
@@ -43,12 +41,7 @@ pub async fn run(args: CompactArgs) -> Result<(), CliError> {
         key_column: None,
     };
     let total = planned_bytes(&table, &options)?;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {bytes}/{total_bytes} compacted")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(total, "{bytes}/{total_bytes} compacted");
     let metrics = compact(&mut table, &options, &|done| bar.set_position(done)).await?;
     bar.finish_and_clear();
     if args.json {

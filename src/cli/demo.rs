@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 
 use super::CliError;
@@ -134,12 +133,7 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         tokio::spawn(async move { crate::ingest::run(&config, shutdown, stats).await })
     };
 
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {pos}/{len} produced | {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(total, "{pos}/{len} produced | {msg}");
     let started = Instant::now();
     let plain = !std::io::stderr().is_terminal();
     let mut last_line = Instant::now();

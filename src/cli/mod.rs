@@ -113,6 +113,17 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
     }
 }
 
+/// A progress bar over `total` units, drawn only on a terminal.
+pub fn progress_bar(total: u64, template: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(&format!("{{elapsed:>4}} [{{bar:30}}] {template}"))
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Opens an existing table given as a path or URL.
 pub async fn open_table(location: &str) -> Result<deltalake::DeltaTable, CliError> {
     let url = crate::table::resolve_existing(location)?;

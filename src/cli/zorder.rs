@@ -1,7 +1,5 @@
 //! `sluice zorder TABLE --by COLS`: cluster rows so point lookups skip files.
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use super::compact::parse_size;
 use super::CliError;
 use crate::config::ByteSize;
@@ -45,12 +43,7 @@ pub async fn run(args: ZOrderArgs) -> Result<(), CliError> {
         partition_filter: parse_partition_filter(&args.partition).map_err(CliError::Usage)?,
     };
     let total = planned_bytes(&table, &options)?;
-    let bar = ProgressBar::new(total);
-    bar.set_style(
-        ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {bytes}/{total_bytes} z-ordered")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
+    let bar = super::progress_bar(total, "{bytes}/{total_bytes} z-ordered");
     let metrics = zorder(&mut table, &options, &|done| bar.set_position(done)).await?;
     bar.finish_and_clear();
     if args.json {

@@ -332,12 +332,13 @@ impl Pipeline {
         let adds = self.writer.finish().await.map_err(write_error)?;
         let files = adds.len() as u64;
         let bytes: u64 = adds.iter().map(|a| a.size as u64).sum();
-        let rows: u64 = self.batch.lineage().iter().map(|r| r.committed).sum();
-        let dead: u64 = self.batch.lineage().iter().map(|r| r.dead_lettered).sum();
+        let partitions = self.batch.lineage();
+        let rows: u64 = partitions.iter().map(|r| r.committed).sum();
+        let dead: u64 = partitions.iter().map(|r| r.dead_lettered).sum();
         let lineage = CommitLineage {
             kind: CommitKind::Data,
             worker: self.parts.worker.clone(),
-            partitions: self.batch.lineage(),
+            partitions,
         };
         let updates = self.batch.position_updates();
         self.epoch += 1;

@@ -187,6 +187,16 @@ impl Running {
         self.stats.snapshot()
     }
 
+    /// Waits for a finite (file) source to be drained and committed.
+    pub async fn finish(self) -> sluice::telemetry::stats::StatsSnapshot {
+        tokio::time::timeout(Duration::from_secs(120), self.task)
+            .await
+            .expect("a file source ends by itself")
+            .expect("ingest task did not panic")
+            .expect("ingest ended without error");
+        self.stats.snapshot()
+    }
+
     /// Crash: drop the pipeline tasks without flushing.
     pub async fn kill(self) -> sluice::telemetry::stats::StatsSnapshot {
         self.task.abort();
@@ -346,4 +356,9 @@ pub fn no_options() -> BTreeMap<String, String> {
 pub async fn load(table: &Path) -> deltalake::DeltaTable {
     let url = sluice::table::resolve_existing(&table.display().to_string()).unwrap();
     sluice::table::open(&url, &no_options()).await.unwrap()
+}
+
+/// Runs a config whose sources are finite (files) to the end.
+pub async fn ingest_to_end(config: &Config) -> sluice::telemetry::stats::StatsSnapshot {
+    Running::start(config).finish().await
 }

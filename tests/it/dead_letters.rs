@@ -2,23 +2,12 @@
 //! records around it all land; re-running a backfill adds nothing.
 
 use std::path::Path;
-use std::time::Duration;
 
 use arrow::array::{Array, Float64Array, TimestampMicrosecondArray};
 
 use crate::common::*;
 
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/events/mixed.ndjson");
-
-async fn ingest_to_end(config: &sluice::config::Config) -> sluice::telemetry::stats::StatsSnapshot {
-    let run = Running::start(config);
-    tokio::time::timeout(Duration::from_secs(60), run.task)
-        .await
-        .expect("a file source ends by itself")
-        .expect("no panic")
-        .expect("no error");
-    run.stats.snapshot()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_records_are_dead_lettered_with_coordinates_and_good_ones_kept() {

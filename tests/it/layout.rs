@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use deltalake::parquet::basic::{Compression, LogicalType, Type as PhysicalType};
 use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
@@ -58,15 +57,6 @@ fn log_actions(table: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-async fn ingest(config: &sluice::config::Config) {
-    let run = Running::start(config);
-    tokio::time::timeout(Duration::from_secs(120), run.task)
-        .await
-        .expect("file ingest ends")
-        .unwrap()
-        .unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tables_are_reader_1_writer_2_with_micros_utc_zstd_stats_and_bloom_filters() {
     let lake = Lake::new();
@@ -74,7 +64,7 @@ async fn tables_are_reader_1_writer_2_with_micros_utc_zstd_stats_and_bloom_filte
     write_rides(&input, 5000);
     let table_section = format!("metadata_columns = [\"source_partition\", \"source_position\", \"ingest_time\"]\n{RIDES_TABLE_COLUMNS}");
     let config = file_config(&lake, &input, "rides", "", &table_section);
-    ingest(&config).await;
+    ingest_to_end(&config).await;
     let table = lake.table("rides");
 
     let actions = log_actions(&table);
@@ -178,7 +168,7 @@ async fn files_roll_near_the_target_size() {
         "target_file_size = \"1MiB\"",
         &table_section,
     );
-    ingest(&config).await;
+    ingest_to_end(&config).await;
     let mut sizes: Vec<u64> = data_files(&lake.table("rides"))
         .iter()
         .map(|f| std::fs::metadata(f).unwrap().len())

@@ -175,12 +175,7 @@ async fn racing_compactions_abort_or_land_without_duplicating_rows() {
         "max_rows = 500",
         EVENT_COLUMNS,
     );
-    let run = Running::start(&config);
-    tokio::time::timeout(Duration::from_secs(60), run.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    ingest_to_end(&config).await;
     let table_path = lake.table("events");
     let (mut a, mut b) = (load(&table_path).await, load(&table_path).await);
     let options = small_files();
@@ -217,12 +212,7 @@ async fn checkpoints_bound_the_log_and_vacuum_removes_old_and_orphaned_files() {
         "max_rows = 100",
         EVENT_COLUMNS,
     );
-    let run = Running::start(&config);
-    tokio::time::timeout(Duration::from_secs(60), run.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    ingest_to_end(&config).await;
     let table_path = lake.table("events");
     let log = table_path.join("_delta_log");
 

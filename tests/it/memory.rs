@@ -2,7 +2,6 @@
 //! flushing early instead of buffering past the budget.
 
 use std::io::Write;
-use std::time::Duration;
 
 use sluice::demo::events::{RideEvents, RIDES_TABLE_COLUMNS};
 
@@ -32,11 +31,7 @@ async fn buffered_bytes_never_exceed_the_budget() {
     let config = file_config(&lake, &input, "rides", &batching, RIDES_TABLE_COLUMNS);
     let run = Running::start(&config);
     let (stats, budget_used) = (run.stats.clone(), run.budget.clone());
-    tokio::time::timeout(Duration::from_secs(120), run.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    run.finish().await;
 
     let high_water = budget_used.high_water() as u64;
     let per_record_overhead = 96;

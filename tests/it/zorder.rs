@@ -4,7 +4,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Duration;
 
 use sluice::maintain::zorder::{zorder, ZOrderOptions};
 
@@ -31,13 +30,7 @@ fn write_events(path: &Path, from: usize, count: usize, users: usize) -> Vec<Str
 }
 
 async fn ingest_file(lake: &Lake, path: &Path, batching: &str) {
-    let config = file_config(lake, path, "events", batching, EVENT_COLUMNS);
-    let run = Running::start(&config);
-    tokio::time::timeout(Duration::from_secs(120), run.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    ingest_to_end(&file_config(lake, path, "events", batching, EVENT_COLUMNS)).await;
 }
 
 /// Share of live files whose `user_id` min/max stats rule out `user`, averaged over `users`.
@@ -108,12 +101,7 @@ async fn point_lookups_skip_files_and_a_second_run_only_orders_new_data() {
     let more = lake.dir.path().join("more.ndjson");
     expected.extend(write_events(&more, 40_000, 2000, 5000));
     let config = file_config(&lake, &more, "events", "max_rows = 200", EVENT_COLUMNS);
-    let run = Running::start(&config);
-    tokio::time::timeout(Duration::from_secs(60), run.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    ingest_to_end(&config).await;
     let mut table = load(&table_path).await;
     let second = zorder(&mut table, &options, &|_| {}).await.unwrap();
     let total_bytes: u64 = table
@@ -231,11 +219,7 @@ async fn zorder_while_appends_land_loses_nothing() {
     };
     let mut table = load(&table_path).await;
     let metrics = zorder(&mut table, &options, &|_| {}).await.unwrap();
-    tokio::time::timeout(Duration::from_secs(60), appender.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    appender.finish().await;
     assert_eq!(
         metrics.partitions + metrics.partitions_aborted,
         1,
@@ -266,12 +250,7 @@ async fn a_partition_column_is_not_a_zorder_key() {
         "",
         sluice::demo::events::RIDES_TABLE_COLUMNS,
     );
-    let run = Running::start(&config);
-    tokio::time::timeout(Duration::from_secs(60), run.task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    ingest_to_end(&config).await;
     let mut table = load(&lake.table("rides")).await;
     let options = ZOrderOptions {
         columns: vec!["date".into()],
