@@ -77,8 +77,9 @@ metadata_columns = ["source_partition", "source_position", "ingest_time"]
 /// Runs the demo.
 pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let demo_error = |e: String| CliError::Demo(e);
-    std::fs::create_dir_all(&args.lake)?;
-    let lake = args.lake.canonicalize()?;
+    let lake = std::fs::create_dir_all(&args.lake)
+        .and_then(|_| args.lake.canonicalize())
+        .map_err(|e| CliError::Usage(format!("--lake {}: {e}", args.lake.display())))?;
     let lake_text = lake.display().to_string();
     let topic = format!("rides-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
     let kafka = EmbeddedKafka::start(&topic, args.partitions).map_err(demo_error)?;

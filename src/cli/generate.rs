@@ -29,7 +29,8 @@ pub struct GenerateArgs {
 
 /// Writes the events.
 pub fn run(args: GenerateArgs) -> Result<(), CliError> {
-    let file = std::fs::File::create(&args.out)?;
+    let file = std::fs::File::create(&args.out)
+        .map_err(|e| CliError::Usage(format!("--out {}: {e}", args.out.display())))?;
     let mut out: Box<dyn Write> = if args.out.extension().is_some_and(|e| e == "gz") {
         Box::new(flate2::write::GzEncoder::new(
             file,
