@@ -327,3 +327,80 @@ impl JsonDecoder {
         (Some(filtered).filter(|b| b.num_rows() > 0), kept)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ColumnConfig, TableConfig};
+    use crate::source::PartitionId;
+    use arrow::array::{Array, AsArray};
+
+    fn column(name: &str, type_name: &str) -> ColumnConfig {
+        ColumnConfig {
+            name: name.into(),
+            type_name: type_name.into(),
+            nullable: true,
+            epoch_unit: EpochUnit::Auto,
+        }
+    }
+
+    fn record(position: i64, json: &str) -> Record {
+        Record {
+            partition: Arc::new(PartitionId {
+                source: "s".into(),
+                stream: "t".into(),
+                partition: "0".into(),
+            }),
+            position,
+            payload: bytes::Bytes::copy_from_slice(json.as_bytes()),
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn decodes_structs_lists_and_maps_and_rejects_only_bad_records() {
+        let table = TableConfig {
+            name: "t".into(),
+            source: "s".into(),
+            uri: None,
+            key: "id".into(),
+            columns: vec![
+                column("id", "string"),
+                column("pickup", "struct<lat:double,lon:double>"),
+                column("tags", "array<string>"),
+                column("attributes", "map<string,long>"),
+            ],
+            partition_by: vec![],
+            derived: vec![],
+            metadata_columns: vec![],
+            zorder_by: vec![],
+            dead_letter_uri: None,
+        };
+        let decoder = JsonDecoder::new(&table).unwrap();
+        let records = vec![
+            record(
+                0,
+                r#"{"id":"a","pickup":{"lat":1.5,"lon":2},"tags":["x","y"],"attributes":{"n":1,"m":2}}"#,
+            ),
+            record(1, r#"{"id":"b","attributes":{"n":"not a number"}}"#),
+            record(2, r#"{"id":"c","tags":[],"attributes":{}}"#),
+        ];
+        let decoded = decoder.decode(&records);
+        assert_eq!(decoded.kept, vec![0, 2]);
+        assert_eq!(decoded.rejected.len(), 1);
+        assert_eq!(decoded.rejected[0].0, 1);
+        let batch = decoded.batch.unwrap();
+        let pickup = batch.column_by_name("pickup").unwrap().as_struct();
+        let lon = pickup
+            .column_by_name("lon")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Float64Type>();
+        assert_eq!(lon.value(0), 2.0, "integer widened inside a struct");
+        let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
+        assert_eq!(tags.value_length(0), 2);
+        let attributes = batch.column_by_name("attributes").unwrap().as_map();
+        assert_eq!(attributes.value_length(0), 2);
+        assert_eq!(attributes.value_length(1), 0);
+        assert!(pickup.is_null(1), "a missing struct is null");
+    }
+}
