@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod decode;
 pub mod demo;
+pub mod erase;
 pub mod fleet;
 pub mod ingest;
 pub mod maintain;

@@ -4,7 +4,7 @@
 //! its `txn` actions; the lineage check walks every retained commit's
 //! `commitInfo.sluice` entry per source partition: each commit must start
 //! where the previous one ended (`prev` = previous `last`), and every commit's
-//! counts must add up (`received = committed + dead_lettered`).
+//! counts must add up (`received = committed + dead_lettered + suppressed`).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -51,6 +51,8 @@ pub struct PartitionStatus {
     pub committed: u64,
     /// Records dead-lettered.
     pub dead_lettered: u64,
+    /// Records suppressed because their key is under an erasure request.
+    pub suppressed: u64,
     /// Every commit starts where the previous one ended.
     pub contiguous: bool,
     /// Every commit's counts add up.
@@ -121,7 +123,8 @@ pub async fn table_status(
             entry.received += range.received;
             entry.committed += range.committed;
             entry.dead_lettered += range.dead_lettered;
-            if range.received != range.committed + range.dead_lettered {
+            entry.suppressed += range.suppressed;
+            if range.received != range.committed + range.dead_lettered + range.suppressed {
                 entry.counts_add_up = false;
             }
         }

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod compact;
 pub mod demo;
+pub mod forget;
 pub mod generate;
 pub mod ingest;
 pub mod status;
@@ -65,6 +66,8 @@ pub enum Command {
     Checkpoint(checkpoint::CheckpointArgs),
     /// Delete removed and orphaned data files past the retention.
     Vacuum(vacuum::VacuumArgs),
+    /// GDPR erasure by subject key: request, apply, verify, status, receipt.
+    Forget(forget::ForgetArgs),
     /// Write demo ride events as NDJSON (for backfills and benchmarks).
     Generate(generate::GenerateArgs),
     /// One benchmark measurement (used by scripts/bench).
@@ -87,6 +90,9 @@ pub enum CliError {
     /// A maintenance operation failed.
     #[error(transparent)]
     Maintain(#[from] crate::maintain::MaintainError),
+    /// An erasure step failed or its input is invalid.
+    #[error(transparent)]
+    Erase(#[from] crate::erase::EraseError),
     /// An argument is malformed.
     #[error("{0}")]
     Usage(String),
@@ -108,6 +114,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Zorder(args) => zorder::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args).await,
         Command::Vacuum(args) => vacuum::run(args).await,
+        Command::Forget(args) => forget::run(args).await,
         Command::Generate(args) => generate::run(args),
         Command::Bench(args) => bench::run(args).await,
     }

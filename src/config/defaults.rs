@@ -42,3 +42,9 @@ pub const VACUUM_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const VACUUM_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// Maintenance lease duration.
 pub const LEASE_TTL: Duration = Duration::from_secs(600);
+/// How often the ingest process applies pending erasure requests.
+pub const ERASURE_INTERVAL: Duration = Duration::from_secs(600);
+/// Time from an erasure request to its deadline (one month).
+pub const ERASURE_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How often ingestion re-reads the erasure ledger for keys to suppress.
+pub const SUPPRESSION_REFRESH: Duration = Duration::from_secs(30);

@@ -103,6 +103,34 @@ pub struct Config {
     /// The background maintenance loop.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
+    /// GDPR erasure: deadline, background apply, suppression at ingest.
+    #[serde(default)]
+    pub erasure: ErasureConfig,
+}
+
+/// How erasure requests are applied and enforced.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErasureConfig {
+    /// Apply pending requests (and purge due ones) from the ingest process.
+    pub enabled: bool,
+    /// How often the ingest process looks at the ledger to apply and purge.
+    pub interval: Span,
+    /// Time from a request to its legal deadline.
+    pub deadline: Span,
+    /// How often ingestion re-reads the ledger for keys to suppress.
+    pub suppression_refresh: Span,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            interval: Span(defaults::ERASURE_INTERVAL),
+            deadline: Span(defaults::ERASURE_DEADLINE),
+            suppression_refresh: Span(defaults::SUPPRESSION_REFRESH),
+        }
+    }
 }
 
 /// When the ingest process compacts, Z-orders and vacuums its tables.

@@ -53,6 +53,29 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 .into(),
         );
     }
+    let e = &config.erasure;
+    if e.enabled && e.interval.0.is_zero() {
+        add(
+            "erasure.interval".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    if e.suppression_refresh.0.is_zero() {
+        add(
+            "erasure.suppression_refresh".into(),
+            "must be greater than zero".into(),
+        );
+    }
+    let day = std::time::Duration::from_secs(24 * 3600);
+    if e.deadline.0 < m.vacuum_retention.0 + day {
+        add(
+            "erasure.deadline".into(),
+            format!(
+                "{} leaves no time to purge: it must exceed maintenance.vacuum_retention ({}) by at least a day",
+                e.deadline, m.vacuum_retention
+            ),
+        );
+    }
     if m.lease_ttl.0 < std::time::Duration::from_secs(5) {
         add("maintenance.lease_ttl".into(), "must be at least 5s".into());
     }

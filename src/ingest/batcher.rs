@@ -28,6 +28,8 @@ pub struct Span {
     pub received: u64,
     /// Records rejected to the dead-letter table.
     pub dead: u64,
+    /// Records dropped because their key is under an erasure request.
+    pub suppressed: u64,
 }
 
 /// Why a batch is flushed.
@@ -84,6 +86,7 @@ impl Batch {
             last: record.position,
             received: 0,
             dead: 0,
+            suppressed: 0,
         });
         span.last = record.position;
         span.received += 1;
@@ -93,6 +96,13 @@ impl Batch {
     pub fn add_dead(&mut self, partition: &Arc<PartitionId>) {
         if let Some(span) = self.spans.get_mut(partition) {
             span.dead += 1;
+        }
+    }
+
+    /// Counts a record of `partition` dropped because its key is being erased.
+    pub fn add_suppressed(&mut self, partition: &Arc<PartitionId>) {
+        if let Some(span) = self.spans.get_mut(partition) {
+            span.suppressed += 1;
         }
     }
 
@@ -164,8 +174,9 @@ impl Batch {
                 first: s.first,
                 last: s.last,
                 received: s.received,
-                committed: s.received - s.dead,
+                committed: s.received - s.dead - s.suppressed,
                 dead_lettered: s.dead,
+                suppressed: s.suppressed,
             })
             .collect()
     }

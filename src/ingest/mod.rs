@@ -5,7 +5,11 @@
 //! [`pipeline::Pipeline`] per table until every finite source is drained or
 //! `shutdown` fires and the buffered work is committed. Beside each pipeline
 //! runs the table's maintenance loop (`maintain::scheduler`), stopped when
-//! the pipelines are done.
+//! the pipelines are done, and (with `[erasure]` enabled) the erasure loop:
+//! pending requests applied and due ones purged, one worker at a time.
+//! Every pipeline drops records whose key is under an erasure request; the
+//! keys are read from the ledger at start and every
+//! `erasure.suppression_refresh`.
 
 pub mod batcher;
 pub mod budget;
@@ -18,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceConfig, TableConfig};
 use crate::decode::json::{DecoderError, JsonDecoder};
+use crate::erase::{self, suppress, suppress::Suppressor};
 use crate::maintain::scheduler::{self, MaintenanceLoop};
 use crate::source::{file, kafka, SourceControl, SourceEvent};
 use crate::table::{self, dead_letter, TableError};
@@ -100,11 +105,48 @@ pub async fn run_with_budget(
     let mut tasks = tokio::task::JoinSet::new();
     let maintenance_stop = shutdown.child_token();
     let mut maintenance = Vec::new();
+    let mut suppressors = Vec::new();
     for table_config in &config.tables {
+        let decoder = JsonDecoder::new(table_config)?;
+        suppressors.push(Suppressor::new(&table_config.name, decoder.table_schema()));
+    }
+    if let Err(error) = suppress::refresh(
+        &config.lake.root,
+        &config.lake.storage_options,
+        &suppressors,
+    )
+    .await
+    {
+        tracing::warn!(%error, "could not read the erasure ledger; retrying in the background");
+    }
+    maintenance.push(suppress::spawn_refresher(
+        config.lake.root.clone(),
+        config.lake.storage_options.clone(),
+        suppressors.clone(),
+        config.erasure.suppression_refresh.0,
+        maintenance_stop.clone(),
+    ));
+    if config.erasure.enabled {
+        maintenance.push(erase::spawn_loop(
+            config.clone(),
+            worker.clone(),
+            maintenance_stop.clone(),
+        ));
+    }
+    for (table_config, suppressor) in config.tables.iter().zip(suppressors) {
         let source = config
             .source_for(table_config)
             .expect("validated: every table has a source");
-        let pipeline = start_table(config, table_config, source, &worker, &budget, &stats).await?;
+        let pipeline = start_table(
+            config,
+            table_config,
+            source,
+            &worker,
+            &budget,
+            &stats,
+            suppressor,
+        )
+        .await?;
         let (pipeline, events) = pipeline;
         let token = shutdown.clone();
         let name = table_config.name.clone();
@@ -154,6 +196,7 @@ async fn start_table(
     worker: &str,
     budget: &Arc<MemoryBudget>,
     stats: &Arc<IngestStats>,
+    suppressor: Arc<Suppressor>,
 ) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
     let decoder = JsonDecoder::new(table_config)?;
     let (data_url, dead_url) = table_urls(config, table_config)?;
@@ -195,6 +238,7 @@ async fn start_table(
         budget: budget.clone(),
         control,
         stats: stats.clone(),
+        suppressor,
     })?;
     Ok((pipeline, rx))
 }

@@ -26,6 +26,7 @@ use super::batcher::{Batch, FlushReason};
 use super::budget::MemoryBudget;
 use crate::config::{defaults, BatchingConfig};
 use crate::decode::{Decoded, JsonDecoder};
+use crate::erase::suppress::Suppressor;
 use crate::source::{PartitionId, Record, SourceControl, SourceEvent};
 use crate::table::commit::{commit_with_positions, CommitError, PositionUpdate};
 use crate::table::dead_letter::{self, DeadLetter};
@@ -44,6 +45,14 @@ pub enum PipelineError {
         table: String,
         /// The delta-rs error.
         source: Box<deltalake::DeltaTableError>,
+    },
+    /// Dropping rows of erased keys failed.
+    #[error("table `{table}`: suppressing erased keys: {source}")]
+    Suppress {
+        /// Table name.
+        table: String,
+        /// The Arrow error.
+        source: arrow::error::ArrowError,
     },
     /// A commit kept failing.
     #[error("table `{table}`: {source}")]
@@ -77,6 +86,8 @@ pub struct PipelineParts {
     pub control: Arc<dyn SourceControl>,
     /// Shared counters.
     pub stats: Arc<IngestStats>,
+    /// Keys under erasure requests, dropped before they are written.
+    pub suppressor: Arc<Suppressor>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -306,15 +317,45 @@ impl Pipeline {
             });
         }
         if let Some(batch) = decoded.batch {
-            self.writer
-                .write(batch)
-                .await
-                .map_err(|source| PipelineError::Write {
-                    table: self.parts.name.clone(),
-                    source: Box::new(source),
-                })?;
+            let batch = self.suppress(batch, &records, &decoded.kept)?;
+            if batch.num_rows() > 0 {
+                self.writer
+                    .write(batch)
+                    .await
+                    .map_err(|source| PipelineError::Write {
+                        table: self.parts.name.clone(),
+                        source: Box::new(source),
+                    })?;
+            }
         }
         Ok(())
+    }
+
+    /// Drops the rows whose key is under an erasure request, counting them
+    /// per source partition so the lineage still adds up.
+    fn suppress(
+        &mut self,
+        batch: arrow::array::RecordBatch,
+        records: &[Record],
+        kept: &[usize],
+    ) -> Result<arrow::array::RecordBatch, PipelineError> {
+        let error = |source| PipelineError::Suppress {
+            table: self.parts.name.clone(),
+            source,
+        };
+        let Some(mask) = self.parts.suppressor.mask(&batch).map_err(error)? else {
+            return Ok(batch);
+        };
+        for (row, hit) in mask.iter().enumerate() {
+            if hit == Some(true) {
+                self.batch.add_suppressed(&records[kept[row]].partition);
+            }
+        }
+        self.parts
+            .stats
+            .records_suppressed(&self.parts.name, mask.true_count() as u64);
+        let keep = arrow::compute::not(&mask).map_err(error)?;
+        arrow::compute::filter_record_batch(&batch, &keep).map_err(error)
     }
 
     async fn flush(&mut self, reason: FlushReason) -> Result<(), PipelineError> {
@@ -464,6 +505,7 @@ impl Pipeline {
                     received: mine.len() as u64,
                     committed: mine.len() as u64,
                     dead_lettered: 0,
+                    suppressed: 0,
                 });
             }
             if updates.is_empty() {

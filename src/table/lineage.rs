@@ -1,6 +1,6 @@
 //! Lineage written into each commit's `commitInfo` under the key `sluice`:
 //! for every source partition the commit covers, the position range and the
-//! counts, so `status` can prove the committed ranges are contiguous and the
+//! counts (received = committed + dead-lettered + suppressed), so `status` can prove the committed ranges are contiguous and the
 //! counts add up.
 
 use serde::{Deserialize, Serialize};
@@ -46,4 +46,7 @@ pub struct PartitionRange {
     pub committed: u64,
     /// Records sent to the dead-letter table.
     pub dead_lettered: u64,
+    /// Records dropped because their key is under an erasure request.
+    #[serde(default)]
+    pub suppressed: u64,
 }

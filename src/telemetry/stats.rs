@@ -13,6 +13,7 @@ pub struct IngestStats {
     committed: AtomicU64,
     dead_lettered: AtomicU64,
     discarded: AtomicU64,
+    suppressed: AtomicU64,
     commits: AtomicU64,
     fenced: AtomicU64,
     files: AtomicU64,
@@ -31,6 +32,8 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Records dropped before batching (already committed, revoked, awaiting a seek).
     pub discarded: u64,
+    /// Records dropped because their key is under an erasure request.
+    pub suppressed: u64,
     /// Data commits made.
     pub commits: u64,
     /// Batches dropped because another worker had moved a partition on.
@@ -61,6 +64,16 @@ impl IngestStats {
     pub fn records_discarded(&self, table: &str, count: u64, reason: &str) {
         self.discarded.fetch_add(count, Ordering::Relaxed);
         tracing::debug!(table, count, reason, "records discarded");
+    }
+
+    /// Records dropped because their key is under an erasure request.
+    pub fn records_suppressed(&self, table: &str, count: u64) {
+        self.suppressed.fetch_add(count, Ordering::Relaxed);
+        tracing::info!(
+            table,
+            count,
+            "records suppressed: their key is under an erasure request"
+        );
     }
 
     /// A data commit landed.
@@ -113,6 +126,7 @@ impl IngestStats {
             committed: self.committed.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             discarded: self.discarded.load(Ordering::Relaxed),
+            suppressed: self.suppressed.load(Ordering::Relaxed),
             commits: self.commits.load(Ordering::Relaxed),
             fenced: self.fenced.load(Ordering::Relaxed),
             files: self.files.load(Ordering::Relaxed),

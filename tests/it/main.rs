@@ -3,6 +3,7 @@
 mod common;
 mod config_errors;
 mod dead_letters;
+mod erasure;
 mod exactly_once;
 mod fencing;
 mod layout;

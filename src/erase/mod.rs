@@ -1,0 +1,484 @@
+//! GDPR erasure by subject key: a request ledger, batched ACID deletes,
+//! suppression of late records, physical purge and verification.
+//!
+//! The life of a request (`sluice forget ...`):
+//!
+//! 1. **request**: keys are checked against every target table's schema
+//!    (column exists, value has its type) and recorded in the [`ledger`]
+//!    with a deadline (`erasure.deadline`, one month by default). Filing the
+//!    same key for the same tables again returns the existing request.
+//! 2. **apply** ([`apply`]): per table, all pending keys in one pass and one
+//!    commit; only files that really hold a key are rewritten. Ingestion
+//!    suppresses known keys from then on ([`suppress`]), and later runs
+//!    delete any late record that slipped in before it knew.
+//! 3. **purge** ([`purge`]): after the table's deleted-file retention the
+//!    removed files are vacuumed and the log is cut at a fresh checkpoint,
+//!    so neither data files nor log statistics hold the key any more.
+//!    Time travel to versions before that checkpoint ends there.
+//! 4. **verify** ([`verify`]): no live row and no object under the table
+//!    root holds the key; the result is recorded and a receipt
+//!    ([`receipt`]) can be printed for auditors.
+//!
+//! The ingest process runs steps 2 and 3 in the background every
+//! `erasure.interval` (one worker of a fleet at a time, under a lease).
+
+pub mod apply;
+pub mod keys;
+pub mod ledger;
+pub mod purge;
+pub mod receipt;
+pub mod suppress;
+pub mod verify;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use url::Url;
+
+use crate::config::{Config, TableConfig};
+use crate::table::{self, TableError};
+use keys::{KeyKind, KeyValue, SubjectKey};
+use ledger::{EventKind, Ledger, LedgerEvent};
+
+/// Errors of erasure.
+#[derive(Debug, thiserror::Error)]
+pub enum EraseError {
+    /// The request or its input is not valid; nothing was recorded.
+    #[error("{0}")]
+    Invalid(String),
+    /// A table could not be opened.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// A Delta operation failed.
+    #[error(transparent)]
+    Delta(#[from] Box<deltalake::DeltaTableError>),
+    /// A rewrite, vacuum or checkpoint failed.
+    #[error(transparent)]
+    Maintain(#[from] crate::maintain::MaintainError),
+    /// Reading a Parquet file failed.
+    #[error("reading a data file: {0}")]
+    Parquet(#[from] deltalake::parquet::errors::ParquetError),
+    /// Reshaping rows failed.
+    #[error("reshaping rows: {0}")]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Listing or reading objects failed.
+    #[error("object store: {0}")]
+    Store(#[from] object_store::Error),
+    /// A test stopped the work at a crash point.
+    #[error("stopped at crash point {0:?}")]
+    Crashed(CrashPoint),
+}
+
+impl From<deltalake::DeltaTableError> for EraseError {
+    fn from(error: deltalake::DeltaTableError) -> Self {
+        EraseError::Delta(Box::new(error))
+    }
+}
+
+/// Places where tests stop erasure as if the process died.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// After the ledger records `applying`, before the table commit.
+    AfterIntent,
+    /// After the table commit, before the ledger records `deleted`.
+    AfterCommit,
+    /// After vacuum, before the checkpoint, log expiry and `purged`.
+    AfterVacuum,
+}
+
+fn crash_if(configured: Option<CrashPoint>, here: CrashPoint) -> Result<(), EraseError> {
+    if configured == Some(here) {
+        return Err(EraseError::Crashed(here));
+    }
+    Ok(())
+}
+
+/// A table erasure can target.
+#[derive(Debug, Clone)]
+pub struct TableTarget {
+    /// Its configured name.
+    pub name: String,
+    /// Its location.
+    pub url: Url,
+    /// Object-store options.
+    pub storage_options: BTreeMap<String, String>,
+    /// Its declared schema (column name and type), for checking keys before any table exists.
+    pub config: TableConfig,
+}
+
+impl TableTarget {
+    /// Opens the table (it must exist).
+    pub async fn open(&self) -> Result<deltalake::DeltaTable, EraseError> {
+        Ok(table::open(&self.url, &self.storage_options).await?)
+    }
+
+    /// The kind of `column` in the table's declared schema.
+    pub fn key_kind(&self, column: &str) -> Result<KeyKind, String> {
+        let decoder = crate::decode::JsonDecoder::new(&self.config).map_err(|e| e.to_string())?;
+        let schema = decoder.table_schema();
+        let field = schema
+            .field_with_name(column)
+            .map_err(|_| format!("table `{}` has no column `{column}`", self.name))?;
+        KeyKind::of(field.data_type()).ok_or_else(|| {
+            format!(
+                "column `{column}` of table `{}` is {}; keys must be string or integer columns",
+                self.name,
+                field.data_type()
+            )
+        })
+    }
+}
+
+/// Every table of `config`, as erasure targets.
+pub fn targets(config: &Config) -> Result<Vec<TableTarget>, EraseError> {
+    config
+        .tables
+        .iter()
+        .map(|t| {
+            let (url, _) = crate::ingest::table_urls(config, t)?;
+            Ok(TableTarget {
+                name: t.name.clone(),
+                url,
+                storage_options: config.lake.storage_options.clone(),
+                config: t.clone(),
+            })
+        })
+        .collect()
+}
+
+/// Which tables a request targets.
+#[derive(Debug, Clone)]
+pub enum TableChoice {
+    /// These, by name.
+    Named(Vec<String>),
+    /// Every configured table that has the key's column.
+    All,
+}
+
+/// A request as filed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Filed {
+    /// The request id.
+    pub id: String,
+    /// The key.
+    pub key: String,
+    /// Its tables.
+    pub tables: Vec<String>,
+    /// False when the same key was already requested for the same tables.
+    pub new: bool,
+}
+
+/// Checks and records erasure requests, one per key; see the module docs.
+/// Any invalid key or table fails the whole call before anything is recorded.
+pub async fn file_requests(
+    config: &Config,
+    keys: &[SubjectKey],
+    tables: &TableChoice,
+    reason: &str,
+    now_ms: i64,
+) -> Result<Vec<Filed>, EraseError> {
+    if reason.trim().is_empty() {
+        return Err(EraseError::Invalid(
+            "--reason must say why (e.g. a ticket id)".into(),
+        ));
+    }
+    if keys.is_empty() {
+        return Err(EraseError::Invalid(
+            "no keys given (--key or --keys-file)".into(),
+        ));
+    }
+    let all = targets(config)?;
+    if let TableChoice::Named(names) = tables {
+        if names.is_empty() {
+            return Err(EraseError::Invalid("--tables names no table".into()));
+        }
+        for name in names {
+            if !all.iter().any(|t| &t.name == name) {
+                let known: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
+                return Err(EraseError::Invalid(format!(
+                    "unknown table `{name}` (configured tables: {})",
+                    known.join(", ")
+                )));
+            }
+        }
+    }
+    let mut planned: Vec<(SubjectKey, Vec<String>)> = Vec::new();
+    for key in keys {
+        let mut chosen = Vec::new();
+        for target in &all {
+            let named = match tables {
+                TableChoice::Named(names) => names.contains(&target.name),
+                TableChoice::All => true,
+            };
+            if !named {
+                continue;
+            }
+            match target.key_kind(&key.column) {
+                Ok(kind) => {
+                    KeyValue::parse(&key.value, kind).map_err(|e| {
+                        EraseError::Invalid(format!(
+                            "key {key}: column `{}` of table `{}` is {kind:?}: {e}",
+                            key.column, target.name
+                        ))
+                    })?;
+                    chosen.push(target.name.clone());
+                }
+                Err(problem) if matches!(tables, TableChoice::Named(_)) => {
+                    return Err(EraseError::Invalid(format!("key {key}: {problem}")))
+                }
+                Err(_) => {}
+            }
+        }
+        if chosen.is_empty() {
+            return Err(EraseError::Invalid(format!(
+                "key {key}: no configured table has a column `{}`",
+                key.column
+            )));
+        }
+        planned.push((key.clone(), chosen));
+    }
+
+    let mut ledger =
+        Ledger::open_or_create(&config.lake.root, &config.lake.storage_options).await?;
+    let existing = ledger.requests().await?;
+    let deadline_ms = now_ms + config.erasure.deadline.0.as_millis() as i64;
+    let mut filed = Vec::new();
+    let mut events = Vec::new();
+    for (key, chosen) in planned {
+        let same = existing.iter().find(|r| {
+            r.key_column == key.column
+                && r.key_value == key.value
+                && r.tables.keys().cloned().collect::<Vec<_>>() == sorted(&chosen)
+        });
+        if let Some(request) = same {
+            filed.push(Filed {
+                id: request.id.clone(),
+                key: key.to_string(),
+                tables: chosen,
+                new: false,
+            });
+            continue;
+        }
+        if let Some(twin) = filed
+            .iter()
+            .find(|f| f.key == key.to_string() && f.tables == chosen)
+        {
+            let twin = twin.clone();
+            filed.push(Filed { new: false, ..twin });
+            continue;
+        }
+        let id = uuid::Uuid::new_v4().to_string();
+        for table in &chosen {
+            let mut event = LedgerEvent::new(&id, EventKind::Requested, now_ms);
+            event.table = Some(table.clone());
+            event.key_column = Some(key.column.clone());
+            event.key_value = Some(key.value.clone());
+            event.reason = Some(reason.to_string());
+            event.deadline_ms = Some(deadline_ms);
+            events.push(event);
+        }
+        filed.push(Filed {
+            id,
+            key: key.to_string(),
+            tables: chosen,
+            new: true,
+        });
+    }
+    ledger.append(&events).await?;
+    Ok(filed)
+}
+
+fn sorted(names: &[String]) -> Vec<String> {
+    let mut names = names.to_vec();
+    names.sort();
+    names
+}
+
+/// What one `apply` run did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ApplyRun {
+    /// Deletes, per table.
+    pub applied: Vec<apply::TableApplyReport>,
+    /// Purges, per table where one was due.
+    pub purged: Vec<purge::PurgeReport>,
+}
+
+/// Applies pending requests and purges due ones, table by table, as of `now_ms`.
+pub async fn apply_all(
+    config: &Config,
+    now_ms: i64,
+    crash: Option<CrashPoint>,
+) -> Result<ApplyRun, EraseError> {
+    let mut run = ApplyRun::default();
+    let Some(mut ledger) = Ledger::open(&config.lake.root, &config.lake.storage_options).await?
+    else {
+        return Ok(run);
+    };
+    let requests = ledger.requests().await?;
+    for target in targets(config)? {
+        let involved = requests.iter().any(|r| r.tables.contains_key(&target.name));
+        if !involved {
+            continue;
+        }
+        match target.open().await {
+            Ok(_) => {}
+            Err(EraseError::Table(TableError::NotATable(_))) => continue,
+            Err(e) => return Err(e),
+        }
+        run.applied
+            .push(apply::apply_table(&mut ledger, &target, now_ms, crash).await?);
+        if let Some(purged) = purge::purge_table(&mut ledger, &target, now_ms, crash).await? {
+            run.purged.push(purged);
+        }
+    }
+    Ok(run)
+}
+
+/// The result of verifying a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestVerification {
+    /// The request.
+    pub request_id: String,
+    /// Per table.
+    pub tables: Vec<verify::TableVerification>,
+    /// Every table passed.
+    pub passed: bool,
+}
+
+/// Verifies request `id` on each of its tables and records the result.
+pub async fn verify_request(
+    config: &Config,
+    id: &str,
+    full: bool,
+    now_ms: i64,
+) -> Result<RequestVerification, EraseError> {
+    let mut ledger = open_ledger(config).await?;
+    let requests = ledger.requests().await?;
+    let request = find_request(&requests, id)?;
+    let all = targets(config)?;
+    let mut tables = Vec::new();
+    for name in request.tables.keys() {
+        let target = all.iter().find(|t| &t.name == name).ok_or_else(|| {
+            EraseError::Invalid(format!(
+                "request {id} targets table `{name}`, which the config no longer has"
+            ))
+        })?;
+        tables.push(
+            verify::verify_table(target, &request.key_column, &request.key_value, full).await?,
+        );
+    }
+    let passed = tables.iter().all(|t| t.passed);
+    let kind = if passed {
+        EventKind::Verified
+    } else {
+        EventKind::VerifyFailed
+    };
+    let mut event = LedgerEvent::new(&request.id, kind, now_ms);
+    let summary: Vec<serde_json::Value> = tables
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "table": t.table,
+                "full": full,
+                "live_files_checked": t.live_files_checked,
+                "live_rows_found": t.live_rows_found,
+                "objects_scanned": t.objects_scanned,
+                "bytes_scanned": t.bytes_scanned,
+                "hits": t.hits.iter().map(|h| format!("{}: {}", h.object, h.found)).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    event.detail = Some(serde_json::Value::Array(summary).to_string());
+    ledger.append(&[event]).await?;
+    Ok(RequestVerification {
+        request_id: request.id.clone(),
+        tables,
+        passed,
+    })
+}
+
+/// Opens the lake's ledger; an error if no request was ever filed.
+pub async fn open_ledger(config: &Config) -> Result<Ledger, EraseError> {
+    Ledger::open(&config.lake.root, &config.lake.storage_options)
+        .await?
+        .ok_or_else(|| {
+            EraseError::Invalid(format!(
+                "no erasure ledger under {} (no request has been filed)",
+                config.lake.root
+            ))
+        })
+}
+
+/// The request with id `id` (or a unique prefix of it).
+pub fn find_request<'a>(
+    requests: &'a [ledger::Request],
+    id: &str,
+) -> Result<&'a ledger::Request, EraseError> {
+    let matching: Vec<&ledger::Request> =
+        requests.iter().filter(|r| r.id.starts_with(id)).collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(EraseError::Invalid(format!(
+            "no erasure request with id `{id}`"
+        ))),
+        _ => Err(EraseError::Invalid(format!(
+            "id prefix `{id}` matches {} requests; give more of it",
+            matching.len()
+        ))),
+    }
+}
+
+/// Runs [`apply_all`] every `erasure.interval` until `stop`, on one worker of
+/// the fleet at a time (a lease in the ledger's directory).
+pub fn spawn_loop(
+    config: Config,
+    worker: String,
+    stop: tokio_util::sync::CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    use crate::fleet::lease::{system_clock, Leases};
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(config.erasure.interval.0) => {}
+            }
+            let ledger = match Ledger::open(&config.lake.root, &config.lake.storage_options).await {
+                Ok(Some(ledger)) => ledger,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "erasure loop: cannot open the ledger");
+                    continue;
+                }
+            };
+            let leases = Leases::new(
+                ledger.object_store(),
+                object_store::path::Path::from("_sluice_leases"),
+                config.maintenance.lease_ttl.0,
+                worker.clone(),
+                system_clock(),
+            );
+            let lease = match leases.try_acquire("apply").await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => continue,
+                Err(error) => {
+                    tracing::warn!(%error, "erasure loop: lease store unavailable");
+                    continue;
+                }
+            };
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let work = apply_all(&config, now_ms, None);
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                result = leases.hold_while(lease, work) => match result {
+                    Ok(run) => tracing::info!(
+                        tables = run.applied.len(),
+                        rows_deleted = run.applied.iter().map(|a| a.rows_deleted).sum::<u64>(),
+                        purged = run.purged.len(),
+                        "erasure run done"
+                    ),
+                    Err(error) => tracing::warn!(%error, "erasure run failed; retrying next interval"),
+                },
+            }
+        }
+    })
+}

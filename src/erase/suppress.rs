@@ -1,0 +1,175 @@
+//! Suppression at ingest: records for a key under an erasure request are
+//! dropped (and counted) before they reach a table, so replays, backfills
+//! and late events cannot bring erased data back.
+//!
+//! Each pipeline holds a [`Suppressor`] with the key sets of its table, read
+//! from the ledger when ingestion starts and again every
+//! `erasure.suppression_refresh`. Records that land in the short window
+//! before a refresh are deleted by the next erasure run (see `apply`).
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use arrow::array::{BooleanArray, RecordBatch};
+use arrow::datatypes::SchemaRef;
+use tokio_util::sync::CancellationToken;
+
+use super::keys::{KeyKind, KeySet, KeyValue};
+use super::ledger::{Ledger, Request};
+use super::EraseError;
+
+/// The keys one table suppresses.
+#[derive(Debug)]
+pub struct Suppressor {
+    table: String,
+    schema: SchemaRef,
+    sets: RwLock<Arc<Vec<KeySet>>>,
+}
+
+impl Suppressor {
+    /// No keys yet, for `table` with the rows' `schema`.
+    pub fn new(table: &str, schema: SchemaRef) -> Arc<Self> {
+        Arc::new(Self {
+            table: table.to_string(),
+            schema,
+            sets: RwLock::new(Arc::new(Vec::new())),
+        })
+    }
+
+    /// Replaces the keys with those of every request targeting this table.
+    pub fn update(&self, requests: &[Request]) {
+        let mut sets: BTreeMap<String, KeySet> = BTreeMap::new();
+        for request in requests
+            .iter()
+            .filter(|r| r.tables.contains_key(&self.table))
+        {
+            let Some(kind) = self
+                .schema
+                .field_with_name(&request.key_column)
+                .ok()
+                .and_then(|f| KeyKind::of(f.data_type()))
+            else {
+                continue;
+            };
+            let Ok(value) = KeyValue::parse(&request.key_value, kind) else {
+                continue;
+            };
+            sets.entry(request.key_column.clone())
+                .or_insert_with(|| KeySet::new(&request.key_column, kind))
+                .insert(value);
+        }
+        let sets: Vec<KeySet> = sets.into_values().collect();
+        *self.sets.write().expect("suppressor lock") = Arc::new(sets);
+    }
+
+    /// Number of keys suppressed.
+    pub fn len(&self) -> usize {
+        self.sets
+            .read()
+            .expect("suppressor lock")
+            .iter()
+            .map(KeySet::len)
+            .sum()
+    }
+
+    /// No keys suppressed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A mask of the rows of `batch` that hold a suppressed key (`None`: none do).
+    pub fn mask(
+        &self,
+        batch: &RecordBatch,
+    ) -> Result<Option<BooleanArray>, arrow::error::ArrowError> {
+        let sets = self.sets.read().expect("suppressor lock").clone();
+        let mut mask: Option<BooleanArray> = None;
+        for set in sets.iter() {
+            let Some(column) = batch.column_by_name(set.column()) else {
+                continue;
+            };
+            let hits = set.matches(column.as_ref())?;
+            mask = Some(match mask {
+                None => hits,
+                Some(previous) => arrow::compute::or(&previous, &hits)?,
+            });
+        }
+        Ok(mask.filter(|m| m.true_count() > 0))
+    }
+}
+
+/// Reads the ledger once and updates every suppressor; no ledger means no keys.
+pub async fn refresh(
+    lake_root: &str,
+    storage_options: &BTreeMap<String, String>,
+    suppressors: &[Arc<Suppressor>],
+) -> Result<(), EraseError> {
+    let Some(mut ledger) = Ledger::open(lake_root, storage_options).await? else {
+        return Ok(());
+    };
+    let requests = ledger.requests().await?;
+    for suppressor in suppressors {
+        suppressor.update(&requests);
+    }
+    Ok(())
+}
+
+/// Refreshes `suppressors` every `every` until `stop`.
+pub fn spawn_refresher(
+    lake_root: String,
+    storage_options: BTreeMap<String, String>,
+    suppressors: Vec<Arc<Suppressor>>,
+    every: Duration,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            if let Err(error) = refresh(&lake_root, &storage_options, &suppressors).await {
+                tracing::warn!(%error, "could not refresh erasure keys; keeping the previous ones");
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::erase::ledger::{fold, EventKind, LedgerEvent};
+    use arrow::array::StringArray;
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn masks_rows_of_requested_keys_for_this_table_only() {
+        let schema = Arc::new(Schema::new(vec![Field::new(
+            "user_id",
+            DataType::Utf8,
+            true,
+        )]));
+        let request = |id: &str, table: &str, value: &str| {
+            let mut e = LedgerEvent::new(id, EventKind::Requested, 1);
+            e.table = Some(table.into());
+            e.key_column = Some("user_id".into());
+            e.key_value = Some(value.into());
+            e
+        };
+        let requests = fold(&[request("a", "rides", "u-1"), request("b", "other", "u-2")]);
+        let suppressor = Suppressor::new("rides", schema.clone());
+        suppressor.update(&requests);
+        assert_eq!(suppressor.len(), 1);
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![Arc::new(StringArray::from(vec![
+                "u-1", "u-2", "u-3", "u-1",
+            ]))],
+        )
+        .unwrap();
+        let mask = suppressor.mask(&batch).unwrap().unwrap();
+        assert_eq!(mask.true_count(), 2);
+        assert!(mask.value(0) && mask.value(3));
+    }
+}
