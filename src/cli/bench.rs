@@ -10,6 +10,8 @@
 //!   consumes them, never more than 100k ahead (the broker keeps only 5 MB
 //!   per partition), timed from the first produced event to the last commit;
 //!   the producer shares the CPU.
+//! - `erase-table`: builds the erasure benchmark's table at `--lake`
+//!   (`--events` rows in `--files` files, see `bench_table`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -42,9 +44,15 @@ pub struct BenchArgs {
     /// Lake directory for the table (file, kafka).
     #[arg(long, default_value = "./bench-lake")]
     pub lake: PathBuf,
-    /// Events to produce (kafka).
+    /// Events to produce (kafka), rows to write (erase-table).
     #[arg(long, default_value_t = 1_000_000)]
     pub events: u64,
+    /// Files to write (erase-table).
+    #[arg(long, default_value_t = 512)]
+    pub files: u64,
+    /// Distinct users (erase-table).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub users: u64,
 }
 
 /// Benchmark modes.
@@ -59,6 +67,8 @@ pub enum BenchMode {
     Kafka,
     /// Open the table at `--input` (a table path) and load its snapshot, 5 times.
     Open,
+    /// Build the erasure benchmark's table at `--lake`.
+    EraseTable,
 }
 
 #[derive(Debug, Serialize)]
@@ -111,6 +121,17 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             }
         }
         BenchMode::Kafka => kafka(&args).await?,
+        BenchMode::EraseTable => {
+            let (events, bytes, seconds) =
+                super::bench_table::build(&args.lake, args.events, args.files, args.users).await?;
+            Measurement {
+                mode: args.mode,
+                events,
+                bytes,
+                seconds,
+                peak_rss_kib: 0,
+            }
+        }
         BenchMode::Open => {
             let path = input(&args)?;
             let url = crate::table::resolve_existing(&path.display().to_string())?;

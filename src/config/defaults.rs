@@ -48,3 +48,6 @@ pub const ERASURE_INTERVAL: Duration = Duration::from_secs(600);
 pub const ERASURE_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How often ingestion re-reads the erasure ledger for keys to suppress.
 pub const SUPPRESSION_REFRESH: Duration = Duration::from_secs(30);
+/// False-positive rate of the bloom filter on the key column: low enough that
+/// an erasure batch of a hundred keys still rules out most files unread.
+pub const KEY_BLOOM_FPP: f64 = 0.001;

@@ -5,9 +5,10 @@
 //! min/max statistics on the key column admit one of the keys; when the
 //! column is the table's key (bloom-filtered by the writer), the candidate
 //! is then confirmed against each row group's bloom filter without reading
-//! any data. Confirmed files are read and rewritten without the key's rows;
-//! a file where no row matches (a bloom false positive) is left alone. Every
-//! affected file is rewritten exactly once, whatever the number of keys.
+//! any data, and then by reading the key column alone. Only files where a
+//! row really holds a key are read whole and rewritten without those rows;
+//! a bloom false positive costs one column read. Every affected file is
+//! rewritten exactly once, whatever the number of keys.
 //!
 //! The commit removes the rewritten files and adds their replacements (both
 //! `dataChange=true`) under the `DELETE` operation; its `commitInfo.sluice`
@@ -52,8 +53,10 @@ use crate::maintain::files::{live_files_by_partition, with_partition_columns, Li
 use crate::maintain::{commit_rewrite, table_key, RewriteOutcome};
 use crate::table::writer::writer_properties;
 
-/// Files rewritten at once.
+/// Files rewritten at once (one Parquet encoder per core).
 const PARALLEL_FILES: usize = 2;
+/// Candidate files confirmed at once (bloom filter and key column reads: mostly I/O).
+const PARALLEL_CONFIRMS: usize = 8;
 /// Files written this long before a request's last deletion are re-checked for late records.
 const STRAGGLER_MARGIN_MS: i64 = 10 * 60 * 1000;
 /// Times a table is planned again after a concurrent rewrite removed a candidate.
@@ -74,7 +77,7 @@ pub struct TableApplyReport {
     pub files_total: u64,
     /// Files whose statistics admitted a key.
     pub files_in_range: u64,
-    /// Files a bloom filter still admitted (read).
+    /// Files a bloom filter still admitted, whose key column was read.
     pub files_read: u64,
     /// Files rewritten.
     pub files_rewritten: u64,
@@ -239,9 +242,23 @@ async fn delete_once(
     report.files_in_range = in_range.len() as u64;
 
     let store = table.object_store();
+    let mut confirms = futures::stream::iter(in_range.into_iter().map(|c| {
+        let (store, key) = (store.clone(), key_column.clone());
+        tokio::spawn(async move { confirm(store, c, key.as_deref()).await })
+    }))
+    .buffer_unordered(PARALLEL_CONFIRMS);
+    let mut confirmed: Vec<Candidate> = Vec::new();
+    while let Some(joined) = confirms.next().await {
+        let (read, result) =
+            joined.map_err(|e| EraseError::Invalid(format!("confirm task failed: {e}")))??;
+        report.files_read += u64::from(read);
+        confirmed.extend(result);
+    }
+    drop(confirms);
+
     let reader_table = table.clone();
     let key_for_writer = key_column.clone();
-    let mut rewrites = futures::stream::iter(in_range.into_iter().map(|c| {
+    let mut rewrites = futures::stream::iter(confirmed.into_iter().map(|c| {
         let (store, table, schema, key) = (
             store.clone(),
             reader_table.clone(),
@@ -253,12 +270,9 @@ async fn delete_once(
     .buffer_unordered(PARALLEL_FILES);
     let mut rewritten: Vec<Rewritten> = Vec::new();
     while let Some(joined) = rewrites.next().await {
-        let (read, result) =
+        let result =
             joined.map_err(|e| EraseError::Invalid(format!("rewrite task failed: {e}")))??;
-        report.files_read += u64::from(read);
-        if let Some(done) = result {
-            rewritten.push(done);
-        }
+        rewritten.extend(result);
     }
     drop(rewrites);
 
@@ -438,15 +452,14 @@ fn candidate(file: LiveFile, scopes: &[Scope]) -> Option<Candidate> {
     (!sets.is_empty()).then_some(Candidate { file, sets })
 }
 
-/// Confirms a candidate with its bloom filters and, if it may hold a key,
-/// rewrites it without the key's rows. Returns (read?, rewritten file).
-async fn rewrite(
+/// Confirms a candidate: its bloom filters first, then a read of the key
+/// column(s) alone. Returns whether the column was read, and the candidate
+/// narrowed to the keys it really holds (`None`: it holds none).
+async fn confirm(
     store: Arc<dyn deltalake::ObjectStore>,
-    table: &DeltaTable,
-    schema: arrow::datatypes::SchemaRef,
-    key_column: Option<&str>,
     candidate: Candidate,
-) -> Result<(bool, Option<Rewritten>), EraseError> {
+    key_column: Option<&str>,
+) -> Result<(bool, Option<Candidate>), EraseError> {
     let Candidate { file, sets } = candidate;
     #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
     let reader = ParquetObjectReader::new(store, file.location.clone()).with_file_size(file.size);
@@ -454,6 +467,60 @@ async fn rewrite(
     if !bloom_admits(&mut builder, &sets, key_column).await? {
         return Ok((false, None));
     }
+    let descriptor = builder.metadata().file_metadata().schema_descr_ptr();
+    let stored = |name: &str| {
+        (0..descriptor.num_columns()).any(|i| descriptor.column(i).path().string() == name)
+    };
+    if !sets.iter().all(|s| stored(s.column())) {
+        // A partition column: its value is the same for every row, so the rewrite decides.
+        return Ok((false, Some(Candidate { file, sets })));
+    }
+    let mask = deltalake::parquet::arrow::ProjectionMask::columns(
+        &descriptor,
+        sets.iter().map(|s| s.column()),
+    );
+    let mut stream = builder
+        .with_projection(mask)
+        .with_batch_size(8192)
+        .build()?;
+    let mut found: Vec<KeySet> = sets
+        .iter()
+        .map(|s| KeySet::new(s.column(), s.kind()))
+        .collect();
+    while let Some(batch) = stream.try_next().await? {
+        for (set, into) in sets.iter().zip(found.iter_mut()) {
+            let Some(column) = batch.column_by_name(set.column()) else {
+                continue;
+            };
+            let mask = set.matches(column.as_ref())?;
+            for (row, hit) in mask.iter().enumerate() {
+                if hit == Some(true) {
+                    if let Some(value) = set.value_at(column.as_ref(), row) {
+                        into.insert(value);
+                    }
+                }
+            }
+        }
+    }
+    found.retain(|s| !s.is_empty());
+    if found.is_empty() {
+        return Ok((true, None));
+    }
+    Ok((true, Some(Candidate { file, sets: found })))
+}
+
+/// Rewrites a confirmed file without its keys' rows.
+async fn rewrite(
+    store: Arc<dyn deltalake::ObjectStore>,
+    table: &DeltaTable,
+    schema: arrow::datatypes::SchemaRef,
+    key_column: Option<&str>,
+    candidate: Candidate,
+) -> Result<Option<Rewritten>, EraseError> {
+    let Candidate { file, sets } = candidate;
+    #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
+    let reader = ParquetObjectReader::new(store, file.location.clone()).with_file_size(file.size);
+    let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
     let mut writer = RecordBatchWriter::for_table(table)?
         .with_writer_properties(writer_properties(key_column))
         .with_target_file_size(REWRITE_TARGET_SIZE);
@@ -489,17 +556,14 @@ async fn rewrite(
     }
     if per_key.is_empty() {
         writer.reset();
-        return Ok((true, None));
+        return Ok(None);
     }
     let adds = writer.flush().await?;
-    Ok((
-        true,
-        Some(Rewritten {
-            file,
-            adds,
-            per_key,
-        }),
-    ))
+    Ok(Some(Rewritten {
+        file,
+        adds,
+        per_key,
+    }))
 }
 
 /// False only if every row group's bloom filter on the key column excludes every key.

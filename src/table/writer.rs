@@ -31,7 +31,7 @@ pub fn writer_properties(key_column: Option<&str>) -> WriterProperties {
         let path = ColumnPath::from(key);
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
-            .set_column_bloom_filter_fpp(path, 0.01);
+            .set_column_bloom_filter_fpp(path, defaults::KEY_BLOOM_FPP);
     }
     builder.build()
 }
