@@ -46,7 +46,7 @@ use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt as _;
 use serde::Serialize;
 
-use super::keys::{KeyKind, KeySet, KeyValue};
+use super::keys::{KeySet, KeyValue, MatchSource};
 use super::ledger::{open_batches, EventKind, Ledger, LedgerEvent, Request};
 use super::{CrashPoint, EraseError, TableTarget};
 use crate::maintain::files::{live_files_by_partition, with_partition_columns, LiveFile};
@@ -112,6 +112,46 @@ struct Rewritten {
     file: LiveFile,
     adds: Vec<Add>,
     per_key: HashMap<(String, KeyValue), u64>,
+}
+
+/// Records the pending requests of a table that does not exist (a
+/// dead-letter table no record was ever rejected into): nothing to delete,
+/// nothing to purge.
+pub async fn record_absent(
+    ledger: &mut Ledger,
+    target: &TableTarget,
+    now_ms: i64,
+) -> Result<TableApplyReport, EraseError> {
+    let mut events = Vec::new();
+    for request in ledger.requests().await? {
+        let Some(progress) = request.tables.get(&target.name) else {
+            continue;
+        };
+        if progress.deletions.is_empty() {
+            events.push(deleted_event(
+                &request.id,
+                &target.name,
+                None,
+                now_ms,
+                None,
+                0,
+                0,
+            ));
+        }
+        if progress.purged.is_none() {
+            let mut purged = LedgerEvent::new(&request.id, EventKind::Purged, now_ms);
+            purged.table = Some(target.name.clone());
+            purged.detail = Some(r#"{"table_absent":true}"#.into());
+            events.push(purged);
+        }
+    }
+    let requests = events.len();
+    ledger.append(&events).await?;
+    Ok(TableApplyReport {
+        table: target.name.clone(),
+        requests,
+        ..Default::default()
+    })
 }
 
 /// Applies every pending request that targets `target`; see the module docs.
@@ -182,11 +222,7 @@ async fn delete_once(
     let mut fresh: Vec<&Request> = Vec::new();
     for request in requests {
         let progress = &request.tables[&target.name];
-        let kind = match schema.field_with_name(&request.key_column) {
-            Ok(field) => KeyKind::of(field.data_type()),
-            Err(_) => None,
-        };
-        let Some(kind) = kind else {
+        let Ok(kind) = target.key_kind(&request.key_column) else {
             tracing::warn!(table = %target.name, request = %request.id, column = %request.key_column,
                 "the table has no usable column for this key; skipped");
             continue;
@@ -237,14 +273,14 @@ async fn delete_once(
     report.files_total = files.len() as u64;
     let in_range: Vec<Candidate> = files
         .into_iter()
-        .filter_map(|file| candidate(file, &scopes))
+        .filter_map(|file| candidate(file, &scopes, target.source))
         .collect();
     report.files_in_range = in_range.len() as u64;
 
     let store = table.object_store();
     let mut confirms = futures::stream::iter(in_range.into_iter().map(|c| {
-        let (store, key) = (store.clone(), key_column.clone());
-        tokio::spawn(async move { confirm(store, c, key.as_deref()).await })
+        let (store, key, source) = (store.clone(), key_column.clone(), target.source);
+        tokio::spawn(async move { confirm(store, c, key.as_deref(), source).await })
     }))
     .buffer_unordered(PARALLEL_CONFIRMS);
     let mut confirmed: Vec<Candidate> = Vec::new();
@@ -265,7 +301,8 @@ async fn delete_once(
             schema.clone(),
             key_for_writer.clone(),
         );
-        tokio::spawn(async move { rewrite(store, &table, schema, key.as_deref(), c).await })
+        let source = target.source;
+        tokio::spawn(async move { rewrite(store, &table, schema, key.as_deref(), c, source).await })
     }))
     .buffer_unordered(PARALLEL_FILES);
     let mut rewritten: Vec<Rewritten> = Vec::new();
@@ -419,8 +456,9 @@ fn deleted_event(
     e
 }
 
-/// The keys `file` may hold by its statistics, if any.
-fn candidate(file: LiveFile, scopes: &[Scope]) -> Option<Candidate> {
+/// The keys `file` may hold by its statistics, if any (raw payloads have
+/// no useful statistics: every file may hold every key).
+fn candidate(file: LiveFile, scopes: &[Scope], source: MatchSource) -> Option<Candidate> {
     let stats: serde_json::Value = file
         .stats
         .as_deref()
@@ -430,10 +468,13 @@ fn candidate(file: LiveFile, scopes: &[Scope]) -> Option<Candidate> {
     for scope in scopes.iter().filter(|s| file.modified_ms >= s.since_ms) {
         for set in &scope.sets {
             let column = set.column();
-            let found = set.in_range(
-                stats.get("minValues").and_then(|m| m.get(column)),
-                stats.get("maxValues").and_then(|m| m.get(column)),
-            );
+            let found = match source {
+                MatchSource::Column => set.in_range(
+                    stats.get("minValues").and_then(|m| m.get(column)),
+                    stats.get("maxValues").and_then(|m| m.get(column)),
+                ),
+                MatchSource::Payload => set.values(),
+            };
             if found.is_empty() {
                 continue;
             }
@@ -459,6 +500,7 @@ async fn confirm(
     store: Arc<dyn deltalake::ObjectStore>,
     candidate: Candidate,
     key_column: Option<&str>,
+    source: MatchSource,
 ) -> Result<(bool, Option<Candidate>), EraseError> {
     let Candidate { file, sets } = candidate;
     #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
@@ -471,13 +513,13 @@ async fn confirm(
     let stored = |name: &str| {
         (0..descriptor.num_columns()).any(|i| descriptor.column(i).path().string() == name)
     };
-    if !sets.iter().all(|s| stored(s.column())) {
+    if !sets.iter().all(|s| stored(s.read_column(source))) {
         // A partition column: its value is the same for every row, so the rewrite decides.
         return Ok((false, Some(Candidate { file, sets })));
     }
     let mask = deltalake::parquet::arrow::ProjectionMask::columns(
         &descriptor,
-        sets.iter().map(|s| s.column()),
+        sets.iter().map(|s| s.read_column(source)),
     );
     let mut stream = builder
         .with_projection(mask)
@@ -489,16 +531,8 @@ async fn confirm(
         .collect();
     while let Some(batch) = stream.try_next().await? {
         for (set, into) in sets.iter().zip(found.iter_mut()) {
-            let Some(column) = batch.column_by_name(set.column()) else {
-                continue;
-            };
-            let mask = set.matches(column.as_ref())?;
-            for (row, hit) in mask.iter().enumerate() {
-                if hit == Some(true) {
-                    if let Some(value) = set.value_at(column.as_ref(), row) {
-                        into.insert(value);
-                    }
-                }
+            for (_, value) in set.matching_rows(&batch, source)? {
+                into.insert(value);
             }
         }
     }
@@ -516,6 +550,7 @@ async fn rewrite(
     schema: arrow::datatypes::SchemaRef,
     key_column: Option<&str>,
     candidate: Candidate,
+    source: MatchSource,
 ) -> Result<Option<Rewritten>, EraseError> {
     let Candidate { file, sets } = candidate;
     #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
@@ -528,27 +563,17 @@ async fn rewrite(
     let mut per_key: HashMap<(String, KeyValue), u64> = HashMap::new();
     while let Some(batch) = stream.try_next().await? {
         let batch = with_partition_columns(batch, &schema, &file.partition)?;
-        let mut drop_mask = arrow::array::BooleanArray::from(vec![false; batch.num_rows()]);
+        let mut keep = vec![true; batch.num_rows()];
         for set in &sets {
-            let Some(column) = batch.column_by_name(set.column()) else {
-                continue;
-            };
-            let mask = set.matches(column.as_ref())?;
-            for row in mask
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| *m == Some(true))
-                .map(|(i, _)| i)
-            {
-                if let Some(value) = set.value_at(column.as_ref(), row) {
+            for (row, value) in set.matching_rows(&batch, source)? {
+                if std::mem::replace(&mut keep[row], false) {
                     *per_key
                         .entry((set.column().to_string(), value))
                         .or_default() += 1;
                 }
             }
-            drop_mask = arrow::compute::or(&drop_mask, &mask)?;
         }
-        let keep = arrow::compute::not(&drop_mask)?;
+        let keep = arrow::array::BooleanArray::from(keep);
         let kept = arrow::compute::filter_record_batch(&batch, &keep)?;
         if kept.num_rows() > 0 {
             writer.write(kept).await?;

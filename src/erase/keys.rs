@@ -77,6 +77,18 @@ pub fn read_keys_file(path: &Path) -> Result<Vec<SubjectKey>, EraseError> {
     Ok(keys)
 }
 
+/// Where a row's key is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatchSource {
+    /// The key column of a data table.
+    Column,
+    /// The raw payload text of a dead-letter table (the record did not decode).
+    Payload,
+}
+
+/// The dead-letter table's column holding the raw record as text.
+pub const PAYLOAD_COLUMN: &str = "payload_text";
+
 /// How a key column's values compare.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyKind {
@@ -275,6 +287,57 @@ impl KeySet {
         }
     }
 
+    /// The column a `source` match reads.
+    pub fn read_column(&self, source: MatchSource) -> &str {
+        match source {
+            MatchSource::Column => &self.column,
+            MatchSource::Payload => PAYLOAD_COLUMN,
+        }
+    }
+
+    /// The rows of `batch` that hold a key, with the key each holds.
+    ///
+    /// With [`MatchSource::Payload`] a row matches when its raw text holds
+    /// the key as a JSON token: a string key quoted (`"u-42"`), an integer
+    /// key as a whole number in a record that names the key column. Dead
+    /// letters are malformed, so this errs on the side of erasing.
+    pub fn matching_rows(
+        &self,
+        batch: &arrow::array::RecordBatch,
+        source: MatchSource,
+    ) -> Result<Vec<(usize, KeyValue)>, arrow::error::ArrowError> {
+        let Some(column) = batch.column_by_name(self.read_column(source)) else {
+            return Ok(Vec::new());
+        };
+        match source {
+            MatchSource::Column => {
+                let mask = self.matches(column.as_ref())?;
+                Ok(mask
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, hit)| *hit == Some(true))
+                    .filter_map(|(row, _)| Some((row, self.value_at(column.as_ref(), row)?)))
+                    .collect())
+            }
+            MatchSource::Payload => {
+                let cast = arrow::compute::cast(column, &DataType::Utf8)?;
+                let texts = cast.as_any().downcast_ref::<StringArray>().expect("Utf8");
+                let named = format!("\"{}\"", self.column);
+                Ok(texts
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(row, text)| {
+                        let text = text?;
+                        self.values()
+                            .into_iter()
+                            .find(|key| payload_holds(text, &named, key))
+                            .map(|key| (row, key))
+                    })
+                    .collect())
+            }
+        }
+    }
+
     /// The key held by row `row` of `column` (a row [`KeySet::matches`] selected).
     pub fn value_at(&self, column: &dyn Array, row: usize) -> Option<KeyValue> {
         let one = column.slice(row, 1);
@@ -293,6 +356,30 @@ impl KeySet {
                     .flatten()
                     .map(|v| KeyValue::Str(v.to_string()))
             }
+        }
+    }
+}
+
+/// True when raw record text holds `key` as a JSON token (see [`KeySet::matching_rows`]).
+fn payload_holds(text: &str, named_column: &str, key: &KeyValue) -> bool {
+    match key {
+        KeyValue::Str(value) => {
+            let token = serde_json::to_string(value).expect("strings serialize");
+            text.contains(&token)
+        }
+        KeyValue::Int(value) => {
+            if !text.contains(named_column) {
+                return false;
+            }
+            let digits = value.to_string();
+            let bytes = text.as_bytes();
+            text.match_indices(&digits).any(|(at, _)| {
+                let before = at.checked_sub(1).map(|i| bytes[i]);
+                let after = bytes.get(at + digits.len()).copied();
+                !before.is_some_and(|b| b.is_ascii_digit() || b == b'-' || b == b'.')
+                    && !after
+                        .is_some_and(|b| b.is_ascii_digit() || b == b'.' || b == b'e' || b == b'E')
+            })
         }
     }
 }
@@ -346,6 +433,23 @@ mod tests {
             .in_range(Some(&json!("n")), Some(&json!("y")))
             .is_empty());
         assert_eq!(set.in_range(None, None).len(), 4);
+    }
+
+    #[test]
+    fn payload_tokens_match_whole_values_only() {
+        let named = "\"user_id\"";
+        let key = KeyValue::Str("u-4".into());
+        assert!(payload_holds(
+            r#"{"user_id":"u-4","amount":"x"#,
+            named,
+            &key
+        ));
+        assert!(!payload_holds(r#"{"user_id":"u-42"}"#, named, &key));
+        let key = KeyValue::Int(42);
+        assert!(payload_holds(r#"{"user_id": 42, "a": oops"#, named, &key));
+        assert!(!payload_holds(r#"{"user_id": 421}"#, named, &key));
+        assert!(!payload_holds(r#"{"user_id": 1, "x": -42}"#, named, &key));
+        assert!(!payload_holds(r#"{"other": 42}"#, named, &key));
     }
 
     #[test]

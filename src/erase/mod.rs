@@ -93,22 +93,30 @@ fn crash_if(configured: Option<CrashPoint>, here: CrashPoint) -> Result<(), Eras
     Ok(())
 }
 
-/// A table erasure can target.
+/// A table erasure can target: a configured table, or its dead-letter table
+/// (named `<table>.dead_letters`), whose rows are matched by raw payload.
 #[derive(Debug, Clone)]
 pub struct TableTarget {
-    /// Its configured name.
+    /// Its name in the ledger: the configured name, or `<name>.dead_letters`.
     pub name: String,
+    /// Where a row's key is read from.
+    pub source: keys::MatchSource,
     /// Its location.
     pub url: Url,
     /// Object-store options.
     pub storage_options: BTreeMap<String, String>,
-    /// Its declared schema (column name and type), for checking keys before any table exists.
+    /// The configured table (its declared columns type the keys, before any table exists).
     pub config: TableConfig,
 }
 
 impl TableTarget {
     /// Opens the table (it must exist).
     pub async fn open(&self) -> Result<deltalake::DeltaTable, EraseError> {
+        if let Ok(path) = self.url.to_file_path() {
+            if !path.join("_delta_log").is_dir() {
+                return Err(TableError::NotATable(self.url.to_string()).into());
+            }
+        }
         Ok(table::open(&self.url, &self.storage_options).await?)
     }
 
@@ -129,21 +137,30 @@ impl TableTarget {
     }
 }
 
-/// Every table of `config`, as erasure targets.
+/// Every table of `config` and its dead-letter table, as erasure targets.
 pub fn targets(config: &Config) -> Result<Vec<TableTarget>, EraseError> {
-    config
-        .tables
-        .iter()
-        .map(|t| {
-            let (url, _) = crate::ingest::table_urls(config, t)?;
-            Ok(TableTarget {
-                name: t.name.clone(),
+    let mut all = Vec::new();
+    for t in &config.tables {
+        let (data, dead) = crate::ingest::table_locations(config, t);
+        let (url, dead_url) = (table::location_url(&data)?, table::location_url(&dead)?);
+        for (name, url, source) in [
+            (t.name.clone(), url, keys::MatchSource::Column),
+            (
+                format!("{}.dead_letters", t.name),
+                dead_url,
+                keys::MatchSource::Payload,
+            ),
+        ] {
+            all.push(TableTarget {
+                name,
+                source,
                 url,
                 storage_options: config.lake.storage_options.clone(),
                 config: t.clone(),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(all)
 }
 
 /// Which tables a request targets.
@@ -193,8 +210,8 @@ pub async fn file_requests(
             return Err(EraseError::Invalid("--tables names no table".into()));
         }
         for name in names {
-            if !all.iter().any(|t| &t.name == name) {
-                let known: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
+            if !all.iter().any(|t| &t.config.name == name) {
+                let known: Vec<&str> = config.tables.iter().map(|t| t.name.as_str()).collect();
                 return Err(EraseError::Invalid(format!(
                     "unknown table `{name}` (configured tables: {})",
                     known.join(", ")
@@ -206,8 +223,9 @@ pub async fn file_requests(
     for key in keys {
         let mut chosen = Vec::new();
         for target in &all {
+            // A table's dead-letter table goes with it.
             let named = match tables {
-                TableChoice::Named(names) => names.contains(&target.name),
+                TableChoice::Named(names) => names.contains(&target.config.name),
                 TableChoice::All => true,
             };
             if !named {
@@ -322,7 +340,11 @@ pub async fn apply_all(
         }
         match target.open().await {
             Ok(_) => {}
-            Err(EraseError::Table(TableError::NotATable(_))) => continue,
+            Err(EraseError::Table(TableError::NotATable(_))) => {
+                run.applied
+                    .push(apply::record_absent(&mut ledger, &target, now_ms).await?);
+                continue;
+            }
             Err(e) => return Err(e),
         }
         run.applied

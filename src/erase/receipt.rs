@@ -127,3 +127,39 @@ pub fn receipt(request: &Request, now_ms: i64) -> serde_json::Value {
         "issued_at": rfc3339(now_ms),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::erase::ledger::{fold, EventKind, LedgerEvent};
+
+    const DAY: i64 = 24 * 3600 * 1000;
+
+    fn request(requested: i64, deleted: Option<i64>) -> Request {
+        let mut filed = LedgerEvent::new("r", EventKind::Requested, requested);
+        filed.table = Some("t".into());
+        filed.key_column = Some("user_id".into());
+        filed.key_value = Some("u".into());
+        filed.deadline_ms = Some(requested + 30 * DAY);
+        let mut events = vec![filed];
+        if let Some(at) = deleted {
+            let mut e = LedgerEvent::new("r", EventKind::Deleted, at);
+            e.table = Some("t".into());
+            events.push(e);
+        }
+        fold(&events).remove(0)
+    }
+
+    #[test]
+    fn flags_requests_whose_purge_cannot_make_the_deadline() {
+        let week = Duration::from_secs(7 * 24 * 3600);
+        // Filed today, deleted today: purge in 7 days, deadline in 30.
+        let fresh = status_row(&request(0, Some(0)), 0, week);
+        assert_eq!((fresh.risk, fresh.days_left), ("on_track", 30));
+        // Filed 25 days ago and still not applied: 7 days of retention no longer fit.
+        let late = status_row(&request(0, None), 25 * DAY, week);
+        assert_eq!(late.risk, "at_risk");
+        let overdue = status_row(&request(0, Some(DAY)), 31 * DAY, week);
+        assert_eq!((overdue.risk, overdue.days_left), ("overdue", -1));
+    }
+}

@@ -56,11 +56,8 @@ pub enum IngestError {
     Task(String, String),
 }
 
-/// The data and dead-letter table URLs of a table config.
-pub fn table_urls(
-    config: &Config,
-    table: &TableConfig,
-) -> Result<(url::Url, url::Url), TableError> {
+/// The data and dead-letter table locations (paths or URLs) of a table config.
+pub fn table_locations(config: &Config, table: &TableConfig) -> (String, String) {
     let data = table
         .uri
         .clone()
@@ -68,6 +65,15 @@ pub fn table_urls(
     let dead = table.dead_letter_uri.clone().unwrap_or_else(|| {
         table::child_location(&config.lake.root, &format!("{}_dead_letters", table.name))
     });
+    (data, dead)
+}
+
+/// The data and dead-letter table URLs of a table config (creating local directories).
+pub fn table_urls(
+    config: &Config,
+    table: &TableConfig,
+) -> Result<(url::Url, url::Url), TableError> {
+    let (data, dead) = table_locations(config, table);
     Ok((
         table::resolve_location(&data)?,
         table::resolve_location(&dead)?,

@@ -262,6 +262,19 @@ pub fn position_lookup(url: Url, storage_options: BTreeMap<String, String>) -> P
     })
 }
 
+/// The URL of a location (path or URL) without creating or requiring anything.
+pub fn location_url(location: &str) -> Result<Url, TableError> {
+    let invalid = |reason: String| TableError::Location {
+        location: location.to_string(),
+        reason,
+    };
+    if location.contains("://") {
+        return Url::parse(location).map_err(|e| invalid(e.to_string()));
+    }
+    let absolute = std::path::absolute(location).map_err(|e| invalid(e.to_string()))?;
+    Url::from_directory_path(absolute).map_err(|_| invalid("not a directory path".into()))
+}
+
 /// Like [`resolve_location`] but never creates anything: a local path must exist.
 pub fn resolve_existing(location: &str) -> Result<Url, TableError> {
     if location.contains("://") {

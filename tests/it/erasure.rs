@@ -177,6 +177,19 @@ async fn request_apply_purge_verify_leaves_no_trace() {
     let written = write_lines(&lake.table("in"), "a.ndjson", 4000, |n| {
         format!("user-{:05}", n % 40)
     });
+    // Malformed records go to the dead-letter table, raw: three hold the key.
+    let mut bad = std::fs::File::create(lake.table("in").join("b.ndjson")).unwrap();
+    for (n, user) in ["user-00000", "user-00001", "user-00000", "user-00000"]
+        .iter()
+        .enumerate()
+    {
+        writeln!(
+            bad,
+            r#"{{"event_id":"bad-{n}","user_id":"{user}","amount":"lots"}}"#
+        )
+        .unwrap();
+    }
+    drop(bad);
     let config = file_lake(&lake, "max_rows = 250");
     ingest_to_end(&config).await;
     let table = lake.table("events");
@@ -194,6 +207,17 @@ async fn request_apply_purge_verify_leaves_no_trace() {
 
     let run = erase::apply_all(&config, t0, None).await.unwrap();
     assert_eq!(run.applied[0].rows_deleted, 100);
+    assert_eq!(run.applied[1].table, "events.dead_letters");
+    assert_eq!(
+        run.applied[1].rows_deleted, 3,
+        "dead letters holding the key are erased too"
+    );
+    let dead = strings(
+        &kernel_read(&lake.table("events_dead_letters")).await,
+        "payload_text",
+    );
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].contains("user-00001"));
     assert!(run.purged.is_empty(), "nothing is due before the retention");
     let after = rows(&table).await;
     assert!(
@@ -231,7 +255,7 @@ async fn request_apply_purge_verify_leaves_no_trace() {
     let run = erase::apply_all(&config, later, None).await.unwrap();
     assert_eq!(
         run.purged.len(),
-        1,
+        2,
         "{run:?} {:?}",
         ledger_requests(&config).await
     );
@@ -247,6 +271,12 @@ async fn request_apply_purge_verify_leaves_no_trace() {
         .unwrap();
     assert!(verified.passed, "{:?}", verified.tables);
     assert!(verified.tables[0].objects_scanned > 2);
+    assert_eq!(verified.tables[1].table, "events.dead_letters");
+    assert!(verified.tables[1].objects_scanned > 0);
+    assert_eq!(
+        raw_hits(&lake.table("events_dead_letters"), target),
+        Vec::<String>::new()
+    );
     assert_eq!(ledger_requests(&config).await[0].state(), State::Verified);
     // Independent checks: no object's bytes, and no decoded Parquet value, hold the key.
     assert_eq!(raw_hits(&table, target), Vec::<String>::new());
@@ -610,4 +640,48 @@ columns = [
     let accounts = strings(&batches, "account");
     assert_eq!(accounts.len(), 240);
     assert!(accounts.iter().all(|a| a != "3" && a != "4"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ingest_process_applies_requests_in_the_background() {
+    let lake = Lake::new();
+    let topic = "erase-loop";
+    let kafka = kafka(topic, 1);
+    let mut config = kafka_config(
+        &lake,
+        kafka.bootstrap_servers(),
+        topic,
+        "g-erase-loop",
+        "max_latency = \"500ms\"",
+        "",
+    );
+    config.erasure.interval = sluice::config::Span(Duration::from_secs(1));
+    let running = Running::start(&config);
+    let good = produce(&kafka, topic, "a", 970, 0);
+    running
+        .wait_for(Duration::from_secs(60), "rows", |s| s.committed >= 970)
+        .await;
+    request(&config, &["user_id=u-5"], now()).await;
+    let table = lake.table("events");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = rows(&table).await;
+        if left.iter().all(|(_, u)| u != "u-5") {
+            assert_eq!(
+                left.len(),
+                good.len() - 10,
+                "only the key's rows were deleted"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the background loop did not apply the request"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    running.stop().await;
+    let requests = ledger_requests(&config).await;
+    assert_eq!(requests[0].tables["events"].deletions.len(), 1);
+    assert!(requests[0].tables["events"].deletions[0].version.is_some());
 }
