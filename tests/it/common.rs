@@ -362,3 +362,41 @@ pub async fn load(table: &Path) -> deltalake::DeltaTable {
 pub async fn ingest_to_end(config: &Config) -> sluice::telemetry::stats::StatsSnapshot {
     Running::start(config).finish().await
 }
+
+/// The actions of every JSON commit in the table's log whose `commitInfo.operation` is `operation`.
+pub fn commits_with_operation(table: &Path, operation: &str) -> Vec<Vec<serde_json::Value>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .flatten()
+    {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let actions: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if actions
+            .iter()
+            .any(|a| a["commitInfo"]["operation"] == operation)
+        {
+            found.push(actions);
+        }
+    }
+    found
+}
+
+/// Paths of the table's live files at its latest version.
+pub async fn live_paths(table: &Path) -> std::collections::BTreeSet<String> {
+    load(table)
+        .await
+        .snapshot()
+        .unwrap()
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect()
+}

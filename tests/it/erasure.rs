@@ -72,28 +72,38 @@ async fn ledger_requests(config: &Config) -> Vec<sluice::erase::ledger::Request>
     ledger.requests().await.unwrap()
 }
 
-/// Every file under `root` whose raw bytes contain `needle`.
-fn raw_hits(root: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
+/// Every file below `root`.
+fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in std::fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-                hits.push(path.display().to_string());
+            } else {
+                files.push(path);
             }
         }
     }
-    hits
+    files
 }
 
-/// Every `user_id` value in every Parquet file under `root` (data files,
-/// removed or not, and checkpoints' nested stats), decoded independently.
+/// Every file under `root` whose raw bytes contain `needle`.
+fn raw_hits(root: &Path, needle: &str) -> Vec<String> {
+    files_under(root)
+        .into_iter()
+        .filter(|path| {
+            let bytes = std::fs::read(path).unwrap();
+            bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+        })
+        .map(|path| path.display().to_string())
+        .collect()
+}
+
+/// Every Parquet file under `root` (data files, removed or not, and
+/// checkpoints with their nested stats) holding a string equal to `needle`,
+/// decoded independently.
 fn parquet_values_equal(root: &Path, needle: &str) -> Vec<String> {
     use arrow::array::{Array, AsArray};
     fn walk(array: &dyn Array, needle: &str) -> bool {
@@ -111,56 +121,25 @@ fn parquet_values_equal(root: &Path, needle: &str) -> Vec<String> {
             _ => false,
         }
     }
-    let mut hits = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.to_string_lossy().ends_with(".parquet") {
-                let file = std::fs::File::open(&path).unwrap();
-                let reader =
-                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+    files_under(root)
+        .into_iter()
+        .filter(|path| path.to_string_lossy().ends_with(".parquet"))
+        .filter(|path| {
+            let file = std::fs::File::open(path).unwrap();
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                .unwrap()
+                .build()
+                .unwrap()
+                .any(|batch| {
+                    batch
                         .unwrap()
-                        .build()
-                        .unwrap();
-                for batch in reader {
-                    let batch = batch.unwrap();
-                    if batch.columns().iter().any(|c| walk(c.as_ref(), needle)) {
-                        hits.push(path.display().to_string());
-                        break;
-                    }
-                }
-            }
-        }
-    }
-    hits
-}
-
-fn operations(table: &Path, operation: &str) -> Vec<serde_json::Value> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .flatten()
-    {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let actions: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        if actions
-            .iter()
-            .any(|a| a["commitInfo"]["operation"] == operation)
-        {
-            found.push(serde_json::Value::Array(actions));
-        }
-    }
-    found
+                        .columns()
+                        .iter()
+                        .any(|c| walk(c.as_ref(), needle))
+                })
+        })
+        .map(|path| path.display().to_string())
+        .collect()
 }
 
 fn file_lake(lake: &Lake, batching: &str) -> Config {
@@ -413,14 +392,7 @@ async fn a_thousand_keys_rewrite_each_affected_file_once() {
     let config = file_lake(&lake, "max_rows = 250");
     ingest_to_end(&config).await;
     let table = lake.table("events");
-    let files_before: std::collections::BTreeSet<String> = load(&table)
-        .await
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .iter()
-        .map(|f| f.path().to_string())
-        .collect();
+    let files_before = live_paths(&table).await;
     assert_eq!(files_before.len(), 40);
 
     // Six real users (two share a file, the rest in four other files) and 994 absent ones.
@@ -446,32 +418,23 @@ async fn a_thousand_keys_rewrite_each_affected_file_once() {
     );
     assert_eq!(report.files_rewritten, 5, "{report:?}");
 
-    let deletes = operations(&table, "DELETE");
+    let deletes = commits_with_operation(&table, "DELETE");
     assert_eq!(deletes.len(), 1, "one commit for the whole batch");
     let removed: Vec<String> = deletes[0]
-        .as_array()
-        .unwrap()
         .iter()
         .filter_map(|a| a["remove"]["path"].as_str().map(str::to_string))
         .collect();
     let unique: std::collections::BTreeSet<&String> = removed.iter().collect();
     assert_eq!(unique.len(), removed.len(), "no file rewritten twice");
     assert_eq!(removed.len(), 5);
-    let files_after: std::collections::BTreeSet<String> = load(&table)
-        .await
-        .snapshot()
-        .unwrap()
-        .log_data()
-        .iter()
-        .map(|f| f.path().to_string())
-        .collect();
+    let files_after = live_paths(&table).await;
     let untouched = files_before
         .iter()
         .filter(|f| files_after.contains(*f))
         .count();
     assert_eq!(untouched, 35, "every file without a key is left alone");
     assert_eq!(rows(&table).await.len(), 10_000 - 6);
-    let log_text: String = deletes[0].to_string();
+    let log_text = serde_json::Value::Array(deletes[0].clone()).to_string();
     assert!(
         !log_text.contains("user-000010"),
         "the delete commit names no key"
@@ -506,7 +469,7 @@ async fn the_ledger_resumes_after_a_crash_between_any_two_steps() {
         } else {
             let failed = erase::apply_all(&config, apply_at, Some(crash)).await;
             assert!(matches!(failed, Err(EraseError::Crashed(_))), "{failed:?}");
-            let deletes = operations(&table, "DELETE").len();
+            let deletes = commits_with_operation(&table, "DELETE").len();
             assert_eq!(
                 deletes,
                 usize::from(crash == CrashPoint::AfterCommit),
@@ -520,7 +483,7 @@ async fn the_ledger_resumes_after_a_crash_between_any_two_steps() {
             erase::apply_all(&config, apply_at, None).await.unwrap();
         }
         assert_eq!(
-            operations(&table, "DELETE").len(),
+            commits_with_operation(&table, "DELETE").len(),
             1,
             "{crash:?}: applied exactly once"
         );

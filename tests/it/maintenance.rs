@@ -23,31 +23,6 @@ fn small_files() -> CompactOptions {
     }
 }
 
-fn log_actions_of(table: &Path, operation: &str) -> Vec<serde_json::Value> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(table.join("_delta_log"))
-        .unwrap()
-        .flatten()
-    {
-        let path = entry.path();
-        if path.extension().is_none_or(|e| e != "json") {
-            continue;
-        }
-        let actions: Vec<serde_json::Value> = std::fs::read_to_string(&path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        let is_op = actions
-            .iter()
-            .any(|a| a["commitInfo"]["operation"] == operation);
-        if is_op {
-            out.extend(actions);
-        }
-    }
-    out
-}
-
 /// Writes `lines` NDJSON events `e-<n>` into `dir/<name>`.
 fn write_events(dir: &Path, name: &str, from: usize, lines: usize) -> Vec<String> {
     let mut out = std::io::BufWriter::new(std::fs::File::create(dir.join(name)).unwrap());
@@ -145,7 +120,7 @@ async fn compaction_while_appends_land_loses_nothing_and_blocks_nothing() {
         live_files <= 2,
         "{live_files} files left after the final compaction"
     );
-    for action in log_actions_of(&table_path, "OPTIMIZE") {
+    for action in commits_with_operation(&table_path, "OPTIMIZE").concat() {
         for kind in ["add", "remove"] {
             if let Some(a) = action.get(kind) {
                 assert_eq!(a["dataChange"], false, "{action}");
@@ -410,7 +385,9 @@ lease_ttl = "30s""#;
     .expect("the maintenance loop Z-orders the idle table");
     let stats = ingest.stop().await;
     assert_eq!(stats.fenced, 0);
-    assert!(!log_actions_of(&table_path, "OPTIMIZE").is_empty());
+    assert!(!commits_with_operation(&table_path, "OPTIMIZE")
+        .concat()
+        .is_empty());
     assert_exactly_once(
         strings(&kernel_read(&table_path).await, "event_id"),
         &expected,
