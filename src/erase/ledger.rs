@@ -329,10 +329,14 @@ pub fn open_batches(events: &[LedgerEvent], table: &str) -> Vec<OpenBatch> {
         .collect()
 }
 
-/// The ledger table.
+/// The ledger table, with its events cached per version.
 pub struct Ledger {
     table: DeltaTable,
+    cache: Option<(u64, Vec<LedgerEvent>)>,
 }
+
+/// Compact the ledger once it holds this many files (one per append).
+const COMPACT_AT_FILES: usize = 64;
 
 fn schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -373,7 +377,7 @@ impl Ledger {
             &table::default_properties(None),
         )
         .await?;
-        Ok(Self { table })
+        Ok(Self { table, cache: None })
     }
 
     /// Opens the ledger if it exists.
@@ -388,7 +392,7 @@ impl Ledger {
             Err(e) => return Err(e.into()),
         };
         match table::open(&url, storage_options).await {
-            Ok(table) => Ok(Some(Self { table })),
+            Ok(table) => Ok(Some(Self { table, cache: None })),
             Err(TableError::NotATable(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -399,20 +403,45 @@ impl Ledger {
         self.table.object_store()
     }
 
-    /// Every event, as of the latest version.
+    /// Every event, as of the latest version (read again only when it moved).
     pub async fn events(&mut self) -> Result<Vec<LedgerEvent>, EraseError> {
         self.table.update_state().await?;
+        let version = self.table.version().unwrap_or(0);
+        if let Some((cached, events)) = &self.cache {
+            if *cached == version {
+                return Ok(events.clone());
+            }
+        }
         let files: Vec<_> = live_files_by_partition(&self.table, &[])?
             .into_values()
             .flatten()
             .collect();
+        if files.len() >= COMPACT_AT_FILES {
+            self.compact().await;
+        }
         let mut batches = read_batches(self.table.object_store(), files, schema());
         let mut events = Vec::new();
         while let Some(batch) = batches.recv().await {
             events.extend(from_batch(&batch?)?);
         }
         events.sort_by_key(|e| (e.at_ms, e.event as u8));
+        self.cache = Some((version, events.clone()));
         Ok(events)
+    }
+
+    /// Packs the ledger's small files (best effort: a failure only costs speed).
+    async fn compact(&mut self) {
+        let options = crate::maintain::compact::CompactOptions {
+            target_size: 64 << 20,
+            min_file_size: 16 << 20,
+            ..Default::default()
+        };
+        match crate::maintain::compact::compact(&mut self.table, &options, &|_| {}).await {
+            Ok(metrics) => {
+                tracing::info!(files_in = metrics.files_in, "compacted the erasure ledger")
+            }
+            Err(error) => tracing::warn!(%error, "could not compact the erasure ledger"),
+        }
     }
 
     /// Every request, folded.

@@ -99,13 +99,18 @@ impl Suppressor {
     }
 }
 
-/// Reads the ledger once and updates every suppressor; no ledger means no keys.
+/// Reads the ledger (opening it if `ledger` holds none yet) and updates
+/// every suppressor; no ledger means no keys.
 pub async fn refresh(
     lake_root: &str,
     storage_options: &BTreeMap<String, String>,
+    ledger: &mut Option<Ledger>,
     suppressors: &[Arc<Suppressor>],
 ) -> Result<(), EraseError> {
-    let Some(mut ledger) = Ledger::open(lake_root, storage_options).await? else {
+    if ledger.is_none() {
+        *ledger = Ledger::open(lake_root, storage_options).await?;
+    }
+    let Some(ledger) = ledger else {
         return Ok(());
     };
     let requests = ledger.requests().await?;
@@ -124,12 +129,15 @@ pub fn spawn_refresher(
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
+        let mut ledger = None;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Err(error) = refresh(&lake_root, &storage_options, &suppressors).await {
+            if let Err(error) =
+                refresh(&lake_root, &storage_options, &mut ledger, &suppressors).await
+            {
                 tracing::warn!(%error, "could not refresh erasure keys; keeping the previous ones");
             }
         }

@@ -119,6 +119,7 @@ pub async fn run_with_budget(
     if let Err(error) = suppress::refresh(
         &config.lake.root,
         &config.lake.storage_options,
+        &mut None,
         &suppressors,
     )
     .await

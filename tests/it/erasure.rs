@@ -648,3 +648,23 @@ async fn the_ingest_process_applies_requests_in_the_background() {
     assert_eq!(requests[0].tables["events"].deletions.len(), 1);
     assert!(requests[0].tables["events"].deletions[0].version.is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ledger_compacts_itself_and_keeps_every_event() {
+    let lake = Lake::new();
+    write_lines(&lake.table("in"), "a.ndjson", 10, |n| format!("u-{n}"));
+    let config = file_lake(&lake, "max_rows = 100");
+    ingest_to_end(&config).await;
+    for n in 0..70 {
+        request(&config, &[&format!("user_id=u-{n}")], now()).await;
+    }
+    let ledger_dir = lake.table("_sluice_erasure");
+    assert!(live_paths(&ledger_dir).await.len() >= 70);
+    let requests = ledger_requests(&config).await;
+    assert_eq!(requests.len(), 70);
+    assert!(
+        live_paths(&ledger_dir).await.len() < 5,
+        "the ledger was compacted"
+    );
+    assert_eq!(ledger_requests(&config).await.len(), 70, "no event lost");
+}
