@@ -28,6 +28,7 @@ pub mod erase;
 pub mod fleet;
 pub mod ingest;
 pub mod maintain;
+pub mod serve;
 pub mod source;
 pub mod status;
 pub mod table;

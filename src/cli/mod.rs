@@ -8,6 +8,7 @@ pub mod demo;
 pub mod forget;
 pub mod generate;
 pub mod ingest;
+pub mod serve;
 pub mod status;
 pub mod vacuum;
 pub mod zorder;
@@ -55,6 +56,8 @@ impl Cli {
 pub enum Command {
     /// Run the configured sources into their tables until stopped (SIGTERM/SIGINT drain).
     Ingest(ingest::IngestArgs),
+    /// Run as a fleet worker: every pipeline, maintenance, erasure, and /metrics /healthz /readyz.
+    Serve(serve::ServeArgs),
     /// Run an embedded Kafka broker, produce ride events and ingest them into ./lake.
     Demo(demo::DemoArgs),
     /// Show a table's version, files, and recorded source positions.
@@ -109,6 +112,7 @@ pub enum CliError {
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Ingest(args) => ingest::run(args).await,
+        Command::Serve(args) => serve::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
         Command::Compact(args) => compact::run(args).await,

@@ -51,3 +51,7 @@ pub const SUPPRESSION_REFRESH: Duration = Duration::from_secs(30);
 /// False-positive rate of the bloom filter on the key column: low enough that
 /// an erasure batch of a hundred keys still rules out most files unread.
 pub const KEY_BLOOM_FPP: f64 = 0.001;
+/// Where `sluice serve` answers /metrics, /healthz and /readyz.
+pub const SERVICE_LISTEN: &str = "0.0.0.0:9464";
+/// How long `/readyz` reports a drain before the pipelines stop fetching.
+pub const DRAIN_DELAY: Duration = Duration::from_secs(2);

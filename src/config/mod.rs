@@ -106,6 +106,29 @@ pub struct Config {
     /// GDPR erasure: deadline, background apply, suppression at ingest.
     #[serde(default)]
     pub erasure: ErasureConfig,
+    /// `sluice serve`: the HTTP endpoints.
+    #[serde(default)]
+    pub service: ServiceConfig,
+}
+
+/// The worker's HTTP endpoints (`/metrics`, `/healthz`, `/readyz`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// Address to listen on.
+    pub listen: String,
+    /// On SIGTERM, how long `/readyz` reports the drain before the pipelines
+    /// stop fetching (lets load balancers and rollouts notice first).
+    pub drain_delay: Span,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            listen: defaults::SERVICE_LISTEN.to_string(),
+            drain_delay: Span(defaults::DRAIN_DELAY),
+        }
+    }
 }
 
 /// How erasure requests are applied and enforced.

@@ -76,6 +76,20 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             ),
         );
     }
+    if config
+        .service
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .is_err()
+    {
+        add(
+            "service.listen".into(),
+            format!(
+                "`{}` is not an address like 0.0.0.0:9464",
+                config.service.listen
+            ),
+        );
+    }
     if m.lease_ttl.0 < std::time::Duration::from_secs(5) {
         add("maintenance.lease_ttl".into(), "must be at least 5s".into());
     }

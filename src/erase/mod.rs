@@ -489,16 +489,25 @@ pub fn spawn_loop(
             };
             let now_ms = chrono::Utc::now().timestamp_millis();
             let work = apply_all(&config, now_ms, None);
+            let started = std::time::Instant::now();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 result = leases.hold_while(lease, work) => match result {
-                    Ok(run) => tracing::info!(
+                    Ok(run) => {
+                        use crate::telemetry::metrics;
+                        metrics::record_run("erasure", "*", true, started.elapsed());
+                        let rows: u64 = run.applied.iter().map(|a| a.rows_deleted).sum();
+                        metrics::ROWS_ERASED.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(
                         tables = run.applied.len(),
                         rows_deleted = run.applied.iter().map(|a| a.rows_deleted).sum::<u64>(),
                         purged = run.purged.len(),
                         "erasure run done"
-                    ),
-                    Err(error) => tracing::warn!(%error, "erasure run failed; retrying next interval"),
+                    )},
+                    Err(error) => {
+                        crate::telemetry::metrics::record_run("erasure", "*", false, started.elapsed());
+                        tracing::warn!(%error, "erasure run failed; retrying next interval")
+                    }
                 },
             }
         }

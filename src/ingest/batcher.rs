@@ -30,6 +30,8 @@ pub struct Span {
     pub dead: u64,
     /// Records dropped because their key is under an erasure request.
     pub suppressed: u64,
+    /// Source time (ms) of the newest record, if the source has times.
+    pub newest_ms: Option<i64>,
 }
 
 /// Why a batch is flushed.
@@ -87,7 +89,9 @@ impl Batch {
             received: 0,
             dead: 0,
             suppressed: 0,
+            newest_ms: None,
         });
+        span.newest_ms = span.newest_ms.max(record.timestamp_ms);
         span.last = record.position;
         span.received += 1;
     }

@@ -173,6 +173,7 @@ pub async fn run_with_budget(
             maintenance.push(scheduler::spawn(maintenance_loop, maintenance_stop.clone()));
         }
     }
+    stats.set_started(true);
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let failure = match joined {
@@ -181,11 +182,13 @@ pub async fn run_with_budget(
             Err(e) => Some(IngestError::Task("?".into(), e.to_string())),
         };
         if let Some(error) = failure {
+            stats.set_failed();
             tracing::error!(%error, "pipeline stopped");
             shutdown.cancel();
             first_error.get_or_insert(error);
         }
     }
+    stats.set_started(false);
     maintenance_stop.cancel();
     for handle in maintenance {
         let _ = handle.await;
@@ -228,6 +231,7 @@ async fn start_table(
             lookup,
             budget.clone(),
             tx,
+            stats.clone(),
         )?,
         SourceConfig::File(file_config) => {
             let files = file::FileSet::resolve(file_config)?;

@@ -194,6 +194,11 @@ impl Pipeline {
         match event {
             SourceEvent::Assigned(assignments) => {
                 for a in assignments {
+                    self.parts.stats.partition_assigned(
+                        &self.parts.name,
+                        &a.partition.app_id(),
+                        a.recorded,
+                    );
                     self.states.insert(
                         a.partition,
                         PartState {
@@ -208,6 +213,7 @@ impl Pipeline {
                 let result = self.flush(FlushReason::Rebalance).await;
                 for p in &partitions {
                     self.states.remove(p);
+                    self.parts.stats.partition_revoked(&p.app_id());
                 }
                 if let Some(done) = done {
                     let _ = done.send(());
@@ -228,6 +234,7 @@ impl Pipeline {
         let mut discarded = 0u64;
         let mut freed = 0usize;
         let mut accepted = 0u64;
+        let mut accepted_bytes = 0u64;
         for record in records {
             let state = self.states.get(&record.partition).copied();
             let usable = match state {
@@ -242,8 +249,9 @@ impl Pipeline {
             match usable {
                 Some(prev) => {
                     self.batch.add(&record, prev);
-                    self.pending.push(record);
                     accepted += 1;
+                    accepted_bytes += record.payload.len() as u64;
+                    self.pending.push(record);
                     if let Some(reason) = self.batch.full(&self.parts.batching) {
                         self.flush(reason).await?;
                     }
@@ -255,7 +263,7 @@ impl Pipeline {
             }
         }
         self.parts.budget.release(freed);
-        self.parts.stats.records_received(accepted);
+        self.parts.stats.records_received(accepted, accepted_bytes);
         tracing::debug!(table = %self.parts.name, accepted, buffered = self.batch.rows(), "records buffered");
         if discarded > 0 {
             self.parts.stats.records_discarded(
@@ -400,6 +408,11 @@ impl Pipeline {
                     if let Some(state) = self.states.get_mut(&partition) {
                         state.recorded = Some(span.last);
                     }
+                    self.parts.stats.partition_committed(
+                        &partition.app_id(),
+                        span.last,
+                        span.newest_ms,
+                    );
                 }
                 self.parts.stats.batch_committed(
                     &self.parts.name,

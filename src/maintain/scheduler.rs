@@ -88,6 +88,7 @@ impl MaintenanceLoop {
                 _ = tokio::time::sleep(self.config.interval.0) => {}
                 _ = shutdown.cancelled() => return,
             }
+            let started = Instant::now();
             let round = tokio::select! {
                 round = self.round() => round,
                 _ = shutdown.cancelled() => {
@@ -95,6 +96,12 @@ impl MaintenanceLoop {
                     return;
                 }
             };
+            crate::telemetry::metrics::record_run(
+                "maintenance",
+                &self.name,
+                round.is_ok(),
+                started.elapsed(),
+            );
             match round {
                 Ok(report) if report != RoundReport::default() => {
                     tracing::info!(table = %self.name, ?report, "maintenance round done");

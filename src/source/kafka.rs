@@ -32,6 +32,7 @@ use tokio::sync::mpsc;
 use super::{Assignment, PartitionId, PositionLookup, Record, SourceControl, SourceEvent};
 use crate::config::{KafkaSourceConfig, StartFrom};
 use crate::ingest::budget::MemoryBudget;
+use crate::telemetry::stats::IngestStats;
 
 /// librdkafka properties sluice sets itself and refuses from the config.
 pub const RESERVED_PROPERTIES: &[&str] = &[
@@ -94,6 +95,7 @@ struct SourceContext {
     shared: Arc<Shared>,
     pending: Mutex<Vec<Record>>,
     ids: Mutex<HashMap<(String, i32), Arc<PartitionId>>>,
+    stats: Arc<IngestStats>,
 }
 
 impl SourceContext {
@@ -204,7 +206,21 @@ impl SourceContext {
     }
 }
 
-impl ClientContext for SourceContext {}
+impl ClientContext for SourceContext {
+    /// librdkafka's periodic statistics: the high watermark of every
+    /// partition this consumer fetches, for lag metrics.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        for (topic, detail) in &statistics.topics {
+            for (partition, numbers) in &detail.partitions {
+                if *partition < 0 || numbers.hi_offset < 0 {
+                    continue;
+                }
+                let id = self.partition_id(topic, *partition);
+                self.stats.high_watermark(&id.app_id(), numbers.hi_offset);
+            }
+        }
+    }
+}
 
 impl ConsumerContext for SourceContext {
     fn rebalance(
@@ -229,7 +245,9 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
     let mut client = ClientConfig::new();
     client
         .set("queued.max.messages.kbytes", "16384")
-        .set("client.id", format!("sluice-{}", config.name));
+        .set("client.id", format!("sluice-{}", config.name))
+        // High watermarks for lag metrics (see `stats`).
+        .set("statistics.interval.ms", "5000");
     // If a recorded offset has left the broker's retention, resume from the
     // oldest retained record rather than silently jumping to the end.
     let reset = match config.start_from {
@@ -256,6 +274,7 @@ pub fn spawn(
     lookup: PositionLookup,
     budget: Arc<MemoryBudget>,
     tx: mpsc::Sender<SourceEvent>,
+    stats: Arc<IngestStats>,
 ) -> Result<Arc<KafkaSourceHandle>, KafkaSourceError> {
     let shared = Arc::new(Shared {
         stop: AtomicBool::new(false),
@@ -272,6 +291,7 @@ pub fn spawn(
         shared: shared.clone(),
         pending: Mutex::new(Vec::new()),
         ids: Mutex::new(HashMap::new()),
+        stats,
     };
     let client_error = |error| KafkaSourceError::Client {
         source_name: config.name.clone(),

@@ -89,6 +89,8 @@ pub async fn commit_with_positions(
         }
         let backoff = Duration::from_millis(50 * 2u64.pow(attempt.min(6)))
             + Duration::from_millis(rand::random::<u64>() % 50);
+        crate::telemetry::metrics::COMMIT_RETRIES
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(attempt, error = %error, "commit conflict; retrying");
         tokio::time::sleep(backoff).await;
     }

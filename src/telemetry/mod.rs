@@ -1,5 +1,6 @@
-//! Logs (`tracing`, text or JSON) and ingest counters.
+//! Logs (`tracing`, text or JSON), ingest counters and Prometheus metrics.
 
+pub mod metrics;
 pub mod stats;
 
 use std::io::IsTerminal;

@@ -1,7 +1,9 @@
 //! Ingest counters. Each event worth counting is one method that bumps the
 //! counter and writes the log line, so names are never scattered strings.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -18,7 +20,70 @@ pub struct IngestStats {
     fenced: AtomicU64,
     files: AtomicU64,
     bytes_written: AtomicU64,
+    bytes_received: AtomicU64,
     last_version: AtomicI64,
+    commit_seconds: Histogram,
+    partitions: Mutex<BTreeMap<String, PartitionProgress>>,
+    started: AtomicBool,
+    failed: AtomicBool,
+}
+
+/// Upper bounds (seconds) of the commit latency histogram buckets.
+pub const COMMIT_BUCKETS: [f64; 9] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; COMMIT_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        for (bound, bucket) in COMMIT_BUCKETS.iter().zip(&self.buckets) {
+            if seconds <= *bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bucket, total count, and sum in seconds.
+    pub fn read(&self) -> (Vec<u64>, u64, f64) {
+        (
+            self.buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            self.count.load(Ordering::Relaxed),
+            self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Where one source partition stands, for lag and freshness.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PartitionProgress {
+    /// The table it feeds.
+    pub table: String,
+    /// The last position committed (or recorded when assigned).
+    pub committed: Option<i64>,
+    /// The source's next position to be written (Kafka high watermark), if known.
+    pub high_watermark: Option<i64>,
+    /// Source time (ms) of the newest committed record, if the source has times.
+    pub newest_event_ms: Option<i64>,
+}
+
+impl PartitionProgress {
+    /// Records not yet committed, if the high watermark is known.
+    pub fn lag_records(&self) -> Option<i64> {
+        let high = self.high_watermark?;
+        Some((high - self.committed.map_or(0, |c| c + 1)).max(0))
+    }
 }
 
 /// A point-in-time copy of [`IngestStats`].
@@ -55,9 +120,77 @@ impl IngestStats {
         }
     }
 
-    /// Records accepted into a batch.
-    pub fn records_received(&self, count: u64) {
+    /// Records accepted into a batch, with their payload bytes.
+    pub fn records_received(&self, count: u64, bytes: u64) {
         self.received.fetch_add(count, Ordering::Relaxed);
+        self.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Payload bytes received.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_received.load(Ordering::Relaxed)
+    }
+
+    /// The commit latency histogram.
+    pub fn commit_seconds(&self) -> &Histogram {
+        &self.commit_seconds
+    }
+
+    /// A partition was assigned to this worker at `recorded`.
+    pub fn partition_assigned(&self, table: &str, app_id: &str, recorded: Option<i64>) {
+        let mut partitions = self.partitions.lock().expect("partitions lock");
+        let entry = partitions.entry(app_id.to_string()).or_default();
+        entry.table = table.to_string();
+        entry.committed = recorded;
+    }
+
+    /// A partition left this worker.
+    pub fn partition_revoked(&self, app_id: &str) {
+        self.partitions
+            .lock()
+            .expect("partitions lock")
+            .remove(app_id);
+    }
+
+    /// A commit covered `app_id` up to `last`; `newest_ms` is its newest record's source time.
+    pub fn partition_committed(&self, app_id: &str, last: i64, newest_ms: Option<i64>) {
+        let mut partitions = self.partitions.lock().expect("partitions lock");
+        if let Some(entry) = partitions.get_mut(app_id) {
+            entry.committed = Some(last);
+            entry.newest_event_ms = entry.newest_event_ms.max(newest_ms);
+        }
+    }
+
+    /// The source reports its next position for `app_id` (Kafka: the high watermark).
+    pub fn high_watermark(&self, app_id: &str, next: i64) {
+        if let Some(entry) = self
+            .partitions
+            .lock()
+            .expect("partitions lock")
+            .get_mut(app_id)
+        {
+            entry.high_watermark = Some(next);
+        }
+    }
+
+    /// Every partition this worker holds.
+    pub fn partitions(&self) -> BTreeMap<String, PartitionProgress> {
+        self.partitions.lock().expect("partitions lock").clone()
+    }
+
+    /// Every pipeline is running (or not any more).
+    pub fn set_started(&self, started: bool) {
+        self.started.store(started, Ordering::Relaxed);
+    }
+
+    /// A pipeline stopped with an error.
+    pub fn set_failed(&self) {
+        self.failed.store(true, Ordering::Relaxed);
+    }
+
+    /// Started and no pipeline failed.
+    pub fn healthy(&self) -> bool {
+        self.started.load(Ordering::Relaxed) && !self.failed.load(Ordering::Relaxed)
     }
 
     /// Records dropped before batching.
@@ -95,6 +228,7 @@ impl IngestStats {
         self.files.fetch_add(files, Ordering::Relaxed);
         self.bytes_written.fetch_add(bytes, Ordering::Relaxed);
         self.last_version.fetch_max(version, Ordering::Relaxed);
+        self.commit_seconds.observe(elapsed);
         tracing::info!(
             table,
             version,

@@ -73,6 +73,21 @@ fn errors_name_the_key_and_the_reason() {
         "kind = \"kafka\"\nname = \"f\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]\ngroup_id = \"g\"\nproperties = { \"enable.auto.commit\" = \"true\" }",
     ));
     assert!(reserved.contains("enable.auto.commit"), "{reserved}");
+
+    let listen = problems(&GOOD.replace(
+        "[[sources]]",
+        "[service]\nlisten = \"everywhere\"\n[[sources]]",
+    ));
+    assert!(
+        listen.contains("service.listen") && listen.contains("everywhere"),
+        "{listen}"
+    );
+
+    let deadline = problems(&GOOD.replace(
+        "[[sources]]",
+        "[erasure]\ndeadline = \"3days\"\n[[sources]]",
+    ));
+    assert!(deadline.contains("erasure.deadline"), "{deadline}");
 }
 
 #[test]

@@ -10,5 +10,6 @@ mod layout;
 mod maintenance;
 mod memory;
 mod rebalance;
+mod serve;
 mod signals;
 mod zorder;

@@ -1,0 +1,316 @@
+//! Prometheus metrics: the worker's counters rendered in the text
+//! exposition format (version 0.0.4) for `sluice serve`'s `/metrics`.
+//!
+//! Pipeline counters, commit latency, partition lag and freshness live in
+//! [`IngestStats`]; what happens outside a pipeline (commit retries in the
+//! commit path, maintenance and erasure runs) is counted here, process-wide.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::stats::{IngestStats, COMMIT_BUCKETS};
+
+/// Commit attempts that conflicted with a concurrent commit and were retried.
+pub static COMMIT_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// Rows deleted by erasure runs of this process.
+pub static ROWS_ERASED: AtomicU64 = AtomicU64::new(0);
+
+/// (kind, table, outcome) -> (runs, seconds).
+type Runs = BTreeMap<(String, String, &'static str), (u64, f64)>;
+
+static RUNS: Mutex<Runs> = Mutex::new(BTreeMap::new());
+
+/// Records one background run (`kind`: `maintenance` or `erasure`).
+pub fn record_run(kind: &str, table: &str, ok: bool, elapsed: Duration) {
+    let outcome = if ok { "ok" } else { "error" };
+    let mut runs = RUNS.lock().expect("runs lock");
+    let entry = runs
+        .entry((kind.to_string(), table.to_string(), outcome))
+        .or_default();
+    entry.0 += 1;
+    entry.1 += elapsed.as_secs_f64();
+}
+
+/// What `/metrics` shows besides the counters.
+pub struct Gauges {
+    /// Payload bytes buffered now.
+    pub buffered_bytes: u64,
+    /// The memory budget.
+    pub budget_bytes: u64,
+    /// Ready to serve (`/readyz`).
+    pub ready: bool,
+    /// Now, in ms since the epoch (for lag and freshness in seconds).
+    pub now_ms: i64,
+}
+
+struct Out(String);
+
+impl Out {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        let _ = write!(self.0, "{name}");
+        if !labels.is_empty() {
+            let rendered: Vec<String> = labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+                .collect();
+            let _ = write!(self.0, "{{{}}}", rendered.join(","));
+        }
+        let _ = writeln!(self.0, " {value}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+        self.header(name, kind, help);
+        self.sample(name, &[], value);
+    }
+}
+
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Renders every metric in the Prometheus text format.
+pub fn render(stats: &IngestStats, gauges: &Gauges) -> String {
+    let s = stats.snapshot();
+    let mut out = Out(String::new());
+    let counters = [
+        (
+            "sluice_records_received_total",
+            "Records read from sources and accepted into a batch.",
+            s.received,
+        ),
+        (
+            "sluice_records_committed_total",
+            "Rows committed to data tables.",
+            s.committed,
+        ),
+        (
+            "sluice_records_dead_lettered_total",
+            "Records committed to dead-letter tables.",
+            s.dead_lettered,
+        ),
+        (
+            "sluice_records_suppressed_total",
+            "Records dropped because their key is under an erasure request.",
+            s.suppressed,
+        ),
+        (
+            "sluice_records_discarded_total",
+            "Records dropped before batching (already committed, revoked, awaiting a seek).",
+            s.discarded,
+        ),
+        (
+            "sluice_bytes_received_total",
+            "Payload bytes accepted from sources.",
+            stats.bytes_received(),
+        ),
+        (
+            "sluice_bytes_written_total",
+            "Bytes of data files committed.",
+            s.bytes_written,
+        ),
+        (
+            "sluice_files_written_total",
+            "Data files committed.",
+            s.files,
+        ),
+        ("sluice_commits_total", "Data commits made.", s.commits),
+        (
+            "sluice_batches_fenced_total",
+            "Batches dropped because another worker had moved a partition on.",
+            s.fenced,
+        ),
+        (
+            "sluice_commit_retries_total",
+            "Commit attempts that conflicted with a concurrent commit and were retried.",
+            COMMIT_RETRIES.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_erased_rows_total",
+            "Rows deleted by erasure runs of this process.",
+            ROWS_ERASED.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        out.single(name, "counter", help, value);
+    }
+
+    let (buckets, count, sum) = stats.commit_seconds().read();
+    let name = "sluice_commit_duration_seconds";
+    out.header(
+        name,
+        "histogram",
+        "Time from the start of a flush to its commit.",
+    );
+    for (bound, cumulative) in COMMIT_BUCKETS.iter().zip(&buckets) {
+        out.sample(
+            &format!("{name}_bucket"),
+            &[("le", &bound.to_string())],
+            cumulative,
+        );
+    }
+    out.sample(&format!("{name}_bucket"), &[("le", "+Inf")], count);
+    out.sample(&format!("{name}_sum"), &[], sum);
+    out.sample(&format!("{name}_count"), &[], count);
+
+    out.single(
+        "sluice_buffered_bytes",
+        "gauge",
+        "Payload bytes buffered in open batches.",
+        gauges.buffered_bytes,
+    );
+    out.single(
+        "sluice_memory_budget_bytes",
+        "gauge",
+        "The worker's buffer budget.",
+        gauges.budget_bytes,
+    );
+    out.single(
+        "sluice_ready",
+        "gauge",
+        "1 when the worker is assigned and committing (/readyz).",
+        u8::from(gauges.ready),
+    );
+    out.single(
+        "sluice_last_committed_version",
+        "gauge",
+        "Latest data-table version committed by this worker.",
+        s.last_version,
+    );
+
+    let partitions = stats.partitions();
+    out.header(
+        "sluice_partition_committed_position",
+        "gauge",
+        "Last source position committed, per partition held.",
+    );
+    for (app_id, p) in &partitions {
+        if let Some(committed) = p.committed {
+            out.sample(
+                "sluice_partition_committed_position",
+                &[("table", &p.table), ("partition", app_id)],
+                committed,
+            );
+        }
+    }
+    out.header(
+        "sluice_consumer_lag_records",
+        "gauge",
+        "Records in the source not yet committed, per partition held.",
+    );
+    for (app_id, p) in &partitions {
+        if let Some(lag) = p.lag_records() {
+            out.sample(
+                "sluice_consumer_lag_records",
+                &[("table", &p.table), ("partition", app_id)],
+                lag,
+            );
+        }
+    }
+    out.header(
+        "sluice_consumer_lag_seconds",
+        "gauge",
+        "Age of the newest committed record while records are waiting (0 when caught up).",
+    );
+    for (app_id, p) in &partitions {
+        let Some(lag) = p.lag_records() else { continue };
+        let seconds = match (lag, p.newest_event_ms) {
+            (0, _) => 0.0,
+            (_, Some(newest)) => ((gauges.now_ms - newest).max(0)) as f64 / 1000.0,
+            (_, None) => continue,
+        };
+        out.sample(
+            "sluice_consumer_lag_seconds",
+            &[("table", &p.table), ("partition", app_id)],
+            seconds,
+        );
+    }
+    let mut newest: BTreeMap<&str, i64> = BTreeMap::new();
+    for p in partitions.values() {
+        if let Some(ms) = p.newest_event_ms {
+            let entry = newest.entry(p.table.as_str()).or_insert(ms);
+            *entry = (*entry).max(ms);
+        }
+    }
+    out.header(
+        "sluice_freshness_seconds",
+        "gauge",
+        "Age of the newest committed event (by source time), per table.",
+    );
+    for (table, ms) in newest {
+        out.sample(
+            "sluice_freshness_seconds",
+            &[("table", table)],
+            ((gauges.now_ms - ms).max(0)) as f64 / 1000.0,
+        );
+    }
+
+    let runs = RUNS.lock().expect("runs lock").clone();
+    out.header(
+        "sluice_background_runs_total",
+        "counter",
+        "Maintenance and erasure runs, by outcome.",
+    );
+    for ((kind, table, outcome), (count, _)) in &runs {
+        out.sample(
+            "sluice_background_runs_total",
+            &[("kind", kind), ("table", table), ("outcome", outcome)],
+            count,
+        );
+    }
+    out.header(
+        "sluice_background_run_seconds_total",
+        "counter",
+        "Time spent in maintenance and erasure runs.",
+    );
+    for ((kind, table, outcome), (_, seconds)) in &runs {
+        out.sample(
+            "sluice_background_run_seconds_total",
+            &[("kind", kind), ("table", table), ("outcome", outcome)],
+            seconds,
+        );
+    }
+    out.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_headers_samples_and_escaped_labels() {
+        let stats = IngestStats::new();
+        stats.partition_assigned("rides", "sluice/k/t\"x/0", Some(9));
+        stats.high_watermark("sluice/k/t\"x/0", 15);
+        let text = render(
+            &stats,
+            &Gauges {
+                buffered_bytes: 3,
+                budget_bytes: 10,
+                ready: true,
+                now_ms: 0,
+            },
+        );
+        assert!(text.contains(
+            "# TYPE sluice_records_received_total counter\nsluice_records_received_total 0\n"
+        ));
+        assert!(
+            text.contains(
+                r#"sluice_consumer_lag_records{table="rides",partition="sluice/k/t\"x/0"} 5"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("sluice_commit_duration_seconds_bucket{le=\"+Inf\"} 0"));
+        assert!(text.contains("sluice_ready 1"));
+    }
+}
