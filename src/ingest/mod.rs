@@ -107,6 +107,7 @@ pub async fn run_with_budget(
     stats: Arc<IngestStats>,
     budget: Arc<MemoryBudget>,
 ) -> Result<(), IngestError> {
+    table::preflight(&config.lake.root, &config.lake.storage_options).await?;
     let worker = worker_id();
     let mut tasks = tokio::task::JoinSet::new();
     let maintenance_stop = shutdown.child_token();

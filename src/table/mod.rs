@@ -65,9 +65,52 @@ impl TableError {
     }
 }
 
+/// Registers the object stores sluice can write to besides local disk
+/// (`s3://`, and S3-compatible stores through an endpoint override).
+pub fn register_object_stores() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+}
+
+/// Checks that the lake root can be listed with its storage options, within
+/// 20 seconds: an unreachable endpoint or missing credentials stop startup
+/// with an error naming the keys, before anything is written.
+pub async fn preflight(
+    root: &str,
+    storage_options: &BTreeMap<String, String>,
+) -> Result<(), TableError> {
+    if !root.contains("://") || root.starts_with("file://") {
+        return Ok(());
+    }
+    register_object_stores();
+    let problem = |reason: String| {
+        TableError::Location {
+        location: root.to_string(),
+        reason: format!(
+            "lake.root is not reachable with lake.storage_options (endpoint, region, credentials): {reason}"
+        ),
+    }
+    };
+    let url = Url::parse(root).map_err(|e| problem(e.to_string()))?;
+    let store = DeltaTableBuilder::from_url(url)
+        .map_err(|e| problem(e.to_string()))?
+        .with_storage_options(options(storage_options))
+        .build_storage()
+        .map_err(|e| problem(e.to_string()))?
+        .object_store(None);
+    use futures::StreamExt;
+    let listing = async { store.list(None).next().await.transpose() };
+    match tokio::time::timeout(std::time::Duration::from_secs(20), listing).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(problem(e.to_string())),
+        Err(_) => Err(problem("no answer within 20s".into())),
+    }
+}
+
 /// Turns a config location (a local path or a URL) into a table URL,
 /// creating local directories as needed.
 pub fn resolve_location(location: &str) -> Result<Url, TableError> {
+    register_object_stores();
     deltalake::ensure_table_uri(location).map_err(|e| TableError::Location {
         location: location.to_string(),
         reason: e.to_string(),
@@ -88,6 +131,7 @@ pub async fn open(
     url: &Url,
     storage_options: &BTreeMap<String, String>,
 ) -> Result<DeltaTable, TableError> {
+    register_object_stores();
     let mut table = DeltaTableBuilder::from_url(url.clone())
         .map_err(|e| TableError::delta(url, e))?
         .with_storage_options(options(storage_options))
@@ -264,6 +308,7 @@ pub fn position_lookup(url: Url, storage_options: BTreeMap<String, String>) -> P
 
 /// The URL of a location (path or URL) without creating or requiring anything.
 pub fn location_url(location: &str) -> Result<Url, TableError> {
+    register_object_stores();
     let invalid = |reason: String| TableError::Location {
         location: location.to_string(),
         reason,

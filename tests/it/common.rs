@@ -86,7 +86,7 @@ source = "k"
     parse_valid(&text)
 }
 
-fn parse_valid(text: &str) -> Config {
+pub fn parse_valid(text: &str) -> Config {
     let config = Config::parse(text, "test").expect("test config parses");
     config.validate().expect("test config is valid");
     config

@@ -10,6 +10,7 @@ mod layout;
 mod maintenance;
 mod memory;
 mod rebalance;
+mod s3;
 mod serve;
 mod signals;
 mod zorder;
