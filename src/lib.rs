@@ -1,11 +1,12 @@
-//! sluice streams Kafka topics and NDJSON files into Delta Lake tables,
-//! exactly once.
+//! sluice streams Kafka topics, Kinesis streams and NDJSON files into Delta
+//! Lake tables, exactly once.
 //!
 //! # Layout
 //!
 //! - [`config`]: typed TOML config and its validation.
-//! - [`source`]: Kafka (consumer group on a thread) and NDJSON files; each
-//!   resumes from the positions its table records.
+//! - [`source`]: Kafka (consumer group on a thread), Kinesis (shards leased
+//!   across the fleet) and NDJSON files; each resumes from the positions its
+//!   table records.
 //! - [`decode`]: JSON to Arrow in the table's schema; bad records are split off.
 //! - [`ingest`]: the memory budget, the open batch and the per-table pipeline.
 //! - [`table`]: Delta tables: creation, Parquet writing, fenced commits with

@@ -10,6 +10,9 @@
 //!   consumes them, never more than 100k ahead (the broker keeps only 5 MB
 //!   per partition), timed from the first produced event to the last commit;
 //!   the producer shares the CPU.
+//! - `fleet`: like `kafka`, with `--workers` consumers of one group in this
+//!   process writing one table on an S3 server (`--s3-endpoint`), reporting
+//!   commits, commit retries (conflicts) and fenced batches.
 //! - `erase-table`: builds the erasure benchmark's table at `--lake`
 //!   (`--events` rows in `--files` files, see `bench_table`).
 
@@ -53,6 +56,12 @@ pub struct BenchArgs {
     /// Distinct users (erase-table).
     #[arg(long, default_value_t = 1_000_000)]
     pub users: u64,
+    /// Workers (fleet).
+    #[arg(long, default_value_t = 1)]
+    pub workers: usize,
+    /// S3 API endpoint with a `bench` bucket (fleet).
+    #[arg(long)]
+    pub s3_endpoint: Option<String>,
 }
 
 /// Benchmark modes.
@@ -69,6 +78,8 @@ pub enum BenchMode {
     Open,
     /// Build the erasure benchmark's table at `--lake`.
     EraseTable,
+    /// `--workers` consumers into one table on the S3 server at `--s3-endpoint`.
+    Fleet,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +89,8 @@ struct Measurement {
     bytes: u64,
     seconds: f64,
     peak_rss_kib: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fleet: Option<FleetFigures>,
 }
 
 fn rides_config(lake: &str, source: &str) -> Result<Config, CliError> {
@@ -118,9 +131,11 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 bytes,
                 seconds: started.elapsed().as_secs_f64(),
                 peak_rss_kib: 0,
+                fleet: None,
             }
         }
         BenchMode::Kafka => kafka(&args).await?,
+        BenchMode::Fleet => fleet(&args).await?,
         BenchMode::EraseTable => {
             let (events, bytes, seconds) =
                 super::bench_table::build(&args.lake, args.events, args.files, args.users).await?;
@@ -130,6 +145,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 bytes,
                 seconds,
                 peak_rss_kib: 0,
+                fleet: None,
             }
         }
         BenchMode::Open => {
@@ -148,6 +164,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 bytes: 0,
                 seconds: times[times.len() / 2],
                 peak_rss_kib: 0,
+                fleet: None,
             }
         }
     };
@@ -225,40 +242,77 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
         bytes,
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_kib: 0,
+        fleet: None,
     })
 }
 
 async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
-    // The embedded broker keeps 5 MB per partition, so the events are
-    // produced while sluice consumes them, at most 100k (~44 MB) ahead of it
-    // (16 partitions keep ~80 MB), and the clock runs from the first produced
-    // event to the last commit.
+    let lake = fresh_lake(&args.lake)?;
+    let run = kafka_workers(args, 1, |source| rides_config(&lake, source)).await?;
+    Ok(run.measurement)
+}
+
+/// Figures of a run with several workers (`fleet`).
+#[derive(Debug, Default, Serialize)]
+struct FleetFigures {
+    workers: usize,
+    commits: u64,
+    commit_retries: u64,
+    fenced: u64,
+}
+
+struct KafkaRun {
+    measurement: Measurement,
+    fleet: FleetFigures,
+}
+
+/// Produces `args.events` ride events to an embedded broker while `workers`
+/// ingest runs (one consumer each, same group) consume them into the table
+/// of `config(source section)`.
+///
+/// The embedded broker keeps 5 MB per partition, so the events are produced
+/// while sluice consumes them, at most 100k (~44 MB) ahead of it (16
+/// partitions keep ~80 MB), and the clock runs from the first produced
+/// event to the last commit.
+async fn kafka_workers(
+    args: &BenchArgs,
+    workers: usize,
+    config: impl Fn(&str) -> Result<Config, CliError>,
+) -> Result<KafkaRun, CliError> {
     let topic = "bench";
     let cluster = EmbeddedKafka::start(topic, 16).map_err(CliError::Demo)?;
-    let lake = fresh_lake(&args.lake)?;
     let source = format!(
         "[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"bench\"",
         cluster.bootstrap_servers()
     );
-    let config = rides_config(&lake, &source)?;
-    let stats = Arc::new(IngestStats::new());
+    let config = config(&source)?;
     let shutdown = CancellationToken::new();
-    let task = {
-        let (stats, shutdown) = (stats.clone(), shutdown.clone());
-        tokio::spawn(async move { crate::ingest::run(&config, shutdown, stats).await })
+    let mut runs = Vec::new();
+    for _ in 0..workers {
+        let stats = Arc::new(IngestStats::new());
+        let (config, task_stats, shutdown) = (config.clone(), stats.clone(), shutdown.clone());
+        let task =
+            tokio::spawn(async move { crate::ingest::run(&config, shutdown, task_stats).await });
+        runs.push((stats, task));
+    }
+    let all: Vec<Arc<IngestStats>> = runs.iter().map(|(s, _)| s.clone()).collect();
+    let total = move |f: fn(&crate::telemetry::stats::StatsSnapshot) -> u64| -> u64 {
+        all.iter().map(|s| f(&s.snapshot())).sum()
     };
-    // Let the consumer join the group before the clock starts.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Let the consumers join the group before the clock starts.
+    tokio::time::sleep(Duration::from_secs(4 + 2 * workers as u64)).await;
+    let retries_before =
+        crate::telemetry::metrics::COMMIT_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
     let producer = cluster.producer().map_err(CliError::Demo)?;
     let count = args.events;
     let started = Instant::now();
-    let consumed = stats.clone();
+    let received = total.clone();
     let produced = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let mut events = RideEvents::new(1, 100_000, 0.0);
         let mut bytes = 0u64;
         for n in 0..count {
-            // Stay within what the broker retains: at most 100k records ahead of the consumer.
-            while n >= consumed.snapshot().received + 100_000 {
+            // Stay within what the broker retains: at most 100k records ahead of the consumers.
+            while n >= received(|s| s.received) + 100_000 {
                 std::thread::sleep(Duration::from_millis(2));
             }
             let event = events.next_event();
@@ -270,8 +324,8 @@ async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
     });
     let mut last = (0u64, Instant::now());
     loop {
-        let committed = stats.snapshot().committed;
-        if committed >= args.events || task.is_finished() {
+        let committed = total(|s| s.committed);
+        if committed >= args.events || runs.iter().any(|(_, t)| t.is_finished()) {
             break;
         }
         if committed != last.0 {
@@ -291,13 +345,50 @@ async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
         .map_err(|e| CliError::Demo(e.to_string()))?
         .map_err(CliError::Demo)?;
     shutdown.cancel();
-    task.await.map_err(|e| CliError::Demo(e.to_string()))??;
+    for (_, task) in runs {
+        task.await.map_err(|e| CliError::Demo(e.to_string()))??;
+    }
+    let retries = crate::telemetry::metrics::COMMIT_RETRIES
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - retries_before;
+    Ok(KafkaRun {
+        measurement: Measurement {
+            mode: args.mode,
+            events: total(|s| s.committed),
+            bytes,
+            seconds,
+            peak_rss_kib: 0,
+            fleet: None,
+        },
+        fleet: FleetFigures {
+            workers,
+            commits: total(|s| s.commits),
+            commit_retries: retries,
+            fenced: total(|s| s.fenced),
+        },
+    })
+}
+
+/// `fleet`: `--workers` consumers of one group writing one table on the S3
+/// server at `--s3-endpoint` (bucket `bench`).
+async fn fleet(args: &BenchArgs) -> Result<Measurement, CliError> {
+    let endpoint = args
+        .s3_endpoint
+        .clone()
+        .ok_or_else(|| CliError::Usage("fleet needs --s3-endpoint".into()))?;
+    let prefix = format!("run-{}", uuid::Uuid::new_v4());
+    let run = kafka_workers(args, args.workers, |source| {
+        let text = format!(
+            "[lake]\nroot = \"s3://bench/{prefix}\"\nstorage_options = {{ aws_endpoint = \"{endpoint}\", aws_access_key_id = \"bench\", aws_secret_access_key = \"bench\", aws_region = \"us-east-1\", aws_allow_http = \"true\" }}\n\n[batching]\nmax_latency = \"2s\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}"
+        );
+        let config = Config::parse(&text, "bench config")?;
+        config.validate()?;
+        Ok(config)
+    })
+    .await?;
     Ok(Measurement {
-        mode: BenchMode::Kafka,
-        events: stats.snapshot().committed,
-        bytes,
-        seconds,
-        peak_rss_kib: 0,
+        fleet: Some(run.fleet),
+        ..run.measurement
     })
 }
 

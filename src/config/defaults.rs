@@ -55,3 +55,6 @@ pub const KEY_BLOOM_FPP: f64 = 0.001;
 pub const SERVICE_LISTEN: &str = "0.0.0.0:9464";
 /// How long `/readyz` reports a drain before the pipelines stop fetching.
 pub const DRAIN_DELAY: Duration = Duration::from_secs(2);
+/// Kinesis shard lease duration: a crashed worker's shards move to the
+/// others after at most twice this.
+pub const SHARD_LEASE_TTL: Duration = Duration::from_secs(10);

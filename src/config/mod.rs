@@ -252,6 +252,8 @@ pub enum SourceConfig {
     Kafka(KafkaSourceConfig),
     /// NDJSON files (plain or `.gz`): a file, a directory or a glob.
     File(FileSourceConfig),
+    /// A Kinesis data stream whose shards the fleet shares through leases.
+    Kinesis(KinesisSourceConfig),
 }
 
 impl SourceConfig {
@@ -260,6 +262,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Kafka(k) => &k.name,
             SourceConfig::File(f) => &f.name,
+            SourceConfig::Kinesis(k) => &k.name,
         }
     }
 }
@@ -293,6 +296,39 @@ pub struct KafkaSourceConfig {
     /// librdkafka properties passed through (`security.protocol`, `sasl.*`, `ssl.*`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+}
+
+/// A Kinesis data stream.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisSourceConfig {
+    /// Name referenced by tables.
+    pub name: String,
+    /// The stream name.
+    pub stream: String,
+    /// AWS region (default: `AWS_REGION` / the AWS config chain, else `us-east-1`).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Endpoint override (a Kinesis-compatible server, a VPC endpoint).
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Access key id; with `secret_access_key`, replaces the AWS credential chain.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// Secret access key (use `${ENV}` interpolation).
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Start of shards the table has no position for.
+    #[serde(default)]
+    pub start_from: StartFrom,
+    /// How long a shard lease lasts without renewal; a crashed worker's
+    /// shards move after at most twice this.
+    #[serde(default = "default_shard_lease_ttl")]
+    pub lease_ttl: Span,
+}
+
+fn default_shard_lease_ttl() -> Span {
+    Span(defaults::SHARD_LEASE_TTL)
 }
 
 /// An NDJSON file source.

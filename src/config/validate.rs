@@ -144,6 +144,33 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                     }
                 }
             }
+            SourceConfig::Kinesis(k) => {
+                if k.stream.trim().is_empty() {
+                    add(format!("{key}.stream"), "must name a Kinesis stream".into());
+                }
+                if let Some(endpoint) = &k.endpoint {
+                    if url::Url::parse(endpoint).is_err() {
+                        add(
+                            format!("{key}.endpoint"),
+                            format!("`{endpoint}` is not a URL (e.g. `https://kinesis.eu-west-1.amazonaws.com`)"),
+                        );
+                    }
+                }
+                match (&k.access_key_id, &k.secret_access_key) {
+                    (Some(_), None) => add(
+                        format!("{key}.secret_access_key"),
+                        "is required when access_key_id is set".into(),
+                    ),
+                    (None, Some(_)) => add(
+                        format!("{key}.access_key_id"),
+                        "is required when secret_access_key is set".into(),
+                    ),
+                    _ => {}
+                }
+                if k.lease_ttl.0 < std::time::Duration::from_secs(5) {
+                    add(format!("{key}.lease_ttl"), "must be at least 5s".into());
+                }
+            }
             SourceConfig::File(f) => {
                 if f.path.trim().is_empty() {
                     add(

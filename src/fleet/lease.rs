@@ -111,26 +111,68 @@ impl Leases {
         }))
     }
 
+    /// Creates the epoch's object, or finds it is already ours.
+    async fn create_or_mine(&self, name: &str, epoch: i64) -> Result<bool, LeaseError> {
+        if self.create(name, epoch).await? {
+            return Ok(true);
+        }
+        let existing = match self.store.get(&self.path(name, epoch)).await {
+            Ok(got) => got.bytes().await?,
+            // Released between the two calls: whoever comes next may take it.
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(serde_json::from_slice::<serde_json::Value>(&existing)
+            .ok()
+            .is_some_and(|v| v["holder"] == self.holder.as_str()))
+    }
+
     /// Extends a held lease into the next epoch; false if it was lost.
+    ///
+    /// A lease already extended into the next epoch is left as it is, so
+    /// renewing often never holds a lease further ahead than one epoch.
     pub async fn renew(&self, lease: &mut Lease) -> Result<bool, LeaseError> {
-        let next = lease.epoch + 1;
-        if !self.create(&lease.name, next).await? {
-            let existing = self
-                .store
-                .get(&self.path(&lease.name, next))
-                .await?
-                .bytes()
-                .await?;
-            let mine = serde_json::from_slice::<serde_json::Value>(&existing)
-                .ok()
-                .is_some_and(|v| v["holder"] == self.holder.as_str());
-            if !mine {
+        let current = (self.clock)() / self.ttl_ms;
+        if lease.epoch > current {
+            return Ok(true);
+        }
+        if lease.epoch < current {
+            // Renewed late: the lease lapsed; keep it only if nobody took it.
+            if !self.create_or_mine(&lease.name, current).await? {
                 return Ok(false);
             }
+            lease.epoch = current;
+        }
+        let next = lease.epoch + 1;
+        if !self.create_or_mine(&lease.name, next).await? {
+            return Ok(false);
         }
         lease.epoch = next;
         lease.expires_ms = (next + 1) * self.ttl_ms;
         Ok(true)
+    }
+
+    /// Gives a held lease up at once so another worker can take it in the
+    /// current epoch.
+    pub async fn release(&self, lease: &Lease) -> Result<(), LeaseError> {
+        let current = (self.clock)() / self.ttl_ms;
+        for epoch in current.min(lease.epoch)..=lease.epoch {
+            let path = self.path(&lease.name, epoch);
+            let mine = match self.store.get(&path).await {
+                Ok(got) => serde_json::from_slice::<serde_json::Value>(&got.bytes().await?)
+                    .ok()
+                    .is_some_and(|v| v["holder"] == self.holder.as_str()),
+                Err(object_store::Error::NotFound { .. }) => false,
+                Err(e) => return Err(e.into()),
+            };
+            if mine {
+                match self.store.delete(&path).await {
+                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// How long to wait between renewals.
@@ -219,5 +261,32 @@ mod tests {
         let mut stale = held.clone();
         stale.epoch = 800_000 / 60_000 - 1;
         assert!(!a.renew(&mut stale).await.unwrap(), "a lost it");
+    }
+
+    #[tokio::test]
+    async fn renewals_stay_one_epoch_ahead_and_release_frees_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicI64::new(600_000));
+        let (a, b) = (leases(dir.path(), "a", &now), leases(dir.path(), "b", &now));
+        let mut held = a.try_acquire("shard-1").await.unwrap().unwrap();
+        for _ in 0..5 {
+            assert!(a.renew(&mut held).await.unwrap());
+        }
+        assert_eq!(
+            held.epoch, 11,
+            "renewing often holds one epoch ahead, no more"
+        );
+        // A crashed holder's lease is free two epochs later at the latest.
+        now.store(720_000, Ordering::Relaxed);
+        assert!(b.try_acquire("shard-1").await.unwrap().is_some());
+
+        let mut other = a.try_acquire("shard-2").await.unwrap().unwrap();
+        assert!(a.renew(&mut other).await.unwrap());
+        assert!(b.try_acquire("shard-2").await.unwrap().is_none());
+        a.release(&other).await.unwrap();
+        assert!(
+            b.try_acquire("shard-2").await.unwrap().is_some(),
+            "released at once"
+        );
     }
 }

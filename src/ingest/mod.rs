@@ -15,6 +15,7 @@ pub mod batcher;
 pub mod budget;
 pub mod pipeline;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -24,7 +25,7 @@ use crate::config::{Config, SourceConfig, TableConfig};
 use crate::decode::json::{DecoderError, JsonDecoder};
 use crate::erase::{self, suppress, suppress::Suppressor};
 use crate::maintain::scheduler::{self, MaintenanceLoop};
-use crate::source::{file, kafka, SourceControl, SourceEvent};
+use crate::source::{file, kafka, kinesis, SourceControl, SourceEvent};
 use crate::table::{self, dead_letter, TableError};
 use crate::telemetry::stats::IngestStats;
 use budget::MemoryBudget;
@@ -45,6 +46,9 @@ pub enum IngestError {
     /// A Kafka source did not start.
     #[error(transparent)]
     Kafka(#[from] kafka::KafkaSourceError),
+    /// A Kinesis source did not start.
+    #[error(transparent)]
+    Kinesis(#[from] kinesis::KinesisSourceError),
     /// A file source matched nothing.
     #[error(transparent)]
     Files(#[from] file::FileSourceError),
@@ -108,6 +112,13 @@ pub async fn run_with_budget(
     budget: Arc<MemoryBudget>,
 ) -> Result<(), IngestError> {
     table::preflight(&config.lake.root, &config.lake.storage_options).await?;
+    // Every Kinesis stream must answer before any table is created.
+    let mut kinesis_clients = HashMap::new();
+    for (index, source) in config.sources.iter().enumerate() {
+        if let SourceConfig::Kinesis(k) = source {
+            kinesis_clients.insert(k.name.clone(), kinesis::connect(k, index).await?);
+        }
+    }
     let worker = worker_id();
     let mut tasks = tokio::task::JoinSet::new();
     let maintenance_stop = shutdown.child_token();
@@ -149,9 +160,12 @@ pub async fn run_with_budget(
             config,
             table_config,
             source,
-            &worker,
-            &budget,
-            &stats,
+            &WorkerParts {
+                id: &worker,
+                budget: &budget,
+                stats: &stats,
+                kinesis_clients: &kinesis_clients,
+            },
             suppressor,
         )
         .await?;
@@ -200,13 +214,19 @@ pub async fn run_with_budget(
     }
 }
 
+/// What every table of a worker shares.
+struct WorkerParts<'a> {
+    id: &'a str,
+    budget: &'a Arc<MemoryBudget>,
+    stats: &'a Arc<IngestStats>,
+    kinesis_clients: &'a HashMap<String, aws_sdk_kinesis::Client>,
+}
+
 async fn start_table(
     config: &Config,
     table_config: &TableConfig,
     source: &SourceConfig,
-    worker: &str,
-    budget: &Arc<MemoryBudget>,
-    stats: &Arc<IngestStats>,
+    parts: &WorkerParts<'_>,
     suppressor: Arc<Suppressor>,
 ) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
     let decoder = JsonDecoder::new(table_config)?;
@@ -230,26 +250,41 @@ async fn start_table(
             kafka_config,
             config.batching.shutdown_grace.0,
             lookup,
-            budget.clone(),
+            parts.budget.clone(),
             tx,
-            stats.clone(),
+            parts.stats.clone(),
         )?,
         SourceConfig::File(file_config) => {
             let files = file::FileSet::resolve(file_config)?;
-            file::spawn(&file_config.name, files, lookup, budget.clone(), tx)
+            file::spawn(&file_config.name, files, lookup, parts.budget.clone(), tx)
         }
+        SourceConfig::Kinesis(kinesis_config) => kinesis::spawn(kinesis::SourceParts {
+            config: kinesis_config.clone(),
+            client: parts
+                .kinesis_clients
+                .get(&kinesis_config.name)
+                .expect("connected before the tables were opened")
+                .clone(),
+            store: table.object_store(),
+            worker: parts.id.to_string(),
+            grace: config.batching.shutdown_grace.0,
+            lookup,
+            budget: parts.budget.clone(),
+            tx,
+            stats: parts.stats.clone(),
+        }),
     };
     let pipeline = Pipeline::new(PipelineParts {
         name: table_config.name.clone(),
-        worker: worker.to_string(),
+        worker: parts.id.to_string(),
         key: table_config.key.clone(),
         batching: config.batching.clone(),
         decoder,
         table,
         dead_table,
-        budget: budget.clone(),
+        budget: parts.budget.clone(),
         control,
-        stats: stats.clone(),
+        stats: parts.stats.clone(),
         suppressor,
     })?;
     Ok((pipeline, rx))

@@ -372,6 +372,9 @@ impl Pipeline {
         }
         let started = Instant::now();
         self.drain_decodes().await?;
+        if !self.prepare_positions().await? {
+            return Ok(());
+        }
         let table = self.parts.name.clone();
         let write_error = |source| PipelineError::Write {
             table: table.clone(),
@@ -453,6 +456,44 @@ impl Pipeline {
                 source: Box::new(source),
             }),
         }
+    }
+
+    /// Lets the source record what the commit's positions mean (Kinesis
+    /// sidecars). When it cannot, the batch is dropped like a fenced one and
+    /// its partitions are re-read from the table's positions; false then.
+    async fn prepare_positions(&mut self) -> Result<bool, PipelineError> {
+        let positions: Vec<(Arc<PartitionId>, i64)> = self
+            .batch
+            .spans()
+            .map(|(p, s)| (p.clone(), s.last))
+            .collect();
+        let Err(error) = self.parts.control.prepare_commit(positions).await else {
+            return Ok(true);
+        };
+        tracing::error!(table = %self.parts.name, %error, "cannot record the batch's source positions; dropping it and re-reading");
+        // The files become orphans for vacuum; nothing references them.
+        self.writer
+            .finish()
+            .await
+            .map_err(|source| PipelineError::Write {
+                table: self.parts.name.clone(),
+                source: Box::new(source),
+            })?;
+        let rows = self.batch.rows();
+        self.dead.clear();
+        let (spans, charged) = self.batch.take();
+        self.parts.budget.release(charged);
+        self.parts
+            .stats
+            .batch_fenced(&self.parts.name, rows, &error);
+        for partition in spans.into_keys() {
+            if let Some(state) = self.states.get_mut(&partition) {
+                state.awaiting_seek = true;
+                let next = state.recorded.map_or(0, |p| p + 1);
+                self.parts.control.seek(partition.clone(), next);
+            }
+        }
+        Ok(false)
     }
 
     /// Commits the batch's dead letters, skipping any the dead-letter table

@@ -10,6 +10,7 @@
 
 pub mod file;
 pub mod kafka;
+pub mod kinesis;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -105,4 +106,14 @@ pub trait SourceControl: Send + Sync {
     fn seek(&self, partition: Arc<PartitionId>, next_position: i64);
     /// Stop reading; the source closes its channel soon after.
     fn stop(&self);
+    /// Called before a commit records `positions` (partition, last
+    /// position); the commit goes ahead only on `Ok`. Sources whose
+    /// positions need more than the `txn` version write it here (Kinesis).
+    fn prepare_commit(
+        &self,
+        positions: Vec<(Arc<PartitionId>, i64)>,
+    ) -> BoxFuture<'static, Result<(), String>> {
+        let _ = positions;
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -6,6 +6,8 @@ mod dead_letters;
 mod erasure;
 mod exactly_once;
 mod fencing;
+mod fleet;
+mod kinesis;
 mod layout;
 mod maintenance;
 mod memory;

@@ -124,10 +124,10 @@ source = "k"
 }
 
 /// Every row of the S3 table, read by `delta_kernel` over its own S3 client.
-async fn kernel_read_s3(moto: &Moto, url: &str) -> Vec<RecordBatch> {
+pub async fn kernel_read_s3(moto: &Moto, bucket: &str, url: &str) -> Vec<RecordBatch> {
     let store = object_store::aws::AmazonS3Builder::new()
         .with_endpoint(&moto.endpoint)
-        .with_bucket_name("lake")
+        .with_bucket_name(bucket)
         .with_access_key_id("test")
         .with_secret_access_key("test")
         .with_region("us-east-1")
@@ -200,7 +200,7 @@ async fn workers_share_an_s3_table_exactly_once_through_a_crash() {
     }
     b.stop().await;
     c.stop().await;
-    let batches = kernel_read_s3(&moto, table_url).await;
+    let batches = kernel_read_s3(&moto, "lake", table_url).await;
     assert_exactly_once(strings(&batches, "event_id"), &good);
 
     // Maintenance and erasure against the same store: compaction commits
@@ -233,7 +233,7 @@ async fn workers_share_an_s3_table_exactly_once_through_a_crash() {
         .await
         .unwrap();
     assert!(run.applied[0].rows_deleted > 0);
-    let users = strings(&kernel_read_s3(&moto, table_url).await, "user_id");
+    let users = strings(&kernel_read_s3(&moto, "lake", table_url).await, "user_id");
     assert_eq!(users.len() as u64, total - run.applied[0].rows_deleted);
     assert!(users.iter().all(|u| u != "u-7"));
 }

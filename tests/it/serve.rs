@@ -86,11 +86,63 @@ fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     samples
 }
 
-fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
+pub fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
     samples.iter().find(|(s, _)| s == series).map(|(_, v)| *v)
 }
 
-fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+/// A `sluice serve` process listening on a loopback port.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub address: String,
+}
+
+impl ServeProcess {
+    pub fn start(config: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["-q", "serve", "--config"])
+            .arg(config)
+            .args(["--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start sluice serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let address = first
+            .trim()
+            .rsplit("http://")
+            .next()
+            .expect("listening line")
+            .to_string();
+        Self { child, address }
+    }
+
+    pub fn wait_ready(&self) {
+        wait_until(Duration::from_secs(30), "ready", || {
+            get(&self.address, "/readyz").is_some_and(|(status, _)| status == 200)
+        });
+    }
+
+    /// The metrics, parsed.
+    pub fn scrape(&self) -> Vec<(String, f64)> {
+        get(&self.address, "/metrics")
+            .map(|(_, body)| parse_prometheus(&body))
+            .unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.child.wait().unwrap()
+    }
+}
+
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let started = Instant::now();
     while !done() {
         assert!(started.elapsed() < limit, "timed out waiting for {what}");
@@ -128,23 +180,7 @@ source = "k"
         brokers = kafka.bootstrap_servers(),
     );
     std::fs::write(&config_path, config).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["-q", "serve", "--config"])
-        .arg(&config_path)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start sluice serve");
-    let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    let address = first
-        .trim()
-        .rsplit("http://")
-        .next()
-        .expect("listening line")
-        .to_string();
+    let ServeProcess { mut child, address } = ServeProcess::start(&config_path);
 
     assert_eq!(get(&address, "/healthz").unwrap().0, 200);
     wait_until(Duration::from_secs(30), "ready", || {

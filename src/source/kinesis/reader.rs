@@ -1,0 +1,368 @@
+//! One shard's reader: shard iterators, `GetRecords` within the per-shard
+//! limits, dense ordinals, and the shard's end.
+//!
+//! The reader starts after the table's recorded ordinal (looked up through
+//! its sidecar), at the anchor (ordinal 0) when the table has nothing yet,
+//! or at `start_from` when nobody has read the shard before, in which case it
+//! writes the anchor before handing on the first record. It numbers records
+//! densely from there and remembers each ordinal's sequence number until the
+//! pipeline commits it (`prepare_commit` writes the sidecar). It calls
+//! `GetRecords` at most five times a second (the per-shard limit), waits a
+//! second when the shard is idle, backs off exponentially when throttled,
+//! and re-opens an expired iterator where it left off. When the shard is
+//! closed and read to its end, it records the last ordinal and finishes.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_kinesis::error::DisplayErrorContext;
+use aws_sdk_kinesis::operation::get_records::GetRecordsError;
+use aws_sdk_kinesis::types::ShardIteratorType;
+use aws_sdk_kinesis::Client;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::positions::{PositionError, ShardPositions};
+use crate::config::StartFrom;
+use crate::ingest::budget::MemoryBudget;
+use crate::source::{PartitionId, Record, SourceEvent};
+use crate::telemetry::stats::IngestStats;
+
+/// Records asked for per `GetRecords` call (the API's maximum).
+const GET_LIMIT: i32 = 10_000;
+/// Kinesis allows five `GetRecords` calls per second per shard.
+const MIN_CALL_GAP: Duration = Duration::from_millis(200);
+/// Wait after an empty read.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// Longest backoff after throttling or errors.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What the pipeline and the coordinator share with a shard's reader.
+pub struct ShardShared {
+    /// The shard as a source partition.
+    pub partition: Arc<PartitionId>,
+    /// The shard's sidecars.
+    pub positions: ShardPositions,
+    /// Sequence numbers of ordinals read but not yet committed.
+    pub sequences: Mutex<BTreeMap<i64, String>>,
+    /// A seek requested by the pipeline: the next ordinal to deliver.
+    pub seek: Mutex<Option<i64>>,
+}
+
+impl ShardShared {
+    /// The sequence number of an ordinal this reader delivered.
+    pub fn sequence_of(&self, ordinal: i64) -> Option<String> {
+        self.sequences
+            .lock()
+            .expect("sequences lock")
+            .get(&ordinal)
+            .cloned()
+    }
+
+    /// Forgets ordinals below `ordinal` (committed or about to be).
+    pub fn forget_below(&self, ordinal: i64) {
+        let mut sequences = self.sequences.lock().expect("sequences lock");
+        *sequences = sequences.split_off(&ordinal);
+    }
+}
+
+/// How a reader ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReaderExit {
+    /// The shard is closed and every record was handed on.
+    Finished,
+    /// Stopped by the coordinator, or the pipeline went away.
+    Stopped,
+}
+
+/// Everything a reader needs.
+pub struct Reader {
+    /// The Kinesis client.
+    pub client: Client,
+    /// The stream name.
+    pub stream: String,
+    /// Shared with the pipeline and coordinator.
+    pub shared: Arc<ShardShared>,
+    /// The table's recorded ordinal for the shard.
+    pub recorded: Option<i64>,
+    /// Where a never-read shard starts.
+    pub start_from: StartFrom,
+    /// The pipeline.
+    pub tx: mpsc::Sender<SourceEvent>,
+    /// The worker's memory budget.
+    pub budget: Arc<MemoryBudget>,
+    /// Counters (high watermark for lag).
+    pub stats: Arc<IngestStats>,
+    /// Cancelled to stop this reader.
+    pub stop: CancellationToken,
+}
+
+enum Failure {
+    Throttled,
+    Expired,
+    Other(String),
+}
+
+impl Reader {
+    fn shard(&self) -> &str {
+        &self.shared.partition.partition
+    }
+
+    /// An iterator whose first record is ordinal `next`; the flag says
+    /// whether ordinal 0 is anchored (known) already.
+    async fn open(&self, next: i64) -> Result<(String, bool), String> {
+        let request = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(self.shard());
+        let (request, anchored) = if next > 0 {
+            let before = match self.shared.sequence_of(next - 1) {
+                Some(seq) => Some(seq),
+                None => self
+                    .shared
+                    .positions
+                    .sequence(next - 1)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            };
+            let before = before.ok_or_else(|| {
+                format!(
+                    "no sequence number recorded for ordinal {} of {}",
+                    next - 1,
+                    self.shared.partition
+                )
+            })?;
+            let request = request
+                .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                .starting_sequence_number(before);
+            (request, true)
+        } else {
+            match self
+                .shared
+                .positions
+                .sequence(0)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(anchor) => (
+                    request
+                        .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+                        .starting_sequence_number(anchor),
+                    true,
+                ),
+                None => {
+                    let kind = match self.start_from {
+                        StartFrom::Earliest => ShardIteratorType::TrimHorizon,
+                        StartFrom::Latest => ShardIteratorType::Latest,
+                    };
+                    (request.shard_iterator_type(kind), false)
+                }
+            }
+        };
+        let answer = request
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        let iterator = answer
+            .shard_iterator()
+            .ok_or("GetShardIterator returned no iterator")?;
+        Ok((iterator.to_string(), anchored))
+    }
+
+    /// Sleeps for `wait` unless stopped first; false when stopped.
+    async fn pause(&self, wait: Duration) -> bool {
+        tokio::select! {
+            _ = self.stop.cancelled() => false,
+            _ = tokio::time::sleep(wait) => true,
+        }
+    }
+
+    /// Opens at `next`, retrying with backoff until it works or the reader stops.
+    async fn open_retrying(&self, next: i64) -> Option<(String, bool)> {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.open(next).await {
+                Ok(opened) => return Some(opened),
+                Err(error) => {
+                    tracing::warn!(shard = %self.shared.partition, next, %error, "cannot open a shard iterator; retrying");
+                }
+            }
+            if !self.pause(backoff).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+
+    async fn get(
+        &self,
+        iterator: &str,
+    ) -> Result<aws_sdk_kinesis::operation::get_records::GetRecordsOutput, Failure> {
+        self.client
+            .get_records()
+            .shard_iterator(iterator)
+            .limit(GET_LIMIT)
+            .send()
+            .await
+            .map_err(|error| match error.as_service_error() {
+                Some(GetRecordsError::ProvisionedThroughputExceededException(_)) => {
+                    Failure::Throttled
+                }
+                Some(GetRecordsError::ExpiredIteratorException(_)) => Failure::Expired,
+                _ => Failure::Other(DisplayErrorContext(error).to_string()),
+            })
+    }
+
+    /// Reads the shard until it ends or the reader is stopped.
+    pub async fn run(self) -> ReaderExit {
+        let mut next = self.recorded.map_or(0, |r| r + 1);
+        let Some((mut iterator, mut anchored)) = self.open_retrying(next).await else {
+            return ReaderExit::Stopped;
+        };
+        let app_id = self.shared.partition.app_id();
+        let mut backoff = Duration::ZERO;
+        let mut last_call = tokio::time::Instant::now() - MIN_CALL_GAP;
+        loop {
+            if self.stop.is_cancelled() {
+                return ReaderExit::Stopped;
+            }
+            let seek = self.shared.seek.lock().expect("seek lock").take();
+            if let Some(target) = seek {
+                next = target;
+                self.shared
+                    .sequences
+                    .lock()
+                    .expect("sequences lock")
+                    .retain(|ordinal, _| *ordinal < target);
+                let Some(opened) = self.open_retrying(next).await else {
+                    return ReaderExit::Stopped;
+                };
+                (iterator, anchored) = opened;
+                tracing::info!(shard = %self.shared.partition, next, "re-seeked to the table's position");
+                if self
+                    .tx
+                    .send(SourceEvent::Reseeked(self.shared.partition.clone()))
+                    .await
+                    .is_err()
+                {
+                    return ReaderExit::Stopped;
+                }
+                continue;
+            }
+            let since = last_call.elapsed();
+            if since < MIN_CALL_GAP.max(backoff)
+                && !self.pause(MIN_CALL_GAP.max(backoff) - since).await
+            {
+                return ReaderExit::Stopped;
+            }
+            last_call = tokio::time::Instant::now();
+            let output = match self.get(&iterator).await {
+                Ok(output) => {
+                    backoff = Duration::ZERO;
+                    output
+                }
+                Err(failure) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(500), MAX_BACKOFF);
+                    match failure {
+                        Failure::Throttled => {
+                            tracing::debug!(shard = %self.shared.partition, ?backoff, "read throttled; backing off")
+                        }
+                        Failure::Expired => {
+                            let Some(opened) = self.open_retrying(next).await else {
+                                return ReaderExit::Stopped;
+                            };
+                            (iterator, anchored) = opened;
+                        }
+                        Failure::Other(error) => {
+                            tracing::warn!(shard = %self.shared.partition, %error, "GetRecords failed; retrying")
+                        }
+                    }
+                    continue;
+                }
+            };
+            let mut records = Vec::with_capacity(output.records().len());
+            for record in output.records() {
+                let sequence = record.sequence_number();
+                if !anchored {
+                    match self.shared.positions.record(0, sequence).await {
+                        Ok(()) => anchored = true,
+                        Err(error) => {
+                            // Another reader anchored the shard first (or the
+                            // store failed): start over from the anchor.
+                            tracing::warn!(shard = %self.shared.partition, %error, "anchoring the shard failed; re-opening at the anchor");
+                            if matches!(error, PositionError::Store { .. })
+                                && !self.pause(backoff.max(Duration::from_millis(500))).await
+                            {
+                                return ReaderExit::Stopped;
+                            }
+                            break;
+                        }
+                    }
+                }
+                let payload = Bytes::copy_from_slice(record.data().as_ref());
+                let item = Record {
+                    partition: self.shared.partition.clone(),
+                    position: next,
+                    payload,
+                    timestamp_ms: record
+                        .approximate_arrival_timestamp()
+                        .and_then(|t| t.to_millis().ok()),
+                };
+                tokio::select! {
+                    _ = self.stop.cancelled() => return ReaderExit::Stopped,
+                    _ = self.budget.reserve(item.charge()) => {}
+                }
+                self.shared
+                    .sequences
+                    .lock()
+                    .expect("sequences lock")
+                    .insert(next, sequence.to_string());
+                next += 1;
+                records.push(item);
+            }
+            let complete = records.len() == output.records().len();
+            let got = records.len();
+            if !records.is_empty() && self.tx.send(SourceEvent::Records(records)).await.is_err() {
+                return ReaderExit::Stopped;
+            }
+            self.stats.high_watermark(&app_id, next);
+            if !complete {
+                let Some(opened) = self.open_retrying(next).await else {
+                    return ReaderExit::Stopped;
+                };
+                (iterator, anchored) = opened;
+                continue;
+            }
+            match output.next_shard_iterator() {
+                Some(following) => iterator = following.to_string(),
+                None => return self.finish(next - 1).await,
+            }
+            if got == 0 && !self.pause(IDLE_WAIT).await {
+                return ReaderExit::Stopped;
+            }
+        }
+    }
+
+    /// Records the end of a closed shard read to the end.
+    async fn finish(&self, last: i64) -> ReaderExit {
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            match self.shared.positions.record_end(last).await {
+                Ok(()) => {
+                    tracing::info!(shard = %self.shared.partition, last, "closed shard read to its end");
+                    return ReaderExit::Finished;
+                }
+                Err(error) => {
+                    tracing::warn!(shard = %self.shared.partition, %error, "cannot record the shard's end; retrying")
+                }
+            }
+            if !self.pause(backoff).await {
+                return ReaderExit::Stopped;
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
