@@ -245,6 +245,14 @@ impl Coordinator {
             }
             tokio::select! {
                 _ = self.stop.cancelled() => break,
+                _ = self.parts.tx.closed() => {
+                    // The pipeline is gone (it failed, or its task was
+                    // aborted): nobody can commit for these shards any more;
+                    // their leases lapse for other workers to take.
+                    tracing::warn!(source = %self.parts.config.name, "pipeline gone; dropping shard readers");
+                    self.stop.cancel();
+                    return;
+                }
                 _ = tokio::time::sleep(every) => {}
             }
         }

@@ -164,6 +164,10 @@ mod tests {
         let shards: Vec<_> = std::fs::read_dir(dir.path().join(POSITIONS_DIR))
             .unwrap()
             .collect();
-        assert_eq!(shards.len(), 1, "one directory per shard under {POSITIONS_DIR}");
+        assert_eq!(
+            shards.len(),
+            1,
+            "one directory per shard under {POSITIONS_DIR}"
+        );
     }
 }
