@@ -220,15 +220,18 @@ pub fn render(stats: &IngestStats, gauges: &Gauges) -> String {
     out.header(
         "sluice_consumer_lag_seconds",
         "gauge",
-        "Age of the newest committed record while records are waiting (0 when caught up).",
+        "Age of the newest committed record while records are waiting, or how far the reader is behind the source's tip if that is more (0 when caught up).",
     );
     for (app_id, p) in &partitions {
         let Some(lag) = p.lag_records() else { continue };
-        let seconds = match (lag, p.newest_event_ms) {
+        let behind = p.behind_ms.unwrap_or(0) as f64 / 1000.0;
+        let waiting = match (lag, p.newest_event_ms) {
             (0, _) => 0.0,
             (_, Some(newest)) => ((gauges.now_ms - newest).max(0)) as f64 / 1000.0,
+            (_, None) if p.behind_ms.is_some() => 0.0,
             (_, None) => continue,
         };
+        let seconds = waiting.max(behind);
         out.sample(
             "sluice_consumer_lag_seconds",
             &[("table", &p.table), ("partition", app_id)],

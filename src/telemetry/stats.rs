@@ -76,6 +76,9 @@ pub struct PartitionProgress {
     pub high_watermark: Option<i64>,
     /// Source time (ms) of the newest committed record, if the source has times.
     pub newest_event_ms: Option<i64>,
+    /// How far the reader is behind the source's tip, if the source says
+    /// (Kinesis `MillisBehindLatest`).
+    pub behind_ms: Option<i64>,
 }
 
 impl PartitionProgress {
@@ -170,6 +173,18 @@ impl IngestStats {
             .get_mut(app_id)
         {
             entry.high_watermark = Some(next);
+        }
+    }
+
+    /// The source reports how far behind its tip the reader of `app_id` is.
+    pub fn behind(&self, app_id: &str, ms: i64) {
+        if let Some(entry) = self
+            .partitions
+            .lock()
+            .expect("partitions lock")
+            .get_mut(app_id)
+        {
+            entry.behind_ms = Some(ms.max(0));
         }
     }
 

@@ -400,3 +400,34 @@ pub async fn live_paths(table: &Path) -> std::collections::BTreeSet<String> {
         .map(|f| f.path().to_string())
         .collect()
 }
+
+/// Waits (up to `limit`) until the table at `url` holds at least `rows`
+/// rows by its file statistics (a table not created yet holds none).
+pub async fn wait_for_rows(
+    url: &url::Url,
+    options: &BTreeMap<String, String>,
+    rows: u64,
+    limit: Duration,
+) {
+    let started = std::time::Instant::now();
+    loop {
+        let held: u64 = match sluice::table::open(url, options).await {
+            Ok(table) => table
+                .snapshot()
+                .unwrap()
+                .log_data()
+                .iter()
+                .map(|f| f.num_records().unwrap_or(0) as u64)
+                .sum(),
+            Err(_) => 0,
+        };
+        if held >= rows {
+            return;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{url}: only {held} of {rows} rows"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

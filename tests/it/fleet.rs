@@ -101,28 +101,13 @@ source = "ks"
     ];
     for (url, expected, _) in &tables {
         let url = url::Url::parse(url).unwrap();
-        let started = Instant::now();
-        loop {
-            let rows = match sluice::table::open(&url, &moto.options()).await {
-                Ok(table) => table
-                    .snapshot()
-                    .unwrap()
-                    .log_data()
-                    .iter()
-                    .map(|f| f.num_records().unwrap_or(0) as u64)
-                    .sum(),
-                Err(_) => 0,
-            };
-            if rows >= expected.len() as u64 {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "{url}: {rows} of {} rows",
-                expected.len()
-            );
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        wait_for_rows(
+            &url,
+            &moto.options(),
+            expected.len() as u64,
+            Duration::from_secs(120),
+        )
+        .await;
     }
     for w in workers {
         assert!(w.terminate().success());

@@ -333,6 +333,19 @@ async fn resharding_during_ingestion_is_exactly_once_and_parent_first() {
             s.committed >= total
         })
         .await;
+    // Idle: the lag falls to zero on every shard still held (the open ones).
+    let started = Instant::now();
+    loop {
+        let held = running.stats.partitions();
+        let caught_up = |p: &sluice::telemetry::stats::PartitionProgress| {
+            p.lag_records() == Some(0) && p.behind_ms == Some(0)
+        };
+        if held.len() == 4 && held.values().all(caught_up) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "{held:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let stats = running.stop().await;
     assert_eq!(stats.committed, total);
     assert_eq!(stats.fenced, 0);
@@ -391,26 +404,14 @@ async fn two_workers_share_shards_and_a_crash_loses_nothing() {
     expected.extend(put_events(&client, stream, "c", 40, 5, 10).await);
     // The survivor takes the crashed worker's shards once their leases lapse.
     let table = lake.table("orders");
-    let started = Instant::now();
-    loop {
-        let rows: u64 = load(&table)
-            .await
-            .snapshot()
-            .unwrap()
-            .log_data()
-            .iter()
-            .map(|f| f.num_records().unwrap_or(0) as u64)
-            .sum();
-        if rows >= expected.len() as u64 {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "{rows} of {} rows",
-            expected.len()
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let url = sluice::table::resolve_existing(table.to_str().unwrap()).unwrap();
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(90),
+    )
+    .await;
     assert_eq!(
         first.stats.partitions().len(),
         4,

@@ -177,27 +177,8 @@ async fn workers_share_an_s3_table_exactly_once_through_a_crash() {
     good.extend(produce(&kafka, topic, "three", 2000, 0));
     let total = good.len() as u64;
     let table_url = "s3://lake/prod/events/";
-    let started = Instant::now();
-    loop {
-        let table = sluice::table::open(&url::Url::parse(table_url).unwrap(), &moto.options())
-            .await
-            .unwrap();
-        let rows: u64 = table
-            .snapshot()
-            .unwrap()
-            .log_data()
-            .iter()
-            .map(|f| f.num_records().unwrap_or(0) as u64)
-            .sum();
-        if rows >= total {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(90),
-            "only {rows} of {total} rows on S3"
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let url = url::Url::parse(table_url).unwrap();
+    wait_for_rows(&url, &moto.options(), total, Duration::from_secs(90)).await;
     b.stop().await;
     c.stop().await;
     let batches = kernel_read_s3(&moto, "lake", table_url).await;

@@ -328,7 +328,12 @@ impl Reader {
             if !records.is_empty() && self.tx.send(SourceEvent::Records(records)).await.is_err() {
                 return ReaderExit::Stopped;
             }
+            // Lag: records read but not committed, and the shard's own
+            // measure of how far behind its tip this reader is.
             self.stats.high_watermark(&app_id, next);
+            if let Some(behind) = output.millis_behind_latest() {
+                self.stats.behind(&app_id, behind);
+            }
             if !complete {
                 let Some(opened) = self.open_retrying(next).await else {
                     return ReaderExit::Stopped;
