@@ -97,7 +97,7 @@ pub struct Config {
     /// Event sources.
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
-    /// Destination tables, each fed by one source.
+    /// Destination tables, each fed by one or more sources.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
     /// The background maintenance loop.
@@ -378,8 +378,14 @@ impl Config {
         }
     }
 
-    /// The source a table reads from.
-    pub fn source_for(&self, table: &TableConfig) -> Option<&SourceConfig> {
-        self.sources.iter().find(|s| s.name() == table.source)
+    /// The sources a table reads from (unknown names are skipped; `validate` reports them).
+    pub fn sources_for<'a>(
+        &'a self,
+        table: &'a TableConfig,
+    ) -> impl Iterator<Item = &'a SourceConfig> {
+        table
+            .source
+            .iter()
+            .filter_map(|name| self.sources.iter().find(|s| s.name() == name))
     }
 }

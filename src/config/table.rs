@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 pub struct TableConfig {
     /// Table name; also its directory under the lake root unless `uri` is set.
     pub name: String,
-    /// The source feeding this table.
-    pub source: String,
+    /// The source or sources feeding this table: `source = "clicks"`, or
+    /// `source = ["clicks", "orders_stream"]` to merge several into one table.
+    #[serde(deserialize_with = "one_or_many")]
+    pub source: Vec<String>,
     /// Explicit table location (path or URL); default `<lake.root>/<name>`.
     #[serde(default)]
     pub uri: Option<String>,
@@ -50,6 +52,23 @@ pub struct ColumnConfig {
     /// For `timestamp` columns: the unit of numeric epoch values.
     #[serde(default)]
     pub epoch_unit: EpochUnit,
+}
+
+/// Reads a string or a list of strings as a list.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(name)) => Ok(vec![name]),
+        Ok(OneOrMany::Many(names)) => Ok(names),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a source name or a list of source names",
+        )),
+    }
 }
 
 fn yes() -> bool {

@@ -197,16 +197,20 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 format!("`{}` is used twice", table.name),
             );
         }
-        if !source_names.contains(table.source.as_str()) {
-            add(
-                format!("{key}.source"),
-                format!("unknown source `{}`", table.source),
-            );
-        } else if let Some(other) = feeds.insert(table.source.as_str(), table.name.as_str()) {
-            add(
-                format!("{key}.source"),
-                format!("source `{}` already feeds table `{other}`", table.source),
-            );
+        if table.source.is_empty() {
+            add(format!("{key}.source"), "names no source".into());
+        }
+        for (j, name) in table.source.iter().enumerate() {
+            let at = if table.source.len() == 1 {
+                format!("{key}.source")
+            } else {
+                format!("{key}.source[{j}]")
+            };
+            if !source_names.contains(name.as_str()) {
+                add(at, format!("unknown source `{name}`"));
+            } else if let Some(other) = feeds.insert(name.as_str(), table.name.as_str()) {
+                add(at, format!("source `{name}` already feeds table `{other}`"));
+            }
         }
         for problem in table_problems(table) {
             add(format!("{key}.{}", problem.key), problem.reason);

@@ -361,7 +361,7 @@ mod tests {
     fn decodes_structs_lists_and_maps_and_rejects_only_bad_records() {
         let table = TableConfig {
             name: "t".into(),
-            source: "s".into(),
+            source: vec!["s".into()],
             uri: None,
             key: "id".into(),
             columns: vec![

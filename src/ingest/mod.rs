@@ -1,8 +1,8 @@
 //! Running every configured source into its table.
 //!
 //! [`run`] opens (or creates) each table and its dead-letter table, starts
-//! the table's source with a position lookup on the table, and runs one
-//! [`pipeline::Pipeline`] per table until every finite source is drained or
+//! each of the table's sources with a position lookup on the table, and runs
+//! one [`pipeline::Pipeline`] per (table, source) until every finite source is drained or
 //! `shutdown` fires and the buffered work is committed. Beside each pipeline
 //! runs the table's maintenance loop (`maintain::scheduler`), stopped when
 //! the pipelines are done, and (with `[erasure]` enabled) the erasure loop:
@@ -153,26 +153,26 @@ pub async fn run_with_budget(
         ));
     }
     for (table_config, suppressor) in config.tables.iter().zip(suppressors) {
-        let source = config
-            .source_for(table_config)
-            .expect("validated: every table has a source");
-        let pipeline = start_table(
-            config,
-            table_config,
-            source,
-            &WorkerParts {
-                id: &worker,
-                budget: &budget,
-                stats: &stats,
-                kinesis_clients: &kinesis_clients,
-            },
-            suppressor,
-        )
-        .await?;
-        let (pipeline, events) = pipeline;
-        let token = shutdown.clone();
-        let name = table_config.name.clone();
-        tasks.spawn(async move { (name, pipeline.run(events, token).await) });
+        // One pipeline per source; pipelines of one table commit side by
+        // side like workers of a fleet, each fencing its own positions.
+        for source in config.sources_for(table_config) {
+            let (pipeline, events) = start_table(
+                config,
+                table_config,
+                source,
+                &WorkerParts {
+                    id: &worker,
+                    budget: &budget,
+                    stats: &stats,
+                    kinesis_clients: &kinesis_clients,
+                },
+                suppressor.clone(),
+            )
+            .await?;
+            let token = shutdown.clone();
+            let name = table_config.name.clone();
+            tasks.spawn(async move { (name, pipeline.run(events, token).await) });
+        }
         if config.maintenance.enabled {
             let (url, _) = table_urls(config, table_config)?;
             let maintenance_loop = MaintenanceLoop::new(

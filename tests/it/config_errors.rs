@@ -31,6 +31,31 @@ fn the_good_config_is_valid() {
 }
 
 #[test]
+fn a_table_may_merge_several_sources() {
+    let second = "[[sources]]\nkind = \"file\"\nname = \"g\"\npath = \"y.ndjson\"\n[[tables]]";
+    let both = GOOD
+        .replace("[[tables]]", second)
+        .replace("source = \"f\"", "source = [\"f\", \"g\"]");
+    let config = Config::parse(&both, "both").unwrap();
+    config.validate().unwrap();
+    let names: Vec<_> = config
+        .sources_for(&config.tables[0])
+        .map(|s| s.name())
+        .collect();
+    assert_eq!(names, ["f", "g"]);
+
+    let unknown = problems(&both.replace("\"g\"]", "\"h\"]"));
+    assert!(
+        unknown.contains("tables[0].source[1]") && unknown.contains("unknown source `h`"),
+        "{unknown}"
+    );
+    let none = problems(&GOOD.replace("source = \"f\"", "source = []"));
+    assert!(none.contains("tables[0].source"), "{none}");
+    let not_a_name = problems(&GOOD.replace("source = \"f\"", "source = 3"));
+    assert!(not_a_name.contains("source name"), "{not_a_name}");
+}
+
+#[test]
 fn errors_name_the_key_and_the_reason() {
     let unknown_field = problems(&GOOD.replace("name = \"t\"", "name = \"t\"\nflush_every = 3"));
     assert!(unknown_field.contains("flush_every"), "{unknown_field}");
@@ -129,4 +154,28 @@ fn the_cli_refuses_a_bad_config_without_writing_anything() {
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("SLUICE_TEST_UNSET_VARIABLE"));
+}
+
+#[test]
+fn the_readme_example_config_is_valid() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme
+        .find("```toml\n")
+        .expect("a toml block in the README")
+        + 8;
+    let block = &readme[start..start + readme[start..].find("```").unwrap()];
+    // The example interpolates ${ENV}; give every variable it names a value.
+    for name in [
+        "KAFKA_BROKERS",
+        "KAFKA_USER",
+        "KAFKA_PASSWORD",
+        "AWS_KEY",
+        "AWS_SECRET",
+    ] {
+        std::env::set_var(name, "x");
+    }
+    let config = Config::parse(block, "README.md").unwrap();
+    config.validate().unwrap();
+    assert_eq!(config.sources_for(&config.tables[0]).count(), 2);
 }

@@ -1,7 +1,8 @@
 //! A fleet: three `sluice serve` processes on one Kafka topic and one
-//! Kinesis stream (kinesalite), writing a table for each on S3 (moto). One
-//! is killed with SIGKILL mid-stream and started again; every record lands
-//! exactly once and the tables' lineage shows no stale or overlapping commit.
+//! Kinesis stream (kinesalite), both feeding one table on S3 (moto). One is
+//! killed with SIGKILL mid-stream and started again; every record lands
+//! exactly once and the table's lineage shows no stale or overlapping commit
+//! on any of its ten partitions (six Kafka partitions, four shards).
 
 use std::time::{Duration, Instant};
 
@@ -45,11 +46,7 @@ properties = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "500" }
 {kinesis_source}
 [[tables]]
 name = "events"
-source = "k"
-{EVENT_COLUMNS}
-[[tables]]
-name = "orders"
-source = "ks"
+source = ["k", "ks"]
 {EVENT_COLUMNS}
 "#,
             endpoint = moto.endpoint,
@@ -95,33 +92,39 @@ source = "ks"
     workers.push(restarted);
     let good = producing.await.unwrap();
 
-    let tables = [
-        ("s3://fleet/lake/events/", good, 6),
-        ("s3://fleet/lake/orders/", orders, 4),
-    ];
-    for (url, expected, _) in &tables {
-        let url = url::Url::parse(url).unwrap();
-        wait_for_rows(
-            &url,
-            &moto.options(),
-            expected.len() as u64,
-            Duration::from_secs(120),
-        )
-        .await;
-    }
+    let url = url::Url::parse("s3://fleet/lake/events/").unwrap();
+    let mut expected = good;
+    expected.extend(orders);
+    wait_for_rows(
+        &url,
+        &moto.options(),
+        expected.len() as u64,
+        Duration::from_secs(120),
+    )
+    .await;
     for w in workers {
         assert!(w.terminate().success());
     }
-    for (url, expected, partitions) in &tables {
-        let batches = kernel_read_s3(&moto, "fleet", url).await;
-        assert_exactly_once(strings(&batches, "event_id"), expected);
-        let url = url::Url::parse(url).unwrap();
-        let status = sluice::status::table_status(&url, &moto.options(), 1 << 20)
-            .await
-            .unwrap();
-        assert_eq!(status.partitions.len(), *partitions, "{url}");
-        for p in &status.partitions {
-            assert!(p.contiguous && p.counts_add_up, "{p:?}");
-        }
+    let batches = kernel_read_s3(&moto, "fleet", url.as_str()).await;
+    assert_exactly_once(strings(&batches, "event_id"), &expected);
+    let status = sluice::status::table_status(&url, &moto.options(), 1 << 20)
+        .await
+        .unwrap();
+    let streams: Vec<_> = status
+        .partitions
+        .iter()
+        .map(|p| p.app_id.as_str())
+        .collect();
+    let kafka_partitions = streams
+        .iter()
+        .filter(|a| a.starts_with("sluice/k/"))
+        .count();
+    let shards = streams
+        .iter()
+        .filter(|a| a.starts_with("sluice/ks/"))
+        .count();
+    assert_eq!((kafka_partitions, shards), (6, 4), "{streams:?}");
+    for p in &status.partitions {
+        assert!(p.contiguous && p.counts_add_up, "{p:?}");
     }
 }
