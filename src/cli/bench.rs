@@ -258,6 +258,7 @@ struct FleetFigures {
     workers: usize,
     commits: u64,
     commit_retries: u64,
+    commit_rebases: u64,
     fenced: u64,
 }
 
@@ -303,6 +304,8 @@ async fn kafka_workers(
     tokio::time::sleep(Duration::from_secs(4 + 2 * workers as u64)).await;
     let retries_before =
         crate::telemetry::metrics::COMMIT_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
+    let rebases_before =
+        crate::telemetry::metrics::COMMIT_REBASES.load(std::sync::atomic::Ordering::Relaxed);
     let producer = cluster.producer().map_err(CliError::Demo)?;
     let count = args.events;
     let started = Instant::now();
@@ -351,6 +354,9 @@ async fn kafka_workers(
     let retries = crate::telemetry::metrics::COMMIT_RETRIES
         .load(std::sync::atomic::Ordering::Relaxed)
         - retries_before;
+    let rebases = crate::telemetry::metrics::COMMIT_REBASES
+        .load(std::sync::atomic::Ordering::Relaxed)
+        - rebases_before;
     Ok(KafkaRun {
         measurement: Measurement {
             mode: args.mode,
@@ -364,6 +370,7 @@ async fn kafka_workers(
             workers,
             commits: total(|s| s.commits),
             commit_retries: retries,
+            commit_rebases: rebases,
             fenced: total(|s| s.fenced),
         },
     })

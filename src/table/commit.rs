@@ -141,11 +141,16 @@ async fn try_commit(
         epoch_id: epoch,
     };
     let snapshot = table.snapshot().map_err(Attempt::Retry)?;
+    let read_version = snapshot.version();
     let finalized = CommitBuilder::from(properties)
         .with_actions(actions.to_vec())
         .build(Some(snapshot), table.log_store(), operation)
         .await
         .map_err(Attempt::Retry)?;
     let version = finalized.version();
+    if version > read_version + 1 {
+        crate::telemetry::metrics::COMMIT_REBASES
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     Ok(version as i64)
 }

@@ -16,6 +16,10 @@ use super::stats::{IngestStats, COMMIT_BUCKETS};
 /// Commit attempts that conflicted with a concurrent commit and were retried.
 pub static COMMIT_RETRIES: AtomicU64 = AtomicU64::new(0);
 
+/// Commits that found the table moved on by concurrent writers and landed
+/// after delta-rs's conflict check rebased them (no retry of ours needed).
+pub static COMMIT_REBASES: AtomicU64 = AtomicU64::new(0);
+
 /// Rows deleted by erasure runs of this process.
 pub static ROWS_ERASED: AtomicU64 = AtomicU64::new(0);
 
@@ -134,6 +138,11 @@ pub fn render(stats: &IngestStats, gauges: &Gauges) -> String {
             "sluice_commit_retries_total",
             "Commit attempts that conflicted with a concurrent commit and were retried.",
             COMMIT_RETRIES.load(Ordering::Relaxed),
+        ),
+        (
+            "sluice_commit_rebases_total",
+            "Commits that found the table moved on by a concurrent writer and were rebased over it.",
+            COMMIT_REBASES.load(Ordering::Relaxed),
         ),
         (
             "sluice_erased_rows_total",
