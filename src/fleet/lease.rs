@@ -97,18 +97,24 @@ impl Leases {
         }
     }
 
-    /// Takes the lease for the current epoch if nobody holds it.
+    /// Takes the lease for the current epoch if nobody holds it, extended
+    /// into the next epoch at once: taken late in an epoch, it would
+    /// otherwise lapse before the holder's first renewal.
     pub async fn try_acquire(&self, name: &str) -> Result<Option<Lease>, LeaseError> {
         let now = (self.clock)();
         let epoch = now / self.ttl_ms;
         if !self.create(name, epoch).await? {
             return Ok(None);
         }
-        Ok(Some(Lease {
+        let mut lease = Lease {
             name: name.to_string(),
             epoch,
             expires_ms: (epoch + 1) * self.ttl_ms,
-        }))
+        };
+        if !self.renew(&mut lease).await? {
+            return Ok(None);
+        }
+        Ok(Some(lease))
     }
 
     /// Creates the epoch's object, or finds it is already ours.
@@ -261,6 +267,18 @@ mod tests {
         let mut stale = held.clone();
         stale.epoch = 800_000 / 60_000 - 1;
         assert!(!a.renew(&mut stale).await.unwrap(), "a lost it");
+    }
+
+    #[tokio::test]
+    async fn a_lease_taken_late_in_an_epoch_outlives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = Arc::new(AtomicI64::new(659_000));
+        let (a, b) = (leases(dir.path(), "a", &now), leases(dir.path(), "b", &now));
+        let held = a.try_acquire("shard-1").await.unwrap().unwrap();
+        assert_eq!(held.expires_ms, 720_000, "{held:?}");
+        // The epoch ends a second later, before a's first renewal is due.
+        now.store(661_000, Ordering::Relaxed);
+        assert!(b.try_acquire("shard-1").await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -201,6 +201,15 @@ pub async fn split_an_open_shard(client: &Client, stream: &str) -> String {
 }
 
 fn config(lake: &Lake, kinesis: &Kinesalite, stream: &str) -> sluice::config::Config {
+    config_starting(lake, kinesis, stream, "earliest")
+}
+
+fn config_starting(
+    lake: &Lake,
+    kinesis: &Kinesalite,
+    stream: &str,
+    start_from: &str,
+) -> sluice::config::Config {
     parse_valid(&format!(
         r#"
 [lake]
@@ -211,7 +220,7 @@ max_latency = "300ms"
 enabled = false
 [erasure]
 enabled = false
-{source}
+{source}start_from = "{start_from}"
 [[tables]]
 name = "orders"
 source = "k"
@@ -367,6 +376,48 @@ async fn resharding_during_ingestion_is_exactly_once_and_parent_first() {
         assert!(p.contiguous && p.counts_add_up, "{p:?}");
     }
     register_for_spark(&table, "kinesis_resharded", expected.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starting_at_latest_skips_the_backlog_but_not_the_children() {
+    let kinesis = Kinesalite::start();
+    let client = kinesis.client();
+    let stream = "latest";
+    create_stream(&client, stream, 1).await;
+    let backlog = put_events(&client, stream, "old", 10, 3, 0).await;
+    let lake = Lake::new();
+    let config = config_starting(&lake, &kinesis, stream, "latest");
+    let running = Running::start(&config);
+    // The shard's reader has made its first call, at the tip.
+    let started = Instant::now();
+    while !running
+        .stats
+        .partitions()
+        .values()
+        .any(|p| p.behind_ms.is_some())
+    {
+        assert!(started.elapsed() < Duration::from_secs(60), "never read");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut expected = put_events(&client, stream, "a", 10, 3, 3).await;
+    // Split at once: the children receive records before the parent is
+    // finished, and must be read from their first record, not their tip.
+    split_an_open_shard(&client, stream).await;
+    expected.extend(put_events(&client, stream, "b", 10, 3, 6).await);
+    let table = lake.table("orders");
+    let url = sluice::table::resolve_existing(table.to_str().unwrap()).unwrap();
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    let stats = running.stop().await;
+    assert_eq!(stats.committed, expected.len() as u64);
+    let ids = strings(&kernel_read(&table).await, "event_id");
+    assert!(backlog.iter().all(|id| !ids.contains(id)), "backlog read");
+    assert_exactly_once(ids, &expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

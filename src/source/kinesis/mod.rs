@@ -69,7 +69,7 @@ use positions::ShardPositions;
 use reader::{Reader, ReaderExit, ShardShared};
 
 use super::{Assignment, PartitionId, PositionLookup, SourceControl, SourceEvent};
-use crate::config::KinesisSourceConfig;
+use crate::config::{KinesisSourceConfig, StartFrom};
 use crate::fleet::lease::{system_clock, Lease, Leases};
 use crate::ingest::budget::MemoryBudget;
 use crate::telemetry::stats::IngestStats;
@@ -377,9 +377,20 @@ impl Coordinator {
                 break;
             }
             let name = self.lease_name(id);
+            // A child shard starts at its first record whatever `start_from`
+            // says: everything written to it since the split is new.
+            let child = shards
+                .iter()
+                .find(|s| s.shard_id() == id)
+                .is_some_and(|s| s.parent_shard_id().is_some());
+            let start_from = if child {
+                StartFrom::Earliest
+            } else {
+                self.parts.config.start_from
+            };
             match self.leases.try_acquire(&name).await {
                 Ok(Some(lease)) => {
-                    self.start_reader(id, lease).await?;
+                    self.start_reader(id, lease, start_from).await?;
                     count += 1;
                 }
                 Ok(None) => {}
@@ -389,7 +400,12 @@ impl Coordinator {
         Ok(())
     }
 
-    async fn start_reader(&mut self, id: &str, lease: Lease) -> Result<(), String> {
+    async fn start_reader(
+        &mut self,
+        id: &str,
+        lease: Lease,
+        start_from: StartFrom,
+    ) -> Result<(), String> {
         let partition = self.partition(id);
         let recorded = match (self.parts.lookup)(vec![partition.app_id()]).await {
             Ok(found) => found.get(&partition.app_id()).copied(),
@@ -410,6 +426,7 @@ impl Coordinator {
             recorded,
         }]);
         if self.parts.tx.send(assigned).await.is_err() {
+            let _ = self.leases.release(&lease).await;
             return Ok(());
         }
         self.shards
@@ -422,7 +439,7 @@ impl Coordinator {
             stream: self.parts.config.stream.clone(),
             shared: shared.clone(),
             recorded,
-            start_from: self.parts.config.start_from,
+            start_from,
             tx: self.parts.tx.clone(),
             budget: self.parts.budget.clone(),
             stats: self.parts.stats.clone(),
@@ -470,7 +487,9 @@ impl Coordinator {
             .await
             .is_ok();
         if sent && wait {
-            let grace = self.parts.grace;
+            // Bounded by a third of the lease TTL too: the other shards'
+            // leases are renewed by this same loop.
+            let grace = self.parts.grace.min(self.leases.renew_every());
             let waited =
                 tokio::task::spawn_blocking(move || committed.recv_timeout(grace).is_ok()).await;
             if !matches!(waited, Ok(true)) {

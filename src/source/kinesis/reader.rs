@@ -38,6 +38,8 @@ const MIN_CALL_GAP: Duration = Duration::from_millis(200);
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Longest backoff after throttling or errors.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How often a reader at the end of a closed shard looks for a re-seek.
+const SEEK_POLL: Duration = Duration::from_millis(200);
 
 /// What the pipeline and the coordinator share with a shard's reader.
 pub struct ShardShared {
@@ -284,6 +286,7 @@ impl Reader {
                 }
             };
             let mut records = Vec::with_capacity(output.records().len());
+            let mut taken = 0;
             for record in output.records() {
                 let sequence = record.sequence_number();
                 if !anchored {
@@ -311,9 +314,20 @@ impl Reader {
                         .approximate_arrival_timestamp()
                         .and_then(|t| t.to_millis().ok()),
                 };
-                tokio::select! {
-                    _ = self.stop.cancelled() => return ReaderExit::Stopped,
-                    _ = self.budget.reserve(item.charge()) => {}
+                if !self.budget.try_reserve(item.charge()) {
+                    // Hand over what this call read first: the budget may be
+                    // spent on exactly those records, and the pipeline can
+                    // only flush (and free it) once it has them.
+                    if !records.is_empty() {
+                        let ready = std::mem::take(&mut records);
+                        if self.tx.send(SourceEvent::Records(ready)).await.is_err() {
+                            return ReaderExit::Stopped;
+                        }
+                    }
+                    tokio::select! {
+                        _ = self.stop.cancelled() => return ReaderExit::Stopped,
+                        _ = self.budget.reserve(item.charge()) => {}
+                    }
                 }
                 self.shared
                     .sequences
@@ -321,10 +335,11 @@ impl Reader {
                     .expect("sequences lock")
                     .insert(next, sequence.to_string());
                 next += 1;
+                taken += 1;
                 records.push(item);
             }
-            let complete = records.len() == output.records().len();
-            let got = records.len();
+            let complete = taken == output.records().len();
+            let got = taken;
             if !records.is_empty() && self.tx.send(SourceEvent::Records(records)).await.is_err() {
                 return ReaderExit::Stopped;
             }
@@ -343,10 +358,32 @@ impl Reader {
             }
             match output.next_shard_iterator() {
                 Some(following) => iterator = following.to_string(),
-                None => return self.finish(next - 1).await,
+                None => {
+                    if let ReaderExit::Stopped = self.finish(next - 1).await {
+                        return ReaderExit::Stopped;
+                    }
+                    // Read to its end; stay until stopped, in case the batch
+                    // holding the last records is dropped and re-seeks here.
+                    if !self.await_seek().await {
+                        return ReaderExit::Stopped;
+                    }
+                    continue;
+                }
             }
             if got == 0 && !self.pause(IDLE_WAIT).await {
                 return ReaderExit::Stopped;
+            }
+        }
+    }
+
+    /// Waits for a re-seek; false when stopped first.
+    async fn await_seek(&self) -> bool {
+        loop {
+            if self.shared.seek.lock().expect("seek lock").is_some() {
+                return true;
+            }
+            if !self.pause(SEEK_POLL).await {
+                return false;
             }
         }
     }
