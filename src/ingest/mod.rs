@@ -276,7 +276,13 @@ async fn start_table(
     };
     let pipeline = Pipeline::new(PipelineParts {
         name: table_config.name.clone(),
-        worker: parts.id.to_string(),
+        // Pipelines of one table commit side by side: each is its own
+        // streaming query (`queryId`) with its own epochs.
+        worker: if table_config.source.len() > 1 {
+            format!("{}/{}", parts.id, source.name())
+        } else {
+            parts.id.to_string()
+        },
         key: table_config.key.clone(),
         batching: config.batching.clone(),
         decoder,

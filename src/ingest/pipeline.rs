@@ -68,7 +68,7 @@ pub enum PipelineError {
 pub struct PipelineParts {
     /// Table name (for logs and lineage).
     pub name: String,
-    /// This worker's id (for lineage).
+    /// This worker's id, with the source when a table has several (lineage, `queryId`).
     pub worker: String,
     /// The subject-key column.
     pub key: String,

@@ -137,13 +137,9 @@ pub async fn open(
         .with_storage_options(options(storage_options))
         .build()
         .map_err(|e| TableError::delta(url, e))?;
-    let exists = table
-        .verify_deltatable_existence()
-        .await
-        .map_err(|e| TableError::delta(url, e))?;
-    if !exists {
-        return Err(TableError::NotATable(url.to_string()));
-    }
+    // No separate existence check: it lists the whole `_delta_log`, which
+    // on local disk costs more than the load itself on a long history. A
+    // location without a log fails the load as `NotATable`.
     match table.load().await {
         Ok(()) => Ok(table),
         Err(DeltaTableError::NotATable(_)) => Err(TableError::NotATable(url.to_string())),
