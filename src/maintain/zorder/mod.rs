@@ -56,6 +56,8 @@ pub const COLUMNS_TAG: &str = "sluice.zorder";
 pub const RUN_TAG: &str = "sluice.zorder.run";
 /// Name of the key column while sorting.
 const KEY_COLUMN: &str = "__sluice_zorder_key";
+/// Merged batches waiting for the writer.
+const MERGED_AHEAD: usize = 4;
 
 /// What to Z-order and how.
 #[derive(Debug, Clone)]
@@ -390,18 +392,22 @@ async fn rewrite(
     let rows_in: u64 = inputs.iter().filter_map(|f| f.rows).sum::<u64>().max(1);
     let bytes_per_row = (bytes_in / rows_in).max(1);
     let out_rows = (options.target_size / bytes_per_row / 8).clamp(256, 8192) as usize;
-    let mut sorted = sorter.finish(out_rows)?;
+    let sorted = sorter.finish(out_rows)?;
     let mut writer = RecordBatchWriter::for_table(table)?
         .with_writer_properties(writer_properties(key_column))
         .with_target_file_size(options.target_size);
+    // The merge runs on a blocking thread while this task encodes what it
+    // produced: on two cores the two halves overlap.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(MERGED_AHEAD);
+    let merging = tokio::task::spawn_blocking(move || merge_into(sorted, tx));
     let mut rows = 0u64;
-    while let Some(batch) = sorted.next_batch()? {
+    while let Some(batch) = rx.recv().await {
         rows += batch.num_rows() as u64;
-        let mut batch = batch;
-        batch.remove_column(batch.num_columns() - 1);
         writer.write(batch).await?;
     }
-    let stats = sorted.stats();
+    let stats = merging
+        .await
+        .map_err(|e| MaintainError::Invalid(format!("z-order merge task failed: {e}")))??;
     let mut adds = writer.flush().await?;
     for add in &mut adds {
         add.data_change = false;
@@ -416,6 +422,21 @@ async fn rewrite(
         spilled_bytes: stats.spilled_bytes,
         peak_buffered: stats.peak_buffered,
     })
+}
+
+/// Sends the merged batches, without their key column, until the end or
+/// until the receiver is gone (the writer failed; its error wins).
+fn merge_into(
+    mut sorted: sort::SortedBatches,
+    tx: tokio::sync::mpsc::Sender<RecordBatch>,
+) -> Result<sort::SortStats, MaintainError> {
+    while let Some(mut batch) = sorted.next_batch()? {
+        batch.remove_column(batch.num_columns() - 1);
+        if tx.blocking_send(batch).is_err() {
+            break;
+        }
+    }
+    Ok(sorted.stats())
 }
 
 fn with_key(batch: &RecordBatch, builder: &KeyBuilder) -> Result<RecordBatch, MaintainError> {
