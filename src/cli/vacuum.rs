@@ -43,8 +43,9 @@ pub async fn run(args: VacuumArgs) -> Result<(), CliError> {
             "deleted"
         };
         println!(
-            "{verb} {} files ({:.1}s)",
+            "{verb} {} files and {} Kinesis position sidecars ({:.1}s)",
             report.files.len(),
+            report.position_sidecars,
             report.seconds
         );
         for file in &report.files {

@@ -6,7 +6,8 @@
 //! once they are older than the retention, so a file another worker is
 //! writing right now is never touched. A retention shorter than the table's
 //! `delta.deletedFileRetentionDuration` is refused unless explicitly forced:
-//! readers and lagging writers may still need those files.
+//! readers and lagging writers may still need those files. Kinesis position
+//! sidecars below their shard's recorded position are deleted too.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use deltalake::DeltaTable;
 use serde::Serialize;
 
 use super::MaintainError;
+use crate::source::kinesis::positions;
+use object_store::ObjectStoreExt as _;
 
 /// Default retention for removed files.
 pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -52,6 +55,9 @@ pub struct VacuumReport {
     pub dry_run: bool,
     /// Files deleted (or to delete).
     pub files: Vec<String>,
+    /// Kinesis position sidecars deleted (or to delete): ordinals below
+    /// their shard's recorded position.
+    pub position_sidecars: usize,
     /// Wall time.
     pub seconds: f64,
 }
@@ -88,8 +94,10 @@ pub async fn vacuum(
         builder = builder.with_clock(clock.clone());
     }
     let (table, metrics) = builder.await?;
+    let position_sidecars = prune_position_sidecars(&table, options.dry_run).await?;
     tracing::info!(
         files = metrics.files_deleted.len(),
+        position_sidecars,
         dry_run = metrics.dry_run,
         "vacuum done"
     );
@@ -98,7 +106,54 @@ pub async fn vacuum(
         VacuumReport {
             dry_run: metrics.dry_run,
             files: metrics.files_deleted,
+            position_sidecars,
             seconds: started.elapsed().as_secs_f64(),
         },
     ))
+}
+
+/// Deletes the Kinesis position sidecars below each shard's recorded
+/// position (see `source::kinesis::positions`); returns how many.
+async fn prune_position_sidecars(
+    table: &DeltaTable,
+    dry_run: bool,
+) -> Result<usize, MaintainError> {
+    use futures::StreamExt;
+    let store = table.object_store();
+    let sidecars = positions::list_ordinals(&store)
+        .await
+        .map_err(|e| MaintainError::Invalid(format!("listing position sidecars: {e}")))?;
+    let mut app_ids: Vec<String> = sidecars
+        .iter()
+        .map(|(app_id, _, _)| app_id.clone())
+        .collect();
+    app_ids.sort();
+    app_ids.dedup();
+    let recorded = crate::table::recorded_positions(table, &app_ids).await?;
+    let stale: Vec<_> = sidecars
+        .into_iter()
+        .filter(|(app_id, ordinal, _)| recorded.get(app_id).is_some_and(|at| ordinal < at))
+        .map(|(_, _, path)| path)
+        .collect();
+    if dry_run {
+        return Ok(stale.len());
+    }
+    let mut deletes = futures::stream::iter(stale)
+        .map(|path| {
+            let store = store.clone();
+            async move { store.delete(&path).await }
+        })
+        .buffer_unordered(16);
+    let mut deleted = 0;
+    while let Some(result) = deletes.next().await {
+        match result {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => deleted += 1,
+            Err(e) => {
+                return Err(MaintainError::Invalid(format!(
+                    "deleting position sidecars: {e}"
+                )))
+            }
+        }
+    }
+    Ok(deleted)
 }

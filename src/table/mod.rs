@@ -137,9 +137,24 @@ pub async fn open(
         .with_storage_options(options(storage_options))
         .build()
         .map_err(|e| TableError::delta(url, e))?;
-    // No separate existence check: it lists the whole `_delta_log`, which
-    // on local disk costs more than the load itself on a long history. A
-    // location without a log fails the load as `NotATable`.
+    // A table with a checkpoint exists; only without one is the log listed
+    // (listing a long history costs more than the load itself).
+    let pointer = object_store::path::Path::from("_delta_log/_last_checkpoint");
+    use object_store::ObjectStoreExt as _;
+    let checkpointed = table
+        .log_store()
+        .object_store(None)
+        .head(&pointer)
+        .await
+        .is_ok();
+    if !checkpointed
+        && !table
+            .verify_deltatable_existence()
+            .await
+            .map_err(|e| TableError::delta(url, e))?
+    {
+        return Err(TableError::NotATable(url.to_string()));
+    }
     match table.load().await {
         Ok(()) => Ok(table),
         Err(DeltaTableError::NotATable(_)) => Err(TableError::NotATable(url.to_string())),

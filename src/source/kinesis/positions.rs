@@ -7,11 +7,16 @@
 //! _sluice_positions/<app id, `/` as `~`>/end                   last ordinal of a closed shard
 //! ```
 //!
+//! (Object paths store `~` percent-encoded, as `%7E`.)
+//!
 //! Every object is created with a conditional put (`PutMode::Create`) and
 //! never changes. Writing one that exists is fine when the content is the
 //! same (a replay reading the same immutable shard) and a [`PositionError::Conflict`]
 //! otherwise, which the writer must treat as "do not commit".
-//! Directories starting with `_` are invisible to Delta readers and to vacuum.
+//! Directories starting with `_` are invisible to Delta readers and to
+//! Delta's vacuum; sluice's vacuum deletes the sidecars of ordinals below a
+//! shard's recorded position, which no reader needs again (a reader resumes
+//! after the recorded ordinal, and re-seeks only ever go to it).
 
 use std::sync::Arc;
 
@@ -133,6 +138,30 @@ impl ShardPositions {
     pub async fn record_end(&self, last: i64) -> Result<(), PositionError> {
         self.create(&self.end_path(), &last.to_string()).await
     }
+}
+
+/// The ordinal sidecars under a table root, as (app id, ordinal, path).
+pub async fn list_ordinals(
+    store: &Arc<dyn ObjectStore>,
+) -> Result<Vec<(String, i64, Path)>, object_store::Error> {
+    use futures::TryStreamExt;
+    let objects: Vec<_> = store
+        .list(Some(&Path::from(POSITIONS_DIR)))
+        .try_collect()
+        .await?;
+    Ok(objects
+        .into_iter()
+        .filter_map(|meta| {
+            let parts: Vec<_> = meta.location.parts().collect();
+            let [_, dir, name] = parts.as_slice() else {
+                return None;
+            };
+            let ordinal = name.as_ref().parse::<i64>().ok()?;
+            // `~` is stored percent-encoded in object paths.
+            let app_id = dir.as_ref().replace("%7E", "/").replace('~', "/");
+            Some((app_id, ordinal, meta.location))
+        })
+        .collect())
 }
 
 #[cfg(test)]
