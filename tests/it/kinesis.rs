@@ -200,6 +200,20 @@ pub async fn split_an_open_shard(client: &Client, stream: &str) -> String {
     open.shard_id().to_string()
 }
 
+/// Waits until the lake's `orders` table holds `rows` rows; its path and URL.
+async fn wait_for_orders(lake: &Lake, rows: usize, seconds: u64) -> (std::path::PathBuf, url::Url) {
+    let table = lake.table("orders");
+    let url = sluice::table::resolve_existing(table.to_str().unwrap()).unwrap();
+    wait_for_rows(
+        &url,
+        &no_options(),
+        rows as u64,
+        Duration::from_secs(seconds),
+    )
+    .await;
+    (table, url)
+}
+
 fn config(lake: &Lake, kinesis: &Kinesalite, stream: &str) -> sluice::config::Config {
     config_starting(lake, kinesis, stream, "earliest")
 }
@@ -404,15 +418,7 @@ async fn starting_at_latest_skips_the_backlog_but_not_the_children() {
     // finished, and must be read from their first record, not their tip.
     split_an_open_shard(&client, stream).await;
     expected.extend(put_events(&client, stream, "b", 10, 3, 6).await);
-    let table = lake.table("orders");
-    let url = sluice::table::resolve_existing(table.to_str().unwrap()).unwrap();
-    wait_for_rows(
-        &url,
-        &no_options(),
-        expected.len() as u64,
-        Duration::from_secs(60),
-    )
-    .await;
+    let (table, _) = wait_for_orders(&lake, expected.len(), 60).await;
     let stats = running.stop().await;
     assert_eq!(stats.committed, expected.len() as u64);
     let ids = strings(&kernel_read(&table).await, "event_id");
@@ -454,15 +460,7 @@ async fn two_workers_share_shards_and_a_crash_loses_nothing() {
     second.kill().await;
     expected.extend(put_events(&client, stream, "c", 40, 5, 10).await);
     // The survivor takes the crashed worker's shards once their leases lapse.
-    let table = lake.table("orders");
-    let url = sluice::table::resolve_existing(table.to_str().unwrap()).unwrap();
-    wait_for_rows(
-        &url,
-        &no_options(),
-        expected.len() as u64,
-        Duration::from_secs(90),
-    )
-    .await;
+    let (table, url) = wait_for_orders(&lake, expected.len(), 90).await;
     assert_eq!(
         first.stats.partitions().len(),
         4,
@@ -508,13 +506,7 @@ async fn two_workers_share_shards_and_a_crash_loses_nothing() {
     }
     let again = Running::start(&config);
     expected.extend(put_events(&client, stream, "d", 40, 5, 15).await);
-    wait_for_rows(
-        &url,
-        &no_options(),
-        expected.len() as u64,
-        Duration::from_secs(60),
-    )
-    .await;
+    wait_for_orders(&lake, expected.len(), 60).await;
     again.stop().await;
     assert_exactly_once(strings(&kernel_read(&table).await, "event_id"), &expected);
 }
