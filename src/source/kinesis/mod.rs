@@ -335,7 +335,8 @@ impl Coordinator {
         let mut lost = Vec::new();
         let mut finished = Vec::new();
         for (id, held) in self.held.iter_mut() {
-            if self.finished.contains(id) {
+            // Finished, or gone from the listing (expired past retention).
+            if self.finished.contains(id) || !listed.contains(id.as_str()) {
                 finished.push(id.clone());
                 continue;
             }
