@@ -166,6 +166,79 @@ async fn a_partition_larger_than_the_budget_spills_and_completes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_ordered_side_by_side_each_on_its_own() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("events.ndjson");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&input).unwrap());
+    let mut expected = Vec::new();
+    for n in 0..30_000usize {
+        let id = format!("e-{n:07}");
+        writeln!(
+            out,
+            r#"{{"event_id":"{id}","user_id":"u-{:06}","amount":1.5,"event_time":"2024-05-0{}T08:00:00Z"}}"#,
+            (n * 7919) % 3000,
+            1 + n % 3
+        )
+        .unwrap();
+        expected.push(id);
+    }
+    out.flush().unwrap();
+    drop(out);
+    let columns = format!(
+        "{EVENT_COLUMNS}partition_by = [\"date\"]\nderived = [{{ name = \"date\", from = \"event_time\", transform = \"date\" }}]\n"
+    );
+    ingest_to_end(&file_config(
+        &lake,
+        &input,
+        "events",
+        "max_rows = 500",
+        &columns,
+    ))
+    .await;
+    let table_path = lake.table("events");
+
+    // A budget that lets partitions share it: they are rewritten at once.
+    let options = ZOrderOptions {
+        columns: vec!["user_id".into()],
+        target_size: 16 << 10,
+        memory_budget: 512 << 20,
+        ..ZOrderOptions::default()
+    };
+    let mut table = load(&table_path).await;
+    let metrics = zorder(&mut table, &options, &|_| {}).await.unwrap();
+    assert_eq!(metrics.partitions, 3, "{metrics:?}");
+    assert_eq!(metrics.versions.len(), 3, "one commit per partition");
+    assert_eq!(metrics.rows, 30_000);
+    assert_exactly_once(
+        strings(&kernel_read(&table_path).await, "event_id"),
+        &expected,
+    );
+    // Every partition holds its own run: files never mix dates, and each
+    // date's files cover disjoint user ranges.
+    let table = load(&table_path).await;
+    let snapshot = table.snapshot().unwrap();
+    let mut by_date: std::collections::BTreeMap<String, Vec<(String, String)>> = Default::default();
+    for file in snapshot.log_data().iter() {
+        let path = file.path().to_string();
+        let date = path.split('/').next().unwrap().to_string();
+        assert!(date.starts_with("date=2024-05-0"), "{path}");
+        let stats: serde_json::Value = serde_json::from_str(&file.stats().unwrap()).unwrap();
+        by_date.entry(date).or_default().push((
+            stats["minValues"]["user_id"].as_str().unwrap().to_string(),
+            stats["maxValues"]["user_id"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(by_date.len(), 3);
+    for (date, mut ranges) in by_date {
+        assert!(ranges.len() >= 3, "{date}: {} files", ranges.len());
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            assert!(pair[0].1 <= pair[1].0, "{date}: overlapping {pair:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_change_nothing() {
     let lake = Lake::new();
     let input = lake.dir.path().join("events.ndjson");

@@ -7,7 +7,9 @@
 //! Rows stream from the input files into an external sort ([`sort`]) that
 //! keeps at most half the memory budget of rows in memory and spills sorted
 //! runs to local disk; the merge holds one batch per run. Peak memory is the
-//! budget plus a fixed overhead, whatever the partition size.
+//! budget plus a fixed overhead, whatever the partition size. Partitions are
+//! rewritten side by side, one per core, while each still gets at least
+//! 128 MiB; the budget is shared between them.
 //!
 //! # Incremental runs
 //!
@@ -34,6 +36,8 @@ pub mod key;
 pub mod sort;
 
 use std::sync::Arc;
+
+use futures::StreamExt;
 use std::time::Instant;
 
 use arrow::array::RecordBatch;
@@ -58,6 +62,8 @@ pub const RUN_TAG: &str = "sluice.zorder.run";
 const KEY_COLUMN: &str = "__sluice_zorder_key";
 /// Merged batches waiting for the writer.
 const MERGED_AHEAD: usize = 4;
+/// Least memory budget a partition sorted alongside others gets.
+const MIN_JOB_BUDGET: usize = 128 << 20;
 
 /// What to Z-order and how.
 #[derive(Debug, Clone)]
@@ -109,7 +115,8 @@ pub struct ZOrderMetrics {
     pub spilled_runs: u64,
     /// Bytes spilled to disk.
     pub spilled_bytes: u64,
-    /// Most bytes of rows the sort held in memory at once.
+    /// Most bytes of rows the sorts held in memory at once (partitions are
+    /// sorted side by side: the largest peaks of that many, added up).
     pub peak_sort_memory: u64,
     /// Table versions committed.
     pub versions: Vec<i64>,
@@ -176,33 +183,49 @@ pub async fn zorder(
     let columns_tag = options.columns.join(",");
     let key_column = super::table_key(table);
     let groups = live_files_by_partition(table, &options.partition_filter)?;
-    let mut metrics = ZOrderMetrics::default();
-    let mut done = 0u64;
+    let mut jobs = Vec::new();
     for (partition, files) in groups {
         let selection = select(&files, &columns_tag, options.max_runs);
+        if selection.unordered.is_empty() && selection.merged.is_empty() {
+            continue;
+        }
+        jobs.push((partition, selection));
+    }
+    let concurrency = concurrency(jobs.len(), options.memory_budget);
+    let mut job_options = options.clone();
+    job_options.memory_budget = options.memory_budget / concurrency;
+    let reader = table.clone();
+    let mut running = futures::stream::iter(jobs.into_iter().map(|(partition, selection)| {
         let inputs: Vec<LiveFile> = selection
             .unordered
             .iter()
             .chain(&selection.merged)
             .cloned()
             .collect();
-        if inputs.is_empty() {
-            continue;
+        let job = PartitionJob {
+            table: reader.clone(),
+            schema: schema.clone(),
+            prefixes: string_prefixes(&inputs, &options.columns, &types),
+            types: types.clone(),
+            inputs,
+            options: job_options.clone(),
+            key_column: key_column.clone(),
+            columns_tag: columns_tag.clone(),
+        };
+        let handle = tokio::spawn(job.run());
+        async move {
+            let rewritten = handle
+                .await
+                .map_err(|e| MaintainError::Invalid(format!("z-order task failed: {e}")))?;
+            Ok::<_, MaintainError>((partition, selection, rewritten?))
         }
-        let prefixes = string_prefixes(&inputs, &options.columns, &types);
-        let builder = KeyBuilder::new(options.columns.clone(), &types, prefixes)?;
-        let run_id = uuid::Uuid::new_v4().to_string();
-        let rewritten = rewrite(
-            table,
-            &schema,
-            &inputs,
-            &builder,
-            options,
-            key_column.as_deref(),
-            &columns_tag,
-            &run_id,
-        )
-        .await?;
+    }))
+    .buffer_unordered(concurrency);
+    let mut metrics = ZOrderMetrics::default();
+    let mut peaks = Vec::new();
+    let mut done = 0u64;
+    while let Some(finished) = running.next().await {
+        let (partition, selection, (inputs, run_id, rewritten)) = finished?;
         let bytes_in: u64 = inputs.iter().map(|f| f.size).sum();
         let removed: Vec<String> = inputs.iter().map(|f| f.path.clone()).collect();
         let actions: Vec<Action> = inputs
@@ -233,7 +256,7 @@ pub async fn zorder(
                 metrics.rows += rewritten.rows;
                 metrics.spilled_runs += rewritten.spilled_runs;
                 metrics.spilled_bytes += rewritten.spilled_bytes;
-                metrics.peak_sort_memory = metrics.peak_sort_memory.max(rewritten.peak_buffered);
+                peaks.push(rewritten.peak_buffered);
                 metrics.versions.push(version);
                 tracing::info!(partition = %partition_label(&partition), version, files_in = inputs.len(), files_out = rewritten.adds.len(), "z-ordered partition");
             }
@@ -245,8 +268,53 @@ pub async fn zorder(
         done += bytes_in;
         progress(done);
     }
+    // Partitions sorted at once hold memory at once: the largest peaks add up.
+    peaks.sort_unstable_by(|a, b| b.cmp(a));
+    metrics.peak_sort_memory = peaks.iter().take(concurrency).sum();
     metrics.seconds = started.elapsed().as_secs_f64();
     Ok(metrics)
+}
+
+/// Partitions rewritten at once: one per core while each still gets at
+/// least [`MIN_JOB_BUDGET`] of the memory budget.
+fn concurrency(partitions: usize, memory_budget: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    partitions
+        .min(cores)
+        .min(memory_budget / MIN_JOB_BUDGET)
+        .max(1)
+}
+
+/// One partition's rewrite, owned so that it can run on its own task.
+struct PartitionJob {
+    table: DeltaTable,
+    schema: SchemaRef,
+    types: Vec<DataType>,
+    prefixes: Vec<usize>,
+    inputs: Vec<LiveFile>,
+    options: ZOrderOptions,
+    key_column: Option<String>,
+    columns_tag: String,
+}
+
+impl PartitionJob {
+    /// Sorts and writes the inputs; returns them with the run id and the files written.
+    async fn run(self) -> Result<(Vec<LiveFile>, String, Rewritten), MaintainError> {
+        let builder = KeyBuilder::new(self.options.columns.clone(), &self.types, self.prefixes)?;
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let rewritten = rewrite(
+            &self.table,
+            &self.schema,
+            &self.inputs,
+            &builder,
+            &self.options,
+            self.key_column.as_deref(),
+            &self.columns_tag,
+            &run_id,
+        )
+        .await?;
+        Ok((self.inputs, run_id, rewritten))
+    }
 }
 
 /// Input bytes a Z-order with `options` would read.

@@ -3,13 +3,11 @@
 //! IPC file as one sorted run; at the end the runs are merged with a heap,
 //! holding one batch per run. Without a spill everything stays in memory.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
 
-use arrow::array::{AsArray, BinaryArray, RecordBatch};
+use arrow::array::{Array, AsArray, BinaryArray, RecordBatch};
 use arrow::compute::interleave_record_batch;
 use arrow::datatypes::SchemaRef;
 use arrow::error::ArrowError;
@@ -28,6 +26,15 @@ pub struct SortStats {
     pub spilled_bytes: u64,
     /// Most bytes of rows buffered in memory at once.
     pub peak_buffered: u64,
+}
+
+/// A key's first 16 bytes as a number that orders like the bytes (short
+/// keys are zero-padded, so equal heads still need the full comparison).
+fn head(key: &[u8]) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = key.len().min(16);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u128::from_be_bytes(bytes)
 }
 
 /// Sorts batches by their key column (a binary column, compared bytewise).
@@ -74,14 +81,26 @@ impl ExternalSorter {
             .iter()
             .map(|b| b.column(self.key).as_binary::<i32>())
             .collect();
-        let mut index: Vec<(usize, usize)> = self
-            .buffered
+        // Sorting on the keys' first 16 bytes, held inline, avoids a pointer
+        // chase and a memcmp per comparison; full keys break the rare ties.
+        let mut index: Vec<(u128, u32, u32)> = keys
             .iter()
             .enumerate()
-            .flat_map(|(b, batch)| (0..batch.num_rows()).map(move |r| (b, r)))
+            .flat_map(|(b, keys)| {
+                (0..keys.len()).map(move |r| (head(keys.value(r)), b as u32, r as u32))
+            })
             .collect();
-        index.sort_unstable_by(|x, y| keys[x.0].value(x.1).cmp(keys[y.0].value(y.1)));
+        index.sort_unstable_by(|x, y| {
+            x.0.cmp(&y.0).then_with(|| {
+                keys[x.1 as usize]
+                    .value(x.2 as usize)
+                    .cmp(keys[y.1 as usize].value(y.2 as usize))
+            })
+        });
         index
+            .into_iter()
+            .map(|(_, b, r)| (b as usize, r as usize))
+            .collect()
     }
 
     fn spill(&mut self) -> Result<(), ArrowError> {
@@ -137,21 +156,29 @@ impl ExternalSorter {
                 });
             }
         }
-        let mut heap = BinaryHeap::new();
-        for (run, cursor) in cursors.iter().enumerate() {
-            heap.push(Reverse((cursor.key(self.key).to_vec(), run)));
+        let mut order = Vec::with_capacity(cursors.len());
+        for run in 0..cursors.len() {
+            enqueue(&mut order, &cursors, self.key, run);
         }
         Ok(SortedBatches {
             stats: self.stats,
             out_rows,
             source: Source::Merge {
                 cursors,
-                heap,
+                order,
                 key: self.key,
             },
             _dir: self.dir,
         })
     }
+}
+
+/// Puts `run` into `order` (descending by current key, then run) by binary
+/// search: the runs are few, and keys are compared in place, not copied.
+fn enqueue(order: &mut Vec<usize>, cursors: &[Cursor], key: usize, run: usize) {
+    let new = (cursors[run].key(key), run);
+    let at = order.partition_point(|&r| (cursors[r].key(key), r) > new);
+    order.insert(at, run);
 }
 
 struct Cursor {
@@ -174,7 +201,8 @@ enum Source {
     },
     Merge {
         cursors: Vec<Cursor>,
-        heap: BinaryHeap<Reverse<(Vec<u8>, usize)>>,
+        /// Runs by their current key, largest first: the next row's run is last.
+        order: Vec<usize>,
         key: usize,
     },
 }
@@ -210,13 +238,17 @@ impl SortedBatches {
                 *next = end;
                 Ok(Some(batch))
             }
-            Source::Merge { cursors, heap, key } => {
+            Source::Merge {
+                cursors,
+                order,
+                key,
+            } => {
                 // Batches referenced by this output chunk, and where each run's current one is.
                 let mut arena: Vec<RecordBatch> = Vec::new();
                 let mut slot: Vec<Option<usize>> = vec![None; cursors.len()];
                 let mut picks: Vec<(usize, usize)> = Vec::with_capacity(self.out_rows);
                 while picks.len() < self.out_rows {
-                    let Some(Reverse((_, run))) = heap.pop() else {
+                    let Some(run) = order.pop() else {
                         break;
                     };
                     let cursor = &mut cursors[run];
@@ -236,7 +268,7 @@ impl SortedBatches {
                             None => continue,
                         }
                     }
-                    heap.push(Reverse((cursor.key(*key).to_vec(), run)));
+                    enqueue(order, cursors, *key, run);
                 }
                 if picks.is_empty() {
                     return Ok(None);
