@@ -99,9 +99,30 @@ def build_table(sluice, work, events):
     return ingest_rides(sluice, base, events, 500)
 
 
+def open_row(sluice, label, table, runs):
+    """Times opening `table` `runs` times; prints one row; returns the median."""
+    pointer = table / "_delta_log" / "_last_checkpoint"
+    checkpoint = json.loads(pointer.read_text()) if pointer.exists() else {"version": -1, "size": 0}
+    last = checkpoint["version"]
+    replay = sum(1 for c in (table / "_delta_log").glob("*.json") if int(c.stem) > last)
+    times = [json.loads(measured([sluice, "-q", "bench", "open", "--input", str(table)])[2])["seconds"]
+             for _ in range(runs)]
+    median = statistics.median(times)
+    files = table_stats(table)[0]
+    # Actions in the checkpoint: live adds plus the tombstones of files
+    # removed within delta.deletedFileRetentionDuration (kept for vacuum).
+    print(f"{label:>22} {files:>10} {replay:>22} {checkpoint['size']:>18} {median:>13.4f}")
+    return median
+
+
 def bench_log(sluice, work, sizes, runs):
-    """Opening a table with N commits (compacted, so the live files match)."""
-    print(f"{'commits':>8} {'live files':>10} {'json commits to replay':>22} {'checkpoint actions':>18} {'open seconds':>13}")
+    """Opening a table with N commits (compacted, so the live files match).
+
+    The largest size is also measured once its tombstones have expired: the
+    table's delta.deletedFileRetentionDuration is set to one second (with
+    delta-rs), and a new checkpoint leaves the expired tombstones out, as it
+    does for any table once its files were removed longer ago than that."""
+    print(f"{'commits':>22} {'live files':>10} {'json commits to replay':>22} {'checkpoint actions':>18} {'open seconds':>13}")
     medians = {}
     for commits in sizes:
         base = work / f"log-{commits}"
@@ -111,19 +132,21 @@ def bench_log(sluice, work, sizes, runs):
             # Same live files either way: compact, then checkpoint (history kept).
             subprocess.run([sluice, "-q", "compact", str(table), "--json"], check=True, capture_output=True)
             subprocess.run([sluice, "-q", "checkpoint", str(table), "--no-cleanup"], check=True, capture_output=True)
-        pointer = table / "_delta_log" / "_last_checkpoint"
-        checkpoint = json.loads(pointer.read_text()) if pointer.exists() else {"version": -1, "size": 0}
-        last = checkpoint["version"]
-        replay = sum(1 for c in (table / "_delta_log").glob("*.json") if int(c.stem) > last)
-        times = [json.loads(measured([sluice, "-q", "bench", "open", "--input", str(table)])[2])["seconds"]
-                 for _ in range(runs)]
-        medians[commits] = statistics.median(times)
-        files = table_stats(table)[0]
-        # Actions in the checkpoint: live adds plus the tombstones of files
-        # removed within delta.deletedFileRetentionDuration (kept for vacuum).
-        print(f"{commits:>8} {files:>10} {replay:>22} {checkpoint['size']:>18} {medians[commits]:>13.4f}")
+        medians[commits] = open_row(sluice, str(commits), table, runs)
     small, large = min(medians), max(medians)
+    expired = work / f"log-{large}-expired" / "rides"
+    shutil.rmtree(expired.parent, ignore_errors=True)
+    shutil.copytree(work / f"log-{large}" / "rides", expired)
+    subprocess.run([sys.executable, "-c",
+                    "from deltalake import DeltaTable; import sys; "
+                    "DeltaTable(sys.argv[1]).alter.set_table_properties("
+                    "{'delta.deletedFileRetentionDuration': 'interval 1 seconds'})", str(expired)], check=True)
+    time.sleep(1.5)
+    subprocess.run([sluice, "-q", "checkpoint", str(expired), "--no-cleanup"], check=True, capture_output=True)
+    expired_median = open_row(sluice, f"{large}, tombstones expired", expired, runs)
+    shutil.rmtree(expired.parent)
     print(f"open time {large} commits / {small} commits = {medians[large] / medians[small]:.2f}")
+    print(f"open time {large} commits with tombstones expired / {small} commits = {expired_median / medians[small]:.2f}")
 
 
 def main():
