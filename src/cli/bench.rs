@@ -6,6 +6,9 @@
 //!   thread, nothing else.
 //! - `file`: `sluice` ingest of the same file into a local table.
 //! - `open`: median time to open a table and load its snapshot.
+//! - `commit`: `--events` demo events ingested into the existing table at
+//!   `--input` in commits of 10 rows; reports the mean commit latency (batch
+//!   flush to landed commit, including the checkpoint every 10 commits).
 //! - `kafka`: the same events produced to the embedded broker while sluice
 //!   consumes them, never more than 100k ahead (the broker keeps only 5 MB
 //!   per partition), timed from the first produced event to the last commit;
@@ -76,6 +79,8 @@ pub enum BenchMode {
     Kafka,
     /// Open the table at `--input` (a table path) and load its snapshot, 5 times.
     Open,
+    /// Append `--events` rows to the table at `--input` in commits of 10 rows.
+    Commit,
     /// Build the erasure benchmark's table at `--lake`.
     EraseTable,
     /// `--workers` consumers into one table on the S3 server at `--s3-endpoint`.
@@ -148,6 +153,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 fleet: None,
             }
         }
+        BenchMode::Commit => commit(&args).await?,
         BenchMode::Open => {
             let path = input(&args)?;
             let url = crate::table::resolve_existing(&path.display().to_string())?;
@@ -174,6 +180,46 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
     };
     println!("{}", serde_json::to_string(&measurement).expect("json"));
     Ok(())
+}
+
+/// Appends demo events to an existing rides table in commits of 10 rows.
+async fn commit(args: &BenchArgs) -> Result<Measurement, CliError> {
+    let table = input(args)?;
+    let (Some(lake), Some(name)) = (table.parent(), table.file_name()) else {
+        return Err(CliError::Demo(format!(
+            "--input {} is not a table directory",
+            table.display()
+        )));
+    };
+    let events_file = tempfile::NamedTempFile::new()?;
+    {
+        let mut out = std::io::BufWriter::new(events_file.reopen()?);
+        let mut events = RideEvents::new(7, 1000, 0.0);
+        for _ in 0..args.events {
+            std::io::Write::write_all(&mut out, &events.next_event().payload)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+        }
+        std::io::Write::flush(&mut out)?;
+    }
+    let text = format!(
+        "[lake]\nroot = \"{}\"\n\n[batching]\nmax_rows = 10\n\n[maintenance]\nenabled = false\n\n[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"{}\"\n\n[[tables]]\nname = \"{}\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}",
+        lake.display(),
+        events_file.path().display(),
+        name.to_string_lossy()
+    );
+    let config = Config::parse(&text, "bench config")?;
+    config.validate()?;
+    let stats = Arc::new(IngestStats::new());
+    crate::ingest::run(&config, CancellationToken::new(), stats.clone()).await?;
+    let (_, commits, sum) = stats.commit_seconds().read();
+    Ok(Measurement {
+        mode: args.mode,
+        events: commits,
+        bytes: 0,
+        seconds: sum / commits.max(1) as f64,
+        peak_rss_kib: 0,
+        fleet: None,
+    })
 }
 
 fn fresh_lake(dir: &std::path::Path) -> Result<String, CliError> {
