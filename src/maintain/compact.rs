@@ -35,7 +35,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::files::{live_files_by_partition, partition_label, read_batches, LiveFile};
-use super::{commit_rewrite, MaintainError, RewriteOutcome};
+use super::{commit_rewrite, AbortOnDrop, MaintainError, RewriteOutcome};
 use crate::table::writer::writer_properties;
 
 /// Bins written at once (one Parquet encoder per core).
@@ -158,10 +158,10 @@ pub async fn compact(
     let snapshot_table = table.clone();
     let mut written = futures::stream::iter(jobs.into_iter().map(move |(partition, bin)| {
         let (reader, options, key) = (snapshot_table.clone(), options.clone(), key.clone());
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let adds = write_bin(&reader, &bin, &options, key.as_deref()).await;
             (partition, bin, adds)
-        })
+        }))
     }))
     .buffer_unordered(PARALLEL_BINS);
     let mut done = 0u64;

@@ -128,3 +128,25 @@ pub fn is_conflict(error: &DeltaTableError) -> bool {
         } | DeltaTableError::VersionAlreadyExists(_)
     )
 }
+
+/// A spawned rewrite task that is aborted when dropped: a maintenance job
+/// dropped on shutdown stops the tasks it started instead of leaving them
+/// writing files nobody will commit.
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

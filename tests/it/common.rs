@@ -431,3 +431,20 @@ pub async fn wait_for_rows(
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
+
+/// Every file below `root`.
+pub fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files
+}

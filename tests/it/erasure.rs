@@ -72,23 +72,6 @@ async fn ledger_requests(config: &Config) -> Vec<sluice::erase::ledger::Request>
     ledger.requests().await.unwrap()
 }
 
-/// Every file below `root`.
-fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
-
 /// Every file under `root` whose raw bytes contain `needle`.
 fn raw_hits(root: &Path, needle: &str) -> Vec<String> {
     files_under(root)

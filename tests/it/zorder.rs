@@ -239,6 +239,40 @@ async fn partitions_are_ordered_side_by_side_each_on_its_own() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_zorder_stops_writing() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("events.ndjson");
+    write_events(&input, 0, 120_000, 20_000);
+    ingest_file(&lake, &input, "max_rows = 20000").await;
+    let table_path = lake.table("events");
+    let parquet_files = || {
+        files_under(&table_path)
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .count()
+    };
+    let before = parquet_files();
+    let options = ZOrderOptions {
+        columns: vec!["user_id".into()],
+        target_size: 64 << 10,
+        memory_budget: 2 << 20,
+        ..ZOrderOptions::default()
+    };
+    let mut table = load(&table_path).await;
+    // Dropped while it still reads and sorts (shutdown of the maintenance loop).
+    let run = zorder(&mut table, &options, &|_| {});
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(150), run)
+            .await
+            .is_err(),
+        "the z-order must still be running when it is dropped"
+    );
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    assert_eq!(parquet_files(), before, "no file written after the drop");
+    assert_eq!(load(&table_path).await.version(), table.version());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_change_nothing() {
     let lake = Lake::new();
     let input = lake.dir.path().join("events.ndjson");

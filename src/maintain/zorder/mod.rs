@@ -49,7 +49,7 @@ use deltalake::DeltaTable;
 use serde::Serialize;
 
 use super::files::{live_files_by_partition, partition_label, read_batches, LiveFile};
-use super::{commit_rewrite, MaintainError, RewriteOutcome};
+use super::{commit_rewrite, AbortOnDrop, MaintainError, RewriteOutcome};
 use crate::table::writer::writer_properties;
 use key::{common_prefix, supported, KeyBuilder};
 use sort::ExternalSorter;
@@ -212,7 +212,7 @@ pub async fn zorder(
             key_column: key_column.clone(),
             columns_tag: columns_tag.clone(),
         };
-        let handle = tokio::spawn(job.run());
+        let handle = AbortOnDrop(tokio::spawn(job.run()));
         async move {
             let rewritten = handle
                 .await
