@@ -100,7 +100,9 @@ pub async fn commit_rewrite(
         }
         let properties = CommitProperties::default()
             .with_metadata([("sluice".to_string(), info.clone())])
-            .with_max_retries(0);
+            .with_max_retries(0)
+            // As for data commits: log expiry is the loop's job, not every commit's.
+            .with_cleanup_expired_logs(Some(false));
         let committed = CommitBuilder::from(properties)
             .with_actions(actions.clone())
             .build(Some(snapshot), table.log_store(), operation.clone())

@@ -134,7 +134,11 @@ async fn try_commit(
     let properties = CommitProperties::default()
         .with_application_transactions(txns)
         .with_metadata([(COMMIT_INFO_KEY.to_string(), lineage)])
-        .with_max_retries(3);
+        .with_max_retries(3)
+        // delta-rs would otherwise list the whole log after every commit to
+        // expire old entries, a cost that grows with history; the
+        // maintenance loop and `sluice checkpoint` expire the log instead.
+        .with_cleanup_expired_logs(Some(false));
     let operation = DeltaOperation::StreamingUpdate {
         output_mode: OutputMode::Append,
         query_id: query_id.to_string(),

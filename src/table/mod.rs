@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod dead_letter;
 pub mod lineage;
+pub mod local_store;
 pub mod schema;
 pub mod writer;
 
@@ -66,10 +67,18 @@ impl TableError {
 }
 
 /// Registers the object stores sluice can write to besides local disk
-/// (`s3://`, and S3-compatible stores through an endpoint override).
+/// (`s3://`, and S3-compatible stores through an endpoint override), and
+/// local disk's own ([`local_store`]: listing the log from a version does
+/// not stat every log file).
 pub fn register_object_stores() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| deltalake::aws::register_handlers(None));
+    ONCE.call_once(|| {
+        deltalake::aws::register_handlers(None);
+        deltalake::logstore::object_store_factories().insert(
+            Url::parse("file://").expect("valid url"),
+            Arc::new(local_store::LocalStoreFactory),
+        );
+    });
 }
 
 /// Checks that the lake root can be listed with its storage options, within
