@@ -87,15 +87,29 @@ fn list_after(prefix: &Path, offset: &Path) -> std::io::Result<Option<Listed>> {
         files: Vec::new(),
         subdirs: Vec::new(),
     };
+    // Names are compared with the offset's remainder below `prefix`; a Path
+    // is built only for what is returned.
+    let base = format!("{prefix}/");
+    let rest = offset.as_ref().strip_prefix(base.as_str());
+    let after = |name: &str| match rest {
+        Some(rest) => name > rest,
+        None => format!("{base}{name}").as_str() > offset.as_ref(),
+    };
+    let holds_offset = |name: &str| match rest {
+        Some(rest) => rest.starts_with(name),
+        None => offset
+            .as_ref()
+            .starts_with(format!("{base}{name}").as_str()),
+    };
     for entry in entries {
         let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str() else {
             return Ok(None);
         };
-        if !plain(&name) || name.starts_with('.') {
+        if !plain(name) || name.starts_with('.') {
             return Ok(None);
         }
-        let location = prefix.clone().join(name.as_str());
         let file_type = entry.file_type()?;
         if file_type.is_symlink() {
             return Ok(None);
@@ -103,13 +117,12 @@ fn list_after(prefix: &Path, offset: &Path) -> std::io::Result<Option<Listed>> {
         if file_type.is_dir() {
             // Objects below it sort after the offset if it does, or if it is
             // a prefix of the offset.
-            if location.as_ref() > offset.as_ref() || offset.as_ref().starts_with(location.as_ref())
-            {
-                listed.subdirs.push(location);
+            if after(name) || holds_offset(name) {
+                listed.subdirs.push(prefix.clone().join(name));
             }
             continue;
         }
-        if location.as_ref() <= offset.as_ref() {
+        if !after(name) {
             continue;
         }
         let metadata = match entry.metadata() {
@@ -118,7 +131,9 @@ fn list_after(prefix: &Path, offset: &Path) -> std::io::Result<Option<Listed>> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
         };
-        listed.files.push(object_meta(location, &metadata));
+        listed
+            .files
+            .push(object_meta(prefix.clone().join(name), &metadata));
     }
     Ok(Some(listed))
 }
