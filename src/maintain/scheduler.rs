@@ -178,7 +178,6 @@ impl MaintenanceLoop {
             .last_vacuum
             .is_none_or(|t| t.elapsed() >= self.config.vacuum_interval.0)
         {
-            self.last_vacuum = Some(Instant::now());
             let name = format!("{}/vacuum", self.name);
             match self
                 .leases
@@ -202,6 +201,9 @@ impl MaintenanceLoop {
                 }
                 None => report.skipped_by_lease += 1,
             }
+            // Only once it ran (here or elsewhere in the fleet): a failed
+            // vacuum is retried next round, not a whole interval later.
+            self.last_vacuum = Some(Instant::now());
         }
         Ok(report)
     }

@@ -9,7 +9,10 @@
 //! server.) [`LocalStore`] reads a plain directory's names, skips those at or
 //! before the offset by name alone, and stats only the rest; every other call,
 //! and any listing it cannot answer that way (names that `LocalFileSystem`
-//! would percent-encode, symbolic links), goes to `LocalFileSystem` unchanged.
+//! would percent-encode, symbolic links, unreadable entries), goes to
+//! `LocalFileSystem` unchanged. (Unix only; the store registered for
+//! `file://` keeps delta-rs's default elsewhere, and the IO runtime option
+//! of delta-rs's factory does not apply to it.)
 
 use std::fmt;
 use std::path::PathBuf;
@@ -102,15 +105,24 @@ fn list_after(prefix: &Path, offset: &Path) -> std::io::Result<Option<Listed>> {
             .starts_with(format!("{base}{name}").as_str()),
     };
     for entry in entries {
-        let entry = entry?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(_) => return Ok(None),
+        };
         let file_name = entry.file_name();
         let Some(name) = file_name.to_str() else {
             return Ok(None);
         };
-        if !plain(name) || name.starts_with('.') {
+        if !plain(name) {
             return Ok(None);
         }
-        let file_type = entry.file_type()?;
+        // From the directory entry where the file system records it (no stat).
+        let file_type = match entry.file_type() {
+            Ok(file_type) => file_type,
+            // Deleted since the directory was read (log cleanup): not listed.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(_) => return Ok(None),
+        };
         if file_type.is_symlink() {
             return Ok(None);
         }
@@ -122,7 +134,8 @@ fn list_after(prefix: &Path, offset: &Path) -> std::io::Result<Option<Listed>> {
             }
             continue;
         }
-        if !after(name) {
+        // Only regular files are objects (as for LocalFileSystem).
+        if !file_type.is_file() || !after(name) {
             continue;
         }
         let metadata = match entry.metadata() {
@@ -268,6 +281,14 @@ impl ObjectStoreFactory for LocalStoreFactory {
         url: &Url,
         _config: &StorageConfig,
     ) -> Result<(ObjectStoreRef, Path), DeltaTableError> {
+        // Like object_store's own parsing: a host other than localhost is
+        // not a local path.
+        if url
+            .host_str()
+            .is_some_and(|h| !h.is_empty() && h != "localhost")
+        {
+            return Err(DeltaTableError::InvalidTableLocation(url.to_string()));
+        }
         let path = Path::from_url_path(url.path())
             .map_err(|_| DeltaTableError::InvalidTableLocation(url.to_string()))?;
         Ok((Arc::new(LocalStore::new()), path))
@@ -302,6 +323,7 @@ mod tests {
             "00000000000000000002.checkpoint.parquet",
             "_last_checkpoint",
             "_staged/00000000000000000000.uuid.json",
+            ".00000000000000000002.json.crc",
         ] {
             store
                 .put(&Path::from(format!("{log}/{name}")), "x".into())
@@ -314,6 +336,7 @@ mod tests {
             "00000000000000000001.zzz",
             "00000000000000000002.json",
             "_",
+            "-",
         ] {
             let offset = log.clone().join(offset);
             let ours = listed(&store, &log, &offset).await;

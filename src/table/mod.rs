@@ -8,6 +8,7 @@
 pub mod commit;
 pub mod dead_letter;
 pub mod lineage;
+#[cfg(unix)]
 pub mod local_store;
 pub mod schema;
 pub mod writer;
@@ -74,6 +75,7 @@ pub fn register_object_stores() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         deltalake::aws::register_handlers(None);
+        #[cfg(unix)]
         deltalake::logstore::object_store_factories().insert(
             Url::parse("file://").expect("valid url"),
             Arc::new(local_store::LocalStoreFactory),

@@ -7,9 +7,10 @@
 //! Rows stream from the input files into an external sort ([`sort`]) that
 //! keeps at most half the memory budget of rows in memory and spills sorted
 //! runs to local disk; the merge holds one batch per run. Peak memory is the
-//! budget plus a fixed overhead, whatever the partition size. Partitions are
-//! rewritten side by side, one per core, while each still gets at least
-//! 128 MiB; the budget is shared between them.
+//! budget plus a fixed overhead, whatever the partition size. Up to two
+//! partitions are rewritten side by side while each still gets at least
+//! 128 MiB; the budget is shared between them, and the overhead (a writer's
+//! row group and read-ahead per partition) stays fixed.
 //!
 //! # Incremental runs
 //!
@@ -64,6 +65,9 @@ const KEY_COLUMN: &str = "__sluice_zorder_key";
 const MERGED_AHEAD: usize = 4;
 /// Least memory budget a partition sorted alongside others gets.
 const MIN_JOB_BUDGET: usize = 128 << 20;
+/// Most partitions rewritten at once (one Parquet encoder per core of a
+/// small worker, as compaction's bins).
+const PARALLEL_PARTITIONS: usize = 2;
 
 /// What to Z-order and how.
 #[derive(Debug, Clone)]
@@ -275,12 +279,15 @@ pub async fn zorder(
     Ok(metrics)
 }
 
-/// Partitions rewritten at once: one per core while each still gets at
-/// least [`MIN_JOB_BUDGET`] of the memory budget.
+/// Partitions rewritten at once: up to [`PARALLEL_PARTITIONS`] (and no more
+/// than the cores) while each still gets at least [`MIN_JOB_BUDGET`] of the
+/// memory budget. Each job also holds a writer's row group and read-ahead
+/// outside the budget, so the cap keeps that overhead fixed.
 fn concurrency(partitions: usize, memory_budget: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     partitions
         .min(cores)
+        .min(PARALLEL_PARTITIONS)
         .min(memory_budget / MIN_JOB_BUDGET)
         .max(1)
 }

@@ -28,14 +28,25 @@ pub struct SortStats {
     pub peak_buffered: u64,
 }
 
-/// A key's first 16 bytes as a number that orders like the bytes (short
+/// A key's first 8 bytes as a number that orders like the bytes (short
 /// keys are zero-padded, so equal heads still need the full comparison).
-fn head(key: &[u8]) -> u128 {
-    let mut bytes = [0u8; 16];
-    let n = key.len().min(16);
+fn head(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
     bytes[..n].copy_from_slice(&key[..n]);
-    u128::from_be_bytes(bytes)
+    u64::from_be_bytes(bytes)
 }
+
+/// Interleave indices of one chunk of a sorted index.
+fn picks(chunk: &[(u64, u32, u32)]) -> Vec<(usize, usize)> {
+    chunk
+        .iter()
+        .map(|&(_, b, r)| (b as usize, r as usize))
+        .collect()
+}
+
+/// Bytes of the sort index per buffered row.
+const INDEX_BYTES_PER_ROW: usize = std::mem::size_of::<(u64, u32, u32)>();
 
 /// Sorts batches by their key column (a binary column, compared bytewise).
 pub struct ExternalSorter {
@@ -66,7 +77,9 @@ impl ExternalSorter {
 
     /// Adds a batch; spills a sorted run when half the budget is buffered.
     pub fn push(&mut self, batch: RecordBatch) -> Result<(), ArrowError> {
-        self.buffered_bytes += batch.get_array_memory_size();
+        // The rows, and the index that will sort them.
+        self.buffered_bytes +=
+            batch.get_array_memory_size() + batch.num_rows() * INDEX_BYTES_PER_ROW;
         self.stats.peak_buffered = self.stats.peak_buffered.max(self.buffered_bytes as u64);
         self.buffered.push(batch);
         if self.buffered_bytes >= self.budget / 2 {
@@ -75,15 +88,17 @@ impl ExternalSorter {
         Ok(())
     }
 
-    fn sorted_index(&self) -> Vec<(usize, usize)> {
+    /// The buffered rows in key order, as (head, batch, row): 16 bytes a
+    /// row, counted in the buffered bytes.
+    fn sorted_index(&self) -> Vec<(u64, u32, u32)> {
         let keys: Vec<&BinaryArray> = self
             .buffered
             .iter()
             .map(|b| b.column(self.key).as_binary::<i32>())
             .collect();
-        // Sorting on the keys' first 16 bytes, held inline, avoids a pointer
-        // chase and a memcmp per comparison; full keys break the rare ties.
-        let mut index: Vec<(u128, u32, u32)> = keys
+        // Sorting on the keys' first 8 bytes, held inline, avoids a pointer
+        // chase and a memcmp per comparison; full keys break the ties.
+        let mut index: Vec<(u64, u32, u32)> = keys
             .iter()
             .enumerate()
             .flat_map(|(b, keys)| {
@@ -98,9 +113,6 @@ impl ExternalSorter {
             })
         });
         index
-            .into_iter()
-            .map(|(_, b, r)| (b as usize, r as usize))
-            .collect()
     }
 
     fn spill(&mut self) -> Result<(), ArrowError> {
@@ -116,7 +128,7 @@ impl ExternalSorter {
         let mut writer = FileWriter::try_new(BufWriter::new(file), &self.schema)?;
         let refs: Vec<&RecordBatch> = self.buffered.iter().collect();
         for chunk in index.chunks(OUT_ROWS) {
-            writer.write(&interleave_record_batch(&refs, chunk)?)?;
+            writer.write(&interleave_record_batch(&refs, &picks(chunk))?)?;
         }
         writer.finish()?;
         self.stats.spilled_runs += 1;
@@ -196,7 +208,7 @@ impl Cursor {
 enum Source {
     Memory {
         batches: Vec<RecordBatch>,
-        index: Vec<(usize, usize)>,
+        index: Vec<(u64, u32, u32)>,
         next: usize,
     },
     Merge {
@@ -234,7 +246,7 @@ impl SortedBatches {
                 }
                 let end = (*next + self.out_rows).min(index.len());
                 let refs: Vec<&RecordBatch> = batches.iter().collect();
-                let batch = interleave_record_batch(&refs, &index[*next..end])?;
+                let batch = interleave_record_batch(&refs, &picks(&index[*next..end]))?;
                 *next = end;
                 Ok(Some(batch))
             }
