@@ -186,6 +186,11 @@ pub async fn run_with_budget(
             .await
             .map_err(|e| IngestError::Task(table_config.name.clone(), e.to_string()))?;
             maintenance.push(scheduler::spawn(maintenance_loop, maintenance_stop.clone()));
+        } else {
+            tracing::info!(
+                table = %table_config.name,
+                "maintenance is disabled: run `sluice compact`, `sluice checkpoint` (which expires the log) and `sluice vacuum` on a schedule, or small files, log entries and removed files accumulate"
+            );
         }
     }
     stats.set_started(true);
