@@ -185,6 +185,8 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
 /// Appends demo events to an existing rides table in commits of 10 rows.
 async fn commit(args: &BenchArgs) -> Result<Measurement, CliError> {
     let table = input(args)?;
+    // An existing table only: this mode measures commits, it creates nothing.
+    crate::table::resolve_existing(&table.display().to_string())?;
     let (Some(lake), Some(name)) = (table.parent(), table.file_name()) else {
         return Err(CliError::Demo(format!(
             "--input {} is not a table directory",
@@ -201,13 +203,16 @@ async fn commit(args: &BenchArgs) -> Result<Measurement, CliError> {
         }
         std::io::Write::flush(&mut out)?;
     }
-    let text = format!(
-        "[lake]\nroot = \"{}\"\n\n[batching]\nmax_rows = 10\n\n[maintenance]\nenabled = false\n\n[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"{}\"\n\n[[tables]]\nname = \"{}\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}",
-        lake.display(),
-        events_file.path().display(),
-        name.to_string_lossy()
-    );
-    let config = Config::parse(&text, "bench config")?;
+    let mut config = rides_config(
+        &lake.display().to_string(),
+        &format!(
+            "[[sources]]\nkind = \"file\"\nname = \"bench\"\npath = \"{}\"",
+            events_file.path().display()
+        ),
+    )?;
+    config.batching.max_rows = 10;
+    config.maintenance.enabled = false;
+    config.tables[0].name = name.to_string_lossy().into_owned();
     config.validate()?;
     let stats = Arc::new(IngestStats::new());
     crate::ingest::run(&config, CancellationToken::new(), stats.clone()).await?;
