@@ -307,20 +307,73 @@ struct PartitionJob {
 impl PartitionJob {
     /// Sorts and writes the inputs; returns them with the run id and the files written.
     async fn run(self) -> Result<(Vec<LiveFile>, String, Rewritten), MaintainError> {
-        let builder = KeyBuilder::new(self.options.columns.clone(), &self.types, self.prefixes)?;
         let run_id = uuid::Uuid::new_v4().to_string();
-        let rewritten = rewrite(
-            &self.table,
-            &self.schema,
-            &self.inputs,
-            &builder,
-            &self.options,
-            self.key_column.as_deref(),
-            &self.columns_tag,
-            &run_id,
-        )
-        .await?;
+        let rewritten = self.rewrite(&run_id).await?;
         Ok((self.inputs, run_id, rewritten))
+    }
+
+    /// Reads, sorts and writes the partition's rows as one run tagged `run_id`.
+    async fn rewrite(&self, run_id: &str) -> Result<Rewritten, MaintainError> {
+        let (table, inputs, options) = (&self.table, &self.inputs, &self.options);
+        let builder = KeyBuilder::new(options.columns.clone(), &self.types, self.prefixes.clone())?;
+        let mut sorter: Option<ExternalSorter> = None;
+        let mut batches = read_batches(table.object_store(), inputs.clone(), self.schema.clone());
+        while let Some(batch) = batches.recv().await {
+            let keyed = with_key(&batch?, &builder)?;
+            let sorter = match &mut sorter {
+                Some(sorter) => sorter,
+                None => sorter.insert(ExternalSorter::new(
+                    keyed.schema(),
+                    keyed.num_columns() - 1,
+                    options.memory_budget,
+                )?),
+            };
+            sorter.push(keyed)?;
+        }
+        let Some(sorter) = sorter else {
+            return Ok(Rewritten {
+                adds: Vec::new(),
+                rows: 0,
+                spilled_runs: 0,
+                spilled_bytes: 0,
+                peak_buffered: 0,
+            });
+        };
+        // Small output batches let the writer roll files close to the target.
+        let bytes_in: u64 = inputs.iter().map(|f| f.size).sum();
+        let rows_in: u64 = inputs.iter().filter_map(|f| f.rows).sum::<u64>().max(1);
+        let bytes_per_row = (bytes_in / rows_in).max(1);
+        let out_rows = (options.target_size / bytes_per_row / 8).clamp(256, 8192) as usize;
+        let sorted = sorter.finish(out_rows)?;
+        let mut writer = RecordBatchWriter::for_table(table)?
+            .with_writer_properties(writer_properties(self.key_column.as_deref()))
+            .with_target_file_size(options.target_size);
+        // The merge runs on a blocking thread while this task encodes what it
+        // produced: on two cores the two halves overlap.
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(MERGED_AHEAD);
+        let merging = tokio::task::spawn_blocking(move || merge_into(sorted, tx));
+        let mut rows = 0u64;
+        while let Some(batch) = rx.recv().await {
+            rows += batch.num_rows() as u64;
+            writer.write(batch).await?;
+        }
+        let stats = merging
+            .await
+            .map_err(|e| MaintainError::Invalid(format!("z-order merge task failed: {e}")))??;
+        let mut adds = writer.flush().await?;
+        for add in &mut adds {
+            add.data_change = false;
+            let tags = add.tags.get_or_insert_with(Default::default);
+            tags.insert(COLUMNS_TAG.to_string(), Some(self.columns_tag.clone()));
+            tags.insert(RUN_TAG.to_string(), Some(run_id.to_string()));
+        }
+        Ok(Rewritten {
+            adds,
+            rows,
+            spilled_runs: stats.spilled_runs,
+            spilled_bytes: stats.spilled_bytes,
+            peak_buffered: stats.peak_buffered,
+        })
     }
 }
 
@@ -426,77 +479,6 @@ struct Rewritten {
     spilled_runs: u64,
     spilled_bytes: u64,
     peak_buffered: u64,
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn rewrite(
-    table: &DeltaTable,
-    schema: &SchemaRef,
-    inputs: &[LiveFile],
-    builder: &KeyBuilder,
-    options: &ZOrderOptions,
-    key_column: Option<&str>,
-    columns_tag: &str,
-    run_id: &str,
-) -> Result<Rewritten, MaintainError> {
-    let mut sorter: Option<ExternalSorter> = None;
-    let mut batches = read_batches(table.object_store(), inputs.to_vec(), schema.clone());
-    while let Some(batch) = batches.recv().await {
-        let keyed = with_key(&batch?, builder)?;
-        let sorter = match &mut sorter {
-            Some(sorter) => sorter,
-            None => sorter.insert(ExternalSorter::new(
-                keyed.schema(),
-                keyed.num_columns() - 1,
-                options.memory_budget,
-            )?),
-        };
-        sorter.push(keyed)?;
-    }
-    let Some(sorter) = sorter else {
-        return Ok(Rewritten {
-            adds: Vec::new(),
-            rows: 0,
-            spilled_runs: 0,
-            spilled_bytes: 0,
-            peak_buffered: 0,
-        });
-    };
-    // Small output batches let the writer roll files close to the target.
-    let bytes_in: u64 = inputs.iter().map(|f| f.size).sum();
-    let rows_in: u64 = inputs.iter().filter_map(|f| f.rows).sum::<u64>().max(1);
-    let bytes_per_row = (bytes_in / rows_in).max(1);
-    let out_rows = (options.target_size / bytes_per_row / 8).clamp(256, 8192) as usize;
-    let sorted = sorter.finish(out_rows)?;
-    let mut writer = RecordBatchWriter::for_table(table)?
-        .with_writer_properties(writer_properties(key_column))
-        .with_target_file_size(options.target_size);
-    // The merge runs on a blocking thread while this task encodes what it
-    // produced: on two cores the two halves overlap.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<RecordBatch>(MERGED_AHEAD);
-    let merging = tokio::task::spawn_blocking(move || merge_into(sorted, tx));
-    let mut rows = 0u64;
-    while let Some(batch) = rx.recv().await {
-        rows += batch.num_rows() as u64;
-        writer.write(batch).await?;
-    }
-    let stats = merging
-        .await
-        .map_err(|e| MaintainError::Invalid(format!("z-order merge task failed: {e}")))??;
-    let mut adds = writer.flush().await?;
-    for add in &mut adds {
-        add.data_change = false;
-        let tags = add.tags.get_or_insert_with(Default::default);
-        tags.insert(COLUMNS_TAG.to_string(), Some(columns_tag.to_string()));
-        tags.insert(RUN_TAG.to_string(), Some(run_id.to_string()));
-    }
-    Ok(Rewritten {
-        adds,
-        rows,
-        spilled_runs: stats.spilled_runs,
-        spilled_bytes: stats.spilled_bytes,
-        peak_buffered: stats.peak_buffered,
-    })
 }
 
 /// Sends the merged batches, without their key column, until the end or
