@@ -449,7 +449,9 @@ async fn two_workers_share_shards_and_a_crash_loses_nothing() {
         }
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "shards not shared: {a} + {b}"
+            "shards not shared: {a} + {b} (worker tasks ended: {}, {})",
+            first.task.is_finished(),
+            second.task.is_finished()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
