@@ -59,6 +59,10 @@ pub struct RequestArgs {
 /// Arguments of `sluice forget apply`.
 #[derive(Debug, clap::Args)]
 pub struct ApplyArgs {
+    /// How long to wait when another erasure run (a `serve`/`ingest`
+    /// worker's loop, or another `apply`) holds the lease.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -165,7 +169,8 @@ async fn request(config: &Config, args: RequestArgs) -> Result<(), CliError> {
 }
 
 async fn apply(config: &Config, args: ApplyArgs) -> Result<(), CliError> {
-    let run = erase::apply_all(config, now_ms(), None).await?;
+    let worker = format!("cli-{}", crate::ingest::worker_id());
+    let run = erase::apply_under_lease(config, &worker, args.wait).await?;
     if args.json {
         println!("{}", json(&run));
         return Ok(());
@@ -201,6 +206,14 @@ async fn apply(config: &Config, args: ApplyArgs) -> Result<(), CliError> {
             p.checkpoint_version,
             p.log_files_deleted
         );
+        for (id, hits) in &p.held {
+            println!(
+                "{}: request {id} stays deleted, the key is still in {} object(s) (e.g. {}); the next run purges again",
+                p.table,
+                hits.len(),
+                hits[0]
+            );
+        }
     }
     Ok(())
 }

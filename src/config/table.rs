@@ -35,6 +35,11 @@ pub struct TableConfig {
     /// Dead-letter table location; default `<lake.root>/<name>_dead_letters`.
     #[serde(default)]
     pub dead_letter_uri: Option<String>,
+    /// Delta table properties set when the table and its dead-letter table
+    /// are created (e.g. `"delta.deletedFileRetentionDuration" = "interval 2 days"`);
+    /// they override sluice's defaults and do not change existing tables.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
 }
 
 /// One declared column.

@@ -335,6 +335,28 @@ pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
             Some(_) => {}
         }
     }
+    for (name, value) in &table.properties {
+        let at = format!("properties.\"{name}\"");
+        if !name.starts_with("delta.") {
+            add(
+                at,
+                "only Delta table properties (`delta.*`) can be set".into(),
+            );
+        } else if name.ends_with("Duration") && crate::table::parse_interval(value).is_none() {
+            add(
+                at,
+                format!("`{value}` is not an interval such as `interval 7 days`"),
+            );
+        } else if !crate::table::SAFE_PROPERTIES.contains(&name.as_str()) {
+            add(
+                at,
+                format!(
+                    "is not one sluice can keep readable by Spark and BigQuery; allowed: {}",
+                    crate::table::SAFE_PROPERTIES.join(", ")
+                ),
+            );
+        }
+    }
     if table.partition_by.len() == types.len() {
         add(
             "partition_by".into(),

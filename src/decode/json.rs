@@ -375,6 +375,7 @@ mod tests {
             metadata_columns: vec![],
             zorder_by: vec![],
             dead_letter_uri: None,
+            properties: Default::default(),
         };
         let decoder = JsonDecoder::new(&table).unwrap();
         let records = vec![

@@ -27,10 +27,12 @@
 //! Late records: ingestion suppresses keys it knows of, but records that
 //! arrive between a request and the ingest process's next ledger refresh can
 //! still land. So a request stays pending on a table until it is purged:
-//! every run re-checks the files written since its last deletion (minus a
-//! safety margin), and deletes stragglers in a further commit.
+//! every run re-checks the files added to the table after the version its
+//! last deletion was planned on (by table version, never by file time, so
+//! a slow commit or a worker's skewed clock cannot hide a straggler), and
+//! deletes stragglers in a further commit.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -57,8 +59,6 @@ use crate::table::writer::writer_properties;
 const PARALLEL_FILES: usize = 2;
 /// Candidate files confirmed at once (bloom filter and key column reads: mostly I/O).
 const PARALLEL_CONFIRMS: usize = 8;
-/// Files written this long before a request's last deletion are re-checked for late records.
-const STRAGGLER_MARGIN_MS: i64 = 10 * 60 * 1000;
 /// Times a table is planned again after a concurrent rewrite removed a candidate.
 const REPLANS: u32 = 5;
 /// Output file size for rewritten files (one input file gives one output file).
@@ -95,9 +95,10 @@ pub struct TableApplyReport {
     pub seconds: f64,
 }
 
-/// One delete scope: keys to look for in files written at or after `since_ms`.
+/// One delete scope: keys to look for in files added after table version
+/// `since` (`None`: in every file).
 struct Scope {
-    since_ms: i64,
+    since: Option<i64>,
     sets: Vec<KeySet>,
 }
 
@@ -115,30 +116,44 @@ struct Rewritten {
 }
 
 /// Records the pending requests of a table that does not exist (a
-/// dead-letter table no record was ever rejected into): nothing to delete,
-/// nothing to purge.
+/// dead-letter table no record was ever rejected into): nothing to delete
+/// now, and purged once the retention a table would have had has passed
+/// since, like any other table. Until then the table may still appear (a
+/// record rejected before ingestion knew of the request) and is then
+/// applied and purged as usual.
 pub async fn record_absent(
     ledger: &mut Ledger,
     target: &TableTarget,
     now_ms: i64,
 ) -> Result<TableApplyReport, EraseError> {
+    let retention_ms = target
+        .config
+        .properties
+        .get("delta.deletedFileRetentionDuration")
+        .and_then(|v| crate::table::parse_interval(v))
+        .unwrap_or(crate::maintain::vacuum::DEFAULT_RETENTION)
+        .as_millis() as i64;
     let mut events = Vec::new();
     for request in ledger.requests().await? {
         let Some(progress) = request.tables.get(&target.name) else {
             continue;
         };
-        if progress.deletions.is_empty() {
-            events.push(deleted_event(
-                &request.id,
-                &target.name,
-                None,
-                now_ms,
-                None,
-                0,
-                0,
-            ));
-        }
-        if progress.purged.is_none() {
+        let deleted_at = match progress.deletions.last() {
+            Some(last) => last.at_ms,
+            None => {
+                events.push(deleted_event(
+                    &request.id,
+                    &target.name,
+                    None,
+                    now_ms,
+                    None,
+                    0,
+                    0,
+                ));
+                now_ms
+            }
+        };
+        if progress.purged.is_none() && deleted_at + retention_ms <= now_ms {
             let mut purged = LedgerEvent::new(&request.id, EventKind::Purged, now_ms);
             purged.table = Some(target.name.clone());
             purged.detail = Some(r#"{"table_absent":true}"#.into());
@@ -229,22 +244,22 @@ async fn delete_once(
         };
         let value = KeyValue::parse(&request.key_value, kind)
             .map_err(|e| EraseError::Invalid(format!("request {}: {e}", request.id)))?;
-        let since_ms = match progress.deletions.last() {
+        let since = match progress.deletions.last() {
             None => {
                 fresh.push(request);
-                i64::MIN
+                None
             }
-            Some(last) => last.at_ms - STRAGGLER_MARGIN_MS,
+            Some(last) => last.read_version,
         };
         owners
             .entry((request.key_column.clone(), value.clone()))
             .or_default()
             .push(request.id.clone());
-        let scope = match scopes.iter_mut().find(|s| s.since_ms == since_ms) {
+        let scope = match scopes.iter_mut().find(|s| s.since == since) {
             Some(scope) => scope,
             None => {
                 scopes.push(Scope {
-                    since_ms,
+                    since,
                     sets: Vec::new(),
                 });
                 scopes.last_mut().expect("just pushed")
@@ -271,9 +286,15 @@ async fn delete_once(
         .flatten()
         .collect();
     report.files_total = files.len() as u64;
+    let mut added: HashMap<i64, Option<HashSet<String>>> = HashMap::new();
+    for version in scopes.iter().filter_map(|s| s.since) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = added.entry(version) {
+            entry.insert(added_since(table, version).await);
+        }
+    }
     let in_range: Vec<Candidate> = files
         .into_iter()
-        .filter_map(|file| candidate(file, &scopes, target.source))
+        .filter_map(|file| candidate(file, &scopes, &added, target.source))
         .collect();
     report.files_in_range = in_range.len() as u64;
 
@@ -333,7 +354,12 @@ async fn delete_once(
         // Nothing holds the keys: the fresh requests are done as of this version.
         let events: Vec<LedgerEvent> = fresh
             .iter()
-            .map(|r| deleted_event(&r.id, &target.name, Some(read_version), now_ms, None, 0, 0))
+            .map(|r| {
+                let mut e =
+                    deleted_event(&r.id, &target.name, Some(read_version), now_ms, None, 0, 0);
+                e.detail = Some(read_detail(read_version));
+                e
+            })
             .collect();
         ledger.append(&events).await?;
         return Ok(Some(std::mem::take(report)));
@@ -400,7 +426,7 @@ async fn delete_once(
                 .iter()
                 .map(|id| {
                     let (rows, files) = per_request.get(id).copied().unwrap_or_default();
-                    deleted_event(
+                    let mut e = deleted_event(
                         id,
                         &target.name,
                         Some(version),
@@ -408,7 +434,9 @@ async fn delete_once(
                         Some(&batch_id),
                         rows,
                         files,
-                    )
+                    );
+                    e.detail = Some(read_detail(read_version));
+                    e
                 })
                 .collect();
             ledger.append(&events).await?;
@@ -456,16 +484,59 @@ fn deleted_event(
     e
 }
 
+/// The `detail` of a `deleted` event: the version the deletion was planned on.
+fn read_detail(read_version: i64) -> String {
+    serde_json::json!({ "read_version": read_version }).to_string()
+}
+
+/// The live files of `table` that were not live at `version`: added since
+/// (appends, and rewrites of compaction, Z-order and erasure). `None` when
+/// that version can no longer be loaded (its log expired): every file
+/// counts then.
+async fn added_since(table: &DeltaTable, version: i64) -> Option<HashSet<String>> {
+    let mut then = table.clone();
+    if let Err(error) = then.load_version(version.max(0) as u64).await {
+        tracing::warn!(version, %error, "cannot load the version a deletion was planned on; re-checking every file");
+        return None;
+    }
+    let old: HashSet<String> = live_files_by_partition(&then, &[])
+        .ok()?
+        .into_values()
+        .flatten()
+        .map(|f| f.path)
+        .collect();
+    let now = live_files_by_partition(table, &[]).ok()?;
+    Some(
+        now.into_values()
+            .flatten()
+            .map(|f| f.path)
+            .filter(|p| !old.contains(p))
+            .collect(),
+    )
+}
+
 /// The keys `file` may hold by its statistics, if any (raw payloads have
 /// no useful statistics: every file may hold every key).
-fn candidate(file: LiveFile, scopes: &[Scope], source: MatchSource) -> Option<Candidate> {
+fn candidate(
+    file: LiveFile,
+    scopes: &[Scope],
+    added: &HashMap<i64, Option<HashSet<String>>>,
+    source: MatchSource,
+) -> Option<Candidate> {
     let stats: serde_json::Value = file
         .stats
         .as_deref()
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or(serde_json::Value::Null);
     let mut sets: Vec<KeySet> = Vec::new();
-    for scope in scopes.iter().filter(|s| file.modified_ms >= s.since_ms) {
+    let in_scope = |scope: &&Scope| match scope.since {
+        None => true,
+        Some(version) => added
+            .get(&version)
+            .and_then(Option::as_ref)
+            .is_none_or(|paths| paths.contains(&file.path)),
+    };
+    for scope in scopes.iter().filter(in_scope) {
         for set in &scope.sets {
             let column = set.column();
             let found = match source {
@@ -667,7 +738,7 @@ async fn recover(
                 .iter()
                 .map(|id| {
                     let counts = &info["requests"][id];
-                    deleted_event(
+                    let mut e = deleted_event(
                         id,
                         name,
                         Some(*version),
@@ -675,7 +746,9 @@ async fn recover(
                         Some(&batch.batch_id),
                         counts["rows"].as_u64().unwrap_or(0),
                         counts["files"].as_u64().unwrap_or(0),
-                    )
+                    );
+                    e.detail = Some(read_detail(batch.read_version));
+                    e
                 })
                 .collect(),
             None => batch

@@ -322,20 +322,22 @@ impl KeySet {
             MatchSource::Payload => {
                 let cast = arrow::compute::cast(column, &DataType::Utf8)?;
                 let texts = cast.as_any().downcast_ref::<StringArray>().expect("Utf8");
-                let named = format!("\"{}\"", self.column);
                 Ok(texts
                     .iter()
                     .enumerate()
-                    .filter_map(|(row, text)| {
-                        let text = text?;
-                        self.values()
-                            .into_iter()
-                            .find(|key| payload_holds(text, &named, key))
-                            .map(|key| (row, key))
-                    })
+                    .filter_map(|(row, text)| Some((row, self.payload_match(text?)?)))
                     .collect())
             }
         }
+    }
+
+    /// The key raw record `text` holds as a JSON token, if any (the rule of
+    /// [`KeySet::matching_rows`] for dead letters).
+    pub fn payload_match(&self, text: &str) -> Option<KeyValue> {
+        let named = format!("\"{}\"", self.column);
+        self.values()
+            .into_iter()
+            .find(|key| payload_holds(text, &named, key))
     }
 
     /// The key held by row `row` of `column` (a row [`KeySet::matches`] selected).

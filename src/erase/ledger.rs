@@ -159,6 +159,10 @@ pub struct Deletion {
     pub files_rewritten: i64,
     /// The delete batch.
     pub batch_id: Option<String>,
+    /// The version the deletion was planned on: files added after it may
+    /// hold records that arrived later (`None` in ledgers written before
+    /// it was recorded: every file is re-checked).
+    pub read_version: Option<i64>,
 }
 
 /// A request's progress on one table.
@@ -281,6 +285,7 @@ pub fn fold(events: &[LedgerEvent]) -> Vec<Request> {
                 rows_deleted: event.rows_deleted.unwrap_or(0),
                 files_rewritten: event.files_rewritten.unwrap_or(0),
                 batch_id: event.batch_id.clone(),
+                read_version: event.detail_json()["read_version"].as_i64(),
             }),
             (EventKind::Purged, Some(progress)) => {
                 progress.purged = Some((event.at_ms, event.detail_json()))

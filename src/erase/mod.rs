@@ -64,6 +64,18 @@ pub enum EraseError {
     /// Listing or reading objects failed.
     #[error("object store: {0}")]
     Store(#[from] object_store::Error),
+    /// Another erasure run holds the lease; nothing was done.
+    #[error("another erasure run is in progress (worker `{holder}`); it applies and purges pending requests too. Try again when it is done, or wait for it with --wait")]
+    Busy {
+        /// The worker holding the lease.
+        holder: String,
+    },
+    /// The run's lease was lost midway; the run stopped (the next run resumes it).
+    #[error(transparent)]
+    LeaseLost(#[from] crate::fleet::lease::LeaseLost),
+    /// The lease store failed.
+    #[error(transparent)]
+    Lease(#[from] crate::fleet::lease::LeaseError),
     /// A test stopped the work at a crash point.
     #[error("stopped at crash point {0:?}")]
     Crashed(CrashPoint),
@@ -450,62 +462,92 @@ pub fn find_request<'a>(
     }
 }
 
-/// Runs [`apply_all`] every `erasure.interval` until `stop`, on one worker of
-/// the fleet at a time (a lease in the ledger's directory).
+/// The lease every erasure run holds (in the ledger's directory), so that
+/// the service's loop and `sluice forget apply` never run at once.
+pub const APPLY_LEASE: &str = "apply";
+
+/// Runs [`apply_all`] under the fleet-wide erasure lease, as `worker`.
+///
+/// If another run holds the lease, waits for it up to `wait`, then fails
+/// with [`EraseError::Busy`] naming the holder. If the lease is lost
+/// midway the run stops ([`EraseError::LeaseLost`]); every step is
+/// crash-safe, so the next run resumes it. The lease is released at the end.
+pub async fn apply_under_lease(
+    config: &Config,
+    worker: &str,
+    wait: std::time::Duration,
+) -> Result<ApplyRun, EraseError> {
+    use crate::fleet::lease::{system_clock, Leases};
+    let Some(ledger) = Ledger::open(&config.lake.root, &config.lake.storage_options).await? else {
+        return Ok(ApplyRun::default());
+    };
+    let leases = Leases::new(
+        ledger.object_store(),
+        object_store::path::Path::from("_sluice_leases"),
+        config.maintenance.lease_ttl.0,
+        worker,
+        system_clock(),
+    );
+    let give_up = tokio::time::Instant::now() + wait;
+    let lease = loop {
+        if let Some(lease) = leases.try_acquire(APPLY_LEASE).await? {
+            break lease;
+        }
+        let holder = leases
+            .holder(APPLY_LEASE)
+            .await?
+            .unwrap_or_else(|| "unknown".into());
+        if tokio::time::Instant::now() >= give_up {
+            return Err(EraseError::Busy { holder });
+        }
+        tracing::info!(%holder, "waiting for another erasure run to finish");
+        tokio::time::sleep(std::time::Duration::from_secs(1).min(wait)).await;
+    };
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let result = leases
+        .hold_while(lease.clone(), apply_all(config, now_ms, None))
+        .await;
+    if let Err(error) = leases.release(&lease).await {
+        tracing::warn!(%error, "could not release the erasure lease; it expires by itself");
+    }
+    result?
+}
+
+/// Runs [`apply_under_lease`] every `erasure.interval` until `stop`, on one
+/// worker of the fleet at a time.
 pub fn spawn_loop(
     config: Config,
     worker: String,
     stop: tokio_util::sync::CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    use crate::fleet::lease::{system_clock, Leases};
+    use crate::telemetry::metrics;
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(config.erasure.interval.0) => {}
             }
-            let ledger = match Ledger::open(&config.lake.root, &config.lake.storage_options).await {
-                Ok(Some(ledger)) => ledger,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "erasure loop: cannot open the ledger");
-                    continue;
-                }
-            };
-            let leases = Leases::new(
-                ledger.object_store(),
-                object_store::path::Path::from("_sluice_leases"),
-                config.maintenance.lease_ttl.0,
-                worker.clone(),
-                system_clock(),
-            );
-            let lease = match leases.try_acquire("apply").await {
-                Ok(Some(lease)) => lease,
-                Ok(None) => continue,
-                Err(error) => {
-                    tracing::warn!(%error, "erasure loop: lease store unavailable");
-                    continue;
-                }
-            };
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            let work = apply_all(&config, now_ms, None);
             let started = std::time::Instant::now();
+            let work = apply_under_lease(&config, &worker, std::time::Duration::ZERO);
             tokio::select! {
                 _ = stop.cancelled() => return,
-                result = leases.hold_while(lease, work) => match result {
+                result = work => match result {
                     Ok(run) => {
-                        use crate::telemetry::metrics;
                         metrics::record_run("erasure", "*", true, started.elapsed());
                         let rows: u64 = run.applied.iter().map(|a| a.rows_deleted).sum();
                         metrics::ROWS_ERASED.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(
-                        tables = run.applied.len(),
-                        rows_deleted = run.applied.iter().map(|a| a.rows_deleted).sum::<u64>(),
-                        purged = run.purged.len(),
-                        "erasure run done"
-                    )},
+                            tables = run.applied.len(),
+                            rows_deleted = rows,
+                            purged = run.purged.len(),
+                            "erasure run done"
+                        )
+                    }
+                    Err(EraseError::Busy { holder }) => {
+                        tracing::debug!(%holder, "erasure run skipped: another worker holds the lease")
+                    }
                     Err(error) => {
-                        crate::telemetry::metrics::record_run("erasure", "*", false, started.elapsed());
+                        metrics::record_run("erasure", "*", false, started.elapsed());
                         tracing::warn!(%error, "erasure run failed; retrying next interval")
                     }
                 },

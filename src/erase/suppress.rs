@@ -3,9 +3,17 @@
 //! and late events cannot bring erased data back.
 //!
 //! Each pipeline holds a [`Suppressor`] with the key sets of its table, read
-//! from the ledger when ingestion starts and again every
-//! `erasure.suppression_refresh`. Records that land in the short window
-//! before a refresh are deleted by the next erasure run (see `apply`).
+//! from the ledger before ingestion starts consuming (it waits until the
+//! ledger has been read once) and again every `erasure.suppression_refresh`;
+//! a failed refresh keeps the last keys read, with a warning and a metric.
+//! Records that land in the short window before a refresh are deleted by
+//! the next erasure run (see `apply`).
+//!
+//! Records that fail to decode are matched too, before they become dead
+//! letters: a raw payload holding a key of a request on the table's
+//! dead-letter table (as a JSON token, the rule erasure uses for dead
+//! letters) is dropped and counted as suppressed. That holds whether or not
+//! the dead-letter table existed when the request was applied.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -25,6 +33,7 @@ pub struct Suppressor {
     table: String,
     schema: SchemaRef,
     sets: RwLock<Arc<Vec<KeySet>>>,
+    dead_sets: RwLock<Arc<Vec<KeySet>>>,
 }
 
 impl Suppressor {
@@ -34,16 +43,27 @@ impl Suppressor {
             table: table.to_string(),
             schema,
             sets: RwLock::new(Arc::new(Vec::new())),
+            dead_sets: RwLock::new(Arc::new(Vec::new())),
         })
     }
 
-    /// Replaces the keys with those of every request targeting this table.
+    /// The ledger name of this table's dead-letter table.
+    fn dead_letter_table(&self) -> String {
+        format!("{}.dead_letters", self.table)
+    }
+
+    /// Replaces the keys with those of every request targeting this table
+    /// (and, for raw payloads, its dead-letter table).
     pub fn update(&self, requests: &[Request]) {
+        let sets = self.key_sets(requests, &self.table);
+        let dead_sets = self.key_sets(requests, &self.dead_letter_table());
+        *self.sets.write().expect("suppressor lock") = Arc::new(sets);
+        *self.dead_sets.write().expect("suppressor lock") = Arc::new(dead_sets);
+    }
+
+    fn key_sets(&self, requests: &[Request], table: &str) -> Vec<KeySet> {
         let mut sets: BTreeMap<String, KeySet> = BTreeMap::new();
-        for request in requests
-            .iter()
-            .filter(|r| r.tables.contains_key(&self.table))
-        {
+        for request in requests.iter().filter(|r| r.tables.contains_key(table)) {
             let Some(kind) = self
                 .schema
                 .field_with_name(&request.key_column)
@@ -59,8 +79,18 @@ impl Suppressor {
                 .or_insert_with(|| KeySet::new(&request.key_column, kind))
                 .insert(value);
         }
-        let sets: Vec<KeySet> = sets.into_values().collect();
-        *self.sets.write().expect("suppressor lock") = Arc::new(sets);
+        sets.into_values().collect()
+    }
+
+    /// Whether a record that did not decode holds a suppressed key in its
+    /// raw payload (and so must not become a dead letter).
+    pub fn holds_payload(&self, payload: &[u8]) -> bool {
+        let sets = self.dead_sets.read().expect("suppressor lock").clone();
+        if sets.is_empty() {
+            return false;
+        }
+        let text = String::from_utf8_lossy(payload);
+        sets.iter().any(|set| set.payload_match(&text).is_some())
     }
 
     /// Number of keys suppressed.
@@ -110,14 +140,46 @@ pub async fn refresh(
     if ledger.is_none() {
         *ledger = Ledger::open(lake_root, storage_options).await?;
     }
-    let Some(ledger) = ledger else {
-        return Ok(());
+    let requests = match ledger {
+        Some(ledger) => ledger.requests().await?,
+        None => Vec::new(),
     };
-    let requests = ledger.requests().await?;
     for suppressor in suppressors {
         suppressor.update(&requests);
     }
+    crate::telemetry::metrics::LEDGER_READ_MS.store(
+        chrono::Utc::now().timestamp_millis(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     Ok(())
+}
+
+/// Reads the ledger into `suppressors` before ingestion consumes anything:
+/// retries with backoff (up to 10 s apart) until a read succeeds; `false`
+/// if `stop` fired first. Records must not be consumed while the keys to
+/// drop are unknown.
+pub async fn first_refresh(
+    lake_root: &str,
+    storage_options: &BTreeMap<String, String>,
+    suppressors: &[Arc<Suppressor>],
+    stop: &CancellationToken,
+) -> bool {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match refresh(lake_root, storage_options, &mut None, suppressors).await {
+            Ok(()) => return true,
+            Err(error) => {
+                crate::telemetry::metrics::ledger_read_failed();
+                tracing::warn!(%error, retry_in = ?delay,
+                    "cannot read the erasure ledger; ingestion waits until the keys to suppress are known");
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return false,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Refreshes `suppressors` every `every` until `stop`.
@@ -138,7 +200,10 @@ pub fn spawn_refresher(
             if let Err(error) =
                 refresh(&lake_root, &storage_options, &mut ledger, &suppressors).await
             {
+                crate::telemetry::metrics::ledger_read_failed();
                 tracing::warn!(%error, "could not refresh erasure keys; keeping the previous ones");
+                // Open it afresh next time (it may have been replaced or repaired).
+                ledger = None;
             }
         }
     })

@@ -63,10 +63,12 @@ pub struct TableVerification {
     pub passed: bool,
 }
 
-/// What to look for.
-struct Needle {
-    column: String,
-    value: KeyValue,
+/// What to look for: a key column and one of its values.
+pub(crate) struct Needle {
+    /// The key column.
+    pub column: String,
+    /// The value.
+    pub value: KeyValue,
 }
 
 /// Verifies that `target` holds `value` of `column` nowhere; see the module docs.
@@ -91,39 +93,76 @@ pub async fn verify_table(
         }
         Err(e) => return Err(e),
     };
-    let schema = table.snapshot()?.snapshot().arrow_schema();
-    let mut set = KeySet::new(column, kind);
-    set.insert(value.clone());
     let needle = Needle {
         column: column.to_string(),
         value,
     };
+    let live_paths = check_live_rows(&table, target.source, &needle, full, &mut report).await?;
     let store = table.object_store();
+    let objects: Vec<_> = store.list(None).try_collect().await?;
+    for meta in objects {
+        let path = meta.location.to_string();
+        if path.ends_with(".parquet") && live_paths.contains(&path) && !full {
+            // Counted as objects, checked row by row above.
+            report.objects_scanned += 1;
+            report.bytes_scanned += meta.size;
+            if let KeyValue::Str(text) = &needle.value {
+                let bytes = store.get(&meta.location).await?.bytes().await?;
+                if text.len() >= RAW_MIN_LEN && contains(&bytes, text.as_bytes()) {
+                    report.hits.push(Hit {
+                        object: path,
+                        found: "raw bytes".into(),
+                    });
+                }
+            }
+            continue;
+        }
+        scan_object(&store, &meta, &needle, &mut report).await?;
+    }
+    report.passed = report.hits.is_empty() && report.live_rows_found == 0;
+    Ok(report)
+}
 
-    let live: Vec<_> = live_files_by_partition(&table, &[])?
+/// Reads the live files that may hold `needle` (with `full`: all of them)
+/// and counts its rows into `report`; returns every live file's path.
+pub(crate) async fn check_live_rows(
+    table: &deltalake::DeltaTable,
+    source: MatchSource,
+    needle: &Needle,
+    full: bool,
+    report: &mut TableVerification,
+) -> Result<std::collections::HashSet<String>, EraseError> {
+    let schema = table.snapshot()?.snapshot().arrow_schema();
+    let kind = match needle.value {
+        KeyValue::Int(_) => KeyKind::Int,
+        KeyValue::Str(_) => KeyKind::Str,
+    };
+    let mut set = KeySet::new(&needle.column, kind);
+    set.insert(needle.value.clone());
+    let store = table.object_store();
+    let live: Vec<_> = live_files_by_partition(table, &[])?
         .into_values()
         .flatten()
         .collect();
-    let live_paths: std::collections::HashSet<String> =
-        live.iter().map(|f| f.location.to_string()).collect();
+    let live_paths = live.iter().map(|f| f.location.to_string()).collect();
     for file in &live {
         let stats: serde_json::Value = file
             .stats
             .as_deref()
             .and_then(|s| serde_json::from_str(s).ok())
             .unwrap_or_default();
-        let admitted = target.source == MatchSource::Payload
+        let admitted = source == MatchSource::Payload
             || !set
                 .in_range(
-                    stats.get("minValues").and_then(|m| m.get(column)),
-                    stats.get("maxValues").and_then(|m| m.get(column)),
+                    stats.get("minValues").and_then(|m| m.get(&needle.column)),
+                    stats.get("maxValues").and_then(|m| m.get(&needle.column)),
                 )
                 .is_empty();
         if !full && !admitted {
             continue;
         }
         report.live_files_checked += 1;
-        let found = count_live_rows(store.clone(), file, &schema, &set, target.source).await?;
+        let found = count_live_rows(store.clone(), file, &schema, &set, source).await?;
         if found > 0 {
             report.live_rows_found += found;
             report.hits.push(Hit {
@@ -132,39 +171,49 @@ pub async fn verify_table(
             });
         }
     }
+    Ok(live_paths)
+}
 
-    let objects: Vec<_> = store.list(None).try_collect().await?;
-    for meta in objects {
-        let path = meta.location.to_string();
-        report.objects_scanned += 1;
-        report.bytes_scanned += meta.size;
-        let bytes = store.get(&meta.location).await?.bytes().await?;
-        if let KeyValue::Str(text) = &needle.value {
-            if text.len() >= RAW_MIN_LEN && contains(&bytes, text.as_bytes()) {
-                report.hits.push(Hit {
-                    object: path.clone(),
-                    found: "raw bytes".into(),
-                });
-                continue;
-            }
-        }
-        let found = if path.ends_with(".parquet") {
-            if live_paths.contains(&path) && !full {
-                continue;
-            }
-            scan_parquet(bytes, &needle).await?
-        } else {
-            scan_json_lines(&bytes, &needle)
-        };
-        if let Some(found) = found {
-            report.hits.push(Hit {
-                object: path,
-                found,
-            });
+/// Reads one object and records into `report` whether it holds `needle`.
+pub(crate) async fn scan_object(
+    store: &Arc<dyn ObjectStore>,
+    meta: &object_store::ObjectMeta,
+    needle: &Needle,
+    report: &mut TableVerification,
+) -> Result<(), EraseError> {
+    report.objects_scanned += 1;
+    report.bytes_scanned += meta.size;
+    let bytes = store.get(&meta.location).await?.bytes().await?;
+    if let Some(found) = scan_bytes(meta.location.as_ref(), bytes, needle).await? {
+        report.hits.push(found);
+    }
+    Ok(())
+}
+
+/// Whether an object's bytes hold `needle`: raw (long string keys), then
+/// decoded (Parquet columns, JSON lines).
+pub(crate) async fn scan_bytes(
+    path: &str,
+    bytes: bytes::Bytes,
+    needle: &Needle,
+) -> Result<Option<Hit>, EraseError> {
+    let hit = |found: String| {
+        Some(Hit {
+            object: path.to_string(),
+            found,
+        })
+    };
+    if let KeyValue::Str(text) = &needle.value {
+        if text.len() >= RAW_MIN_LEN && contains(&bytes, text.as_bytes()) {
+            return Ok(hit("raw bytes".into()));
         }
     }
-    report.passed = report.hits.is_empty() && report.live_rows_found == 0;
-    Ok(report)
+    let found = if path.ends_with(".parquet") {
+        scan_parquet(bytes, needle).await?
+    } else {
+        scan_json_lines(&bytes, needle)
+    };
+    Ok(found.and_then(hit))
 }
 
 async fn count_live_rows(

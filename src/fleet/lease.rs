@@ -181,34 +181,70 @@ impl Leases {
         Ok(())
     }
 
+    /// Who holds lease `name` in the current epoch, if anyone.
+    pub async fn holder(&self, name: &str) -> Result<Option<String>, LeaseError> {
+        let epoch = (self.clock)() / self.ttl_ms;
+        match self.store.get(&self.path(name, epoch)).await {
+            Ok(got) => Ok(
+                serde_json::from_slice::<serde_json::Value>(&got.bytes().await?)
+                    .ok()
+                    .and_then(|v| v["holder"].as_str().map(str::to_string)),
+            ),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// How long to wait between renewals.
     pub fn renew_every(&self) -> Duration {
         Duration::from_millis((self.ttl_ms / 3) as u64)
     }
 
-    /// Runs `job` while renewing `lease` in the background; the renewals stop with the job.
-    pub async fn hold_while<F: std::future::Future>(&self, mut lease: Lease, job: F) -> F::Output {
+    /// Runs `job` while renewing `lease`; the renewals stop with the job.
+    ///
+    /// When the lease is lost (another worker took it) or cannot be renewed
+    /// before it expires, the job is dropped where it stands and
+    /// [`LeaseLost`] returned: work done under a lease must be safe to stop
+    /// at any await point, as at a crash.
+    pub async fn hold_while<F: std::future::Future>(
+        &self,
+        mut lease: Lease,
+        job: F,
+    ) -> Result<F::Output, LeaseLost> {
         let leases = self.clone();
-        let renewals = tokio::spawn(async move {
+        let name = lease.name.clone();
+        let renewals = async move {
             loop {
                 tokio::time::sleep(leases.renew_every()).await;
                 match leases.renew(&mut lease).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        tracing::warn!(lease = %lease.name, "lease lost to another worker");
+                        tracing::warn!(lease = %lease.name, "lease lost to another worker; stopping its job");
+                        return;
+                    }
+                    Err(error) if (leases.clock)() >= lease.expires_ms => {
+                        tracing::warn!(lease = %lease.name, %error, "lease expired unrenewed; stopping its job");
                         return;
                     }
                     Err(error) => {
-                        tracing::warn!(lease = %lease.name, %error, "lease renewal failed")
+                        tracing::warn!(lease = %lease.name, %error, "lease renewal failed; retrying")
                     }
                 }
             }
-        });
-        let output = job.await;
-        renewals.abort();
-        output
+        };
+        tokio::select! {
+            output = job => Ok(output),
+            () = renewals => Err(LeaseLost(name)),
+        }
     }
 }
+
+/// A job stopped because its lease was lost.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "lease `{0}` was lost (taken by another worker, or not renewed in time); its job was stopped"
+)]
+pub struct LeaseLost(pub String);
 
 #[cfg(test)]
 mod tests {
@@ -225,6 +261,51 @@ mod tests {
             holder,
             Arc::new(move || now.load(Ordering::Relaxed)),
         )
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_lease_is_taken_is_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        // The real clock, with one-second epochs.
+        let a = Leases::new(
+            store.clone(),
+            Path::from("l"),
+            Duration::from_secs(1),
+            "a",
+            system_clock(),
+        );
+        let lease = a.try_acquire("apply").await.unwrap().expect("a acquires");
+        // Another worker wrongly believes the lease lapsed and takes the
+        // epoch after the one `a` holds.
+        let b = Leases::new(
+            store,
+            Path::from("l"),
+            Duration::from_secs(1),
+            "b",
+            system_clock(),
+        );
+        assert!(b.create("apply", lease.epoch + 1).await.unwrap());
+        let started = std::time::Instant::now();
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(10),
+            a.hold_while(lease, std::future::pending::<()>()),
+        )
+        .await
+        .expect("the job is stopped, not left running");
+        assert!(matches!(stopped, Err(LeaseLost(name)) if name == "apply"));
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // A job that ends first returns its output.
+        let c = Leases::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            Path::from("l"),
+            Duration::from_secs(1),
+            "c",
+            system_clock(),
+        );
+        let lease = c.try_acquire("apply").await.unwrap().unwrap();
+        assert_eq!(c.hold_while(lease, async { 7 }).await.unwrap(), 7);
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@
 //! the pipelines are done, and (with `[erasure]` enabled) the erasure loop:
 //! pending requests applied and due ones purged, one worker at a time.
 //! Every pipeline drops records whose key is under an erasure request; the
-//! keys are read from the ledger at start and every
-//! `erasure.suppression_refresh`.
+//! keys are read from the ledger before any source starts (ingestion waits,
+//! retrying, until that read succeeds) and every `erasure.suppression_refresh`.
 
 pub mod batcher;
 pub mod budget;
@@ -128,15 +128,15 @@ pub async fn run_with_budget(
         let decoder = JsonDecoder::new(table_config)?;
         suppressors.push(Suppressor::new(&table_config.name, decoder.table_schema()));
     }
-    if let Err(error) = suppress::refresh(
+    if !suppress::first_refresh(
         &config.lake.root,
         &config.lake.storage_options,
-        &mut None,
         &suppressors,
+        &shutdown,
     )
     .await
     {
-        tracing::warn!(%error, "could not read the erasure ledger; retrying in the background");
+        return Ok(());
     }
     maintenance.push(suppress::spawn_refresher(
         config.lake.root.clone(),
@@ -244,10 +244,16 @@ async fn start_table(
         &table_config.name,
         &schema,
         &table_config.partition_by,
-        &table::default_properties(Some(&table_config.key)),
+        &table::table_properties(Some(&table_config.key), &table_config.properties),
     )
     .await?;
-    let dead_table = dead_letter::open(&dead_url, options, &table_config.name).await?;
+    let dead_table = dead_letter::open(
+        &dead_url,
+        options,
+        &table_config.name,
+        &table_config.properties,
+    )
+    .await?;
     let lookup = table::position_lookup(data_url.clone(), options.clone());
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
     let control: Arc<dyn SourceControl> = match source {

@@ -313,8 +313,14 @@ impl Pipeline {
         records: Vec<Record>,
         decoded: Decoded,
     ) -> Result<(), PipelineError> {
+        let mut suppressed = 0u64;
         for (index, reason) in decoded.rejected {
             let record = &records[index];
+            if self.parts.suppressor.holds_payload(&record.payload) {
+                self.batch.add_suppressed(&record.partition);
+                suppressed += 1;
+                continue;
+            }
             self.batch.add_dead(&record.partition);
             self.dead.push(DeadLetter {
                 partition: record.partition.clone(),
@@ -323,6 +329,11 @@ impl Pipeline {
                 error: reason,
                 source_time_ms: record.timestamp_ms,
             });
+        }
+        if suppressed > 0 {
+            self.parts
+                .stats
+                .records_suppressed(&self.parts.name, suppressed);
         }
         if let Some(batch) = decoded.batch {
             let batch = self.suppress(batch, &records, &decoded.kept)?;

@@ -153,6 +153,7 @@ impl MaintenanceLoop {
                     self.leases
                         .hold_while(lease, zorder(&mut table, &options, &|_| {}))
                         .await
+                        .map_err(lost)?
                         .map(|m| m.partitions > 0)
                 }
                 Job::Compact => {
@@ -165,6 +166,7 @@ impl MaintenanceLoop {
                     self.leases
                         .hold_while(lease, compact(&mut table, &options, &|_| {}))
                         .await
+                        .map_err(lost)?
                         .map(|m| m.bins_committed > 0)
                 }
             };
@@ -194,7 +196,8 @@ impl MaintenanceLoop {
                     let (mut table, _) = self
                         .leases
                         .hold_while(lease, vacuum(table, &options))
-                        .await?;
+                        .await
+                        .map_err(lost)??;
                     let now = chrono::Utc::now().timestamp_millis();
                     super::checkpoint::checkpoint(&mut table, true, now).await?;
                     report.vacuumed = true;
@@ -250,6 +253,11 @@ impl Job {
 }
 
 /// A partition key as a filter; `None` for partitions with null values.
+/// A maintenance job stopped because its lease was lost.
+fn lost(error: crate::fleet::lease::LeaseLost) -> MaintainError {
+    MaintainError::Invalid(error.to_string())
+}
+
 fn as_filter(partition: &PartitionKey) -> Option<Vec<(String, String)>> {
     partition
         .iter()

@@ -312,8 +312,9 @@ pub fn spawn(
 fn poll_loop(consumer: BaseConsumer<SourceContext>) {
     let ctx = consumer.context().clone();
     let mut oldest: Option<Instant> = None;
+    let mut seeks = Vec::new();
     while !ctx.shared.stop.load(Ordering::Relaxed) {
-        apply_seeks(&consumer, &ctx);
+        apply_seeks(&consumer, &ctx, &mut seeks);
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
                 let record = Record {
@@ -359,29 +360,104 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
     drop(consumer);
 }
 
-fn apply_seeks(consumer: &BaseConsumer<SourceContext>, ctx: &SourceContext) {
-    let seeks = std::mem::take(&mut *ctx.shared.seeks.lock().expect("seek lock"));
-    if seeks.is_empty() {
+/// A seek the pipeline asked for that has not taken effect yet.
+struct PendingSeek {
+    partition: Arc<PartitionId>,
+    next: i64,
+    failures: u32,
+    not_before: Instant,
+}
+
+/// Carries out the seeks the pipeline asked for. A seek that fails is
+/// retried with backoff while the partition stays assigned, and is reported
+/// done ([`SourceEvent::Reseeked`]) only once it happened: until then the
+/// pipeline discards the partition's records, so the consumer can never run
+/// on past a dropped batch's range. A partition no longer assigned needs no
+/// seek: its next assignment starts at the table's position anyway.
+fn apply_seeks(
+    consumer: &BaseConsumer<SourceContext>,
+    ctx: &SourceContext,
+    pending: &mut Vec<PendingSeek>,
+) {
+    let asked = std::mem::take(&mut *ctx.shared.seeks.lock().expect("seek lock"));
+    for (partition, next) in asked {
+        pending.retain(|p| p.partition != partition);
+        pending.push(PendingSeek {
+            partition,
+            next,
+            failures: 0,
+            not_before: Instant::now(),
+        });
+    }
+    if !pending.iter().any(|p| p.not_before <= Instant::now()) {
         return;
     }
     if !ctx.flush_pending() {
         return;
     }
-    for (partition, next) in seeks {
-        let Ok(number) = partition.partition.parse::<i32>() else {
-            continue;
+    let assignment = consumer.assignment().ok();
+    pending.retain_mut(|seek| {
+        if seek.not_before > Instant::now() {
+            return true;
+        }
+        let Ok(number) = seek.partition.partition.parse::<i32>() else {
+            return false;
         };
-        match consumer.seek(
-            &partition.stream,
-            number,
-            Offset::Offset(next),
-            Duration::from_secs(10),
-        ) {
-            Ok(()) => tracing::info!(%partition, next, "re-seeked to the table's position"),
+        let assigned = assignment.as_ref().is_none_or(|tpl| {
+            tpl.find_partition(&seek.partition.stream, number)
+                .is_some()
+        });
+        if !assigned {
+            tracing::info!(partition = %seek.partition, "seek dropped: the partition is no longer assigned");
+            return false;
+        }
+        let result = injected_seek_fault(&seek.partition.stream).map_or_else(
+            || {
+                consumer.seek(
+                    &seek.partition.stream,
+                    number,
+                    Offset::Offset(seek.next),
+                    Duration::from_secs(10),
+                )
+            },
+            Err,
+        );
+        match result {
+            Ok(()) => {
+                tracing::info!(partition = %seek.partition, next = seek.next, failures = seek.failures, "re-seeked to the table's position");
+                ctx.send(SourceEvent::Reseeked(seek.partition.clone()));
+                false
+            }
             Err(error) => {
-                tracing::warn!(%partition, %error, "seek failed (partition no longer assigned?)")
+                seek.failures += 1;
+                let backoff = Duration::from_millis(100 * 2u64.pow(seek.failures.min(6)));
+                seek.not_before = Instant::now() + backoff;
+                crate::telemetry::metrics::seek_failed(&seek.partition.app_id());
+                tracing::warn!(partition = %seek.partition, next = seek.next, failures = seek.failures,
+                    retry_in = ?backoff, %error, "seek failed; its records are discarded until it succeeds");
+                true
             }
         }
-        ctx.send(SourceEvent::Reseeked(partition));
-    }
+    });
+}
+
+/// Seeks to fail on purpose, per topic (tests).
+static SEEK_FAULTS: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+
+/// Makes the next `count` seeks of partitions of `topic` fail, as a broken
+/// connection or a timed-out seek would. For tests.
+#[doc(hidden)]
+pub fn fail_next_seeks(topic: &str, count: u32) {
+    let mut faults = SEEK_FAULTS.lock().expect("seek faults lock");
+    faults.retain(|(t, _)| t != topic);
+    faults.push((topic.to_string(), count));
+}
+
+fn injected_seek_fault(topic: &str) -> Option<KafkaError> {
+    let mut faults = SEEK_FAULTS.lock().expect("seek faults lock");
+    let (_, left) = faults
+        .iter_mut()
+        .find(|(t, left)| t == topic && *left > 0)?;
+    *left -= 1;
+    Some(KafkaError::Seek("injected seek failure".into()))
 }

@@ -53,11 +53,13 @@ pub fn schema() -> SchemaRef {
     ]))
 }
 
-/// Opens (or creates) the dead-letter table of `table_name`.
+/// Opens (or creates) the dead-letter table of `table_name`, with the
+/// table's configured `properties` (retention durations apply to both).
 pub async fn open(
     url: &Url,
     storage_options: &BTreeMap<String, String>,
     table_name: &str,
+    properties: &BTreeMap<String, String>,
 ) -> Result<DeltaTable, TableError> {
     open_or_create(
         url,
@@ -65,7 +67,7 @@ pub async fn open(
         &format!("{table_name}_dead_letters"),
         &schema(),
         &[],
-        &super::default_properties(None),
+        &super::table_properties(None, properties),
     )
     .await
 }

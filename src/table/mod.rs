@@ -193,6 +193,51 @@ pub fn default_properties(key: Option<&str>) -> Vec<(String, String)> {
     properties
 }
 
+/// Delta table properties a table config may set (`[tables.properties]`):
+/// none of them changes what Spark or BigQuery can read.
+pub const SAFE_PROPERTIES: &[&str] = &[
+    "delta.deletedFileRetentionDuration",
+    "delta.logRetentionDuration",
+    "delta.checkpointInterval",
+    "delta.dataSkippingNumIndexedCols",
+];
+
+/// [`default_properties`] with a table config's own properties over them.
+pub fn table_properties(
+    key: Option<&str>,
+    configured: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut properties: BTreeMap<String, String> = default_properties(key).into_iter().collect();
+    properties.extend(configured.clone());
+    properties.into_iter().collect()
+}
+
+/// Parses a Delta interval (`interval 7 days`, `interval 2 seconds`), as
+/// delta-rs reads `delta.*Duration` properties.
+pub fn parse_interval(text: &str) -> Option<std::time::Duration> {
+    let mut words = text.split_whitespace();
+    if !words.next()?.eq_ignore_ascii_case("interval") {
+        return None;
+    }
+    let count: u64 = words.next()?.parse().ok()?;
+    let unit = words.next()?.to_ascii_lowercase();
+    if words.next().is_some() {
+        return None;
+    }
+    let seconds = match unit.trim_end_matches('s') {
+        "nanosecond" => return Some(std::time::Duration::from_nanos(count)),
+        "microsecond" => return Some(std::time::Duration::from_micros(count)),
+        "millisecond" => return Some(std::time::Duration::from_millis(count)),
+        "second" => 1,
+        "minute" => 60,
+        "hour" => 3600,
+        "day" => 86_400,
+        "week" => 7 * 86_400,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(count.checked_mul(seconds)?))
+}
+
 /// Opens the table at `url`, creating it from `schema` (with `properties`) if it does not exist.
 ///
 /// Several workers may race to create the same table: the loser's create

@@ -23,6 +23,55 @@ pub static COMMIT_REBASES: AtomicU64 = AtomicU64::new(0);
 /// Rows deleted by erasure runs of this process.
 pub static ROWS_ERASED: AtomicU64 = AtomicU64::new(0);
 
+/// When ingestion last read the erasure ledger successfully (ms since the
+/// epoch; 0: never).
+pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// Labelled counters of rare events: (metric, label value) -> count.
+static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
+
+/// The rare events counted in [`EVENTS`]: (metric, label name, help).
+const EVENT_METRICS: [(&str, &str, &str); 3] = [
+    (
+        "sluice_erasure_purges_held_total",
+        "table",
+        "Purges that found a key still present after vacuum and log cut; the request stays deleted and is purged again next run.",
+    ),
+    (
+        "sluice_erasure_ledger_read_failures_total",
+        "process",
+        "Failed reads of the erasure ledger by ingestion (the last keys read stay in force).",
+    ),
+    (
+        "sluice_kafka_seek_failures_total",
+        "partition",
+        "Kafka seeks to a table's position that failed and are retried (the partition's records are discarded meanwhile).",
+    ),
+];
+
+fn count_event(metric: &'static str, label: &str) {
+    *EVENTS
+        .lock()
+        .expect("events lock")
+        .entry((metric, label.to_string()))
+        .or_default() += 1;
+}
+
+/// A purge of `table` held a request back: its key was still found.
+pub fn purge_held(table: &str) {
+    count_event(EVENT_METRICS[0].0, table);
+}
+
+/// Ingestion could not read the erasure ledger.
+pub fn ledger_read_failed() {
+    count_event(EVENT_METRICS[1].0, "ingest");
+}
+
+/// A Kafka seek of `partition` failed.
+pub fn seek_failed(partition: &str) {
+    count_event(EVENT_METRICS[2].0, partition);
+}
+
 /// (kind, table, outcome) -> (runs, seconds).
 type Runs = BTreeMap<(String, String, &'static str), (u64, f64)>;
 
@@ -265,6 +314,23 @@ pub fn render(stats: &IngestStats, gauges: &Gauges) -> String {
             &[("table", table)],
             ((gauges.now_ms - ms).max(0)) as f64 / 1000.0,
         );
+    }
+
+    let read_ms = LEDGER_READ_MS.load(Ordering::Relaxed);
+    if read_ms > 0 {
+        out.single(
+            "sluice_erasure_keys_age_seconds",
+            "gauge",
+            "Time since ingestion last read the erasure ledger (the keys it suppresses are this old).",
+            ((gauges.now_ms - read_ms).max(0)) as f64 / 1000.0,
+        );
+    }
+    let events = EVENTS.lock().expect("events lock").clone();
+    for (metric, label, help) in EVENT_METRICS {
+        out.header(metric, "counter", help);
+        for ((_, value), count) in events.iter().filter(|((m, _), _)| *m == metric) {
+            out.sample(metric, &[(label, value)], count);
+        }
     }
 
     let runs = RUNS.lock().expect("runs lock").clone();

@@ -15,12 +15,12 @@ use crate::common::*;
 
 const DAY_MS: i64 = 24 * 3600 * 1000;
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
 /// `lines` events; user of line `n` is `user(n)`.
-fn write_lines(
+pub(crate) fn write_lines(
     dir: &Path,
     name: &str,
     lines: usize,
@@ -41,12 +41,12 @@ fn write_lines(
     rows
 }
 
-fn key(text: &str) -> SubjectKey {
+pub(crate) fn key(text: &str) -> SubjectKey {
     SubjectKey::parse(text).unwrap()
 }
 
 /// (event ids, user ids) of the current version, through `delta_kernel`.
-async fn rows(table: &Path) -> Vec<(String, String)> {
+pub(crate) async fn rows(table: &Path) -> Vec<(String, String)> {
     let batches = kernel_read(table).await;
     strings(&batches, "event_id")
         .into_iter()
@@ -54,7 +54,7 @@ async fn rows(table: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn request(config: &Config, keys: &[&str], at: i64) -> Vec<String> {
+pub(crate) async fn request(config: &Config, keys: &[&str], at: i64) -> Vec<String> {
     let keys: Vec<SubjectKey> = keys.iter().map(|k| key(k)).collect();
     erase::file_requests(config, &keys, &TableChoice::All, "ticket-1", at)
         .await
@@ -64,7 +64,7 @@ async fn request(config: &Config, keys: &[&str], at: i64) -> Vec<String> {
         .collect()
 }
 
-async fn ledger_requests(config: &Config) -> Vec<sluice::erase::ledger::Request> {
+pub(crate) async fn ledger_requests(config: &Config) -> Vec<sluice::erase::ledger::Request> {
     let mut ledger = Ledger::open(&config.lake.root, &config.lake.storage_options)
         .await
         .unwrap()
@@ -73,7 +73,7 @@ async fn ledger_requests(config: &Config) -> Vec<sluice::erase::ledger::Request>
 }
 
 /// Every file under `root` whose raw bytes contain `needle`.
-fn raw_hits(root: &Path, needle: &str) -> Vec<String> {
+pub(crate) fn raw_hits(root: &Path, needle: &str) -> Vec<String> {
     files_under(root)
         .into_iter()
         .filter(|path| {
@@ -87,7 +87,7 @@ fn raw_hits(root: &Path, needle: &str) -> Vec<String> {
 /// Every Parquet file under `root` (data files, removed or not, and
 /// checkpoints with their nested stats) holding a string equal to `needle`,
 /// decoded independently.
-fn parquet_values_equal(root: &Path, needle: &str) -> Vec<String> {
+pub(crate) fn parquet_values_equal(root: &Path, needle: &str) -> Vec<String> {
     use arrow::array::{Array, AsArray};
     fn walk(array: &dyn Array, needle: &str) -> bool {
         match array.data_type() {
@@ -125,7 +125,7 @@ fn parquet_values_equal(root: &Path, needle: &str) -> Vec<String> {
         .collect()
 }
 
-fn file_lake(lake: &Lake, batching: &str) -> Config {
+pub(crate) fn file_lake(lake: &Lake, batching: &str) -> Config {
     let mut config = file_config(lake, &lake.table("in"), "events", batching, EVENT_COLUMNS);
     config.erasure.enabled = false;
     config

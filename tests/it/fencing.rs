@@ -5,6 +5,7 @@ use arrow::datatypes::{DataType, Field, Schema};
 use sluice::table::commit::{commit_with_positions, CommitError, PositionUpdate};
 use sluice::table::lineage::{CommitKind, CommitLineage};
 use sluice::table::{open_or_create, recorded_positions, resolve_location};
+use std::time::Duration;
 
 use crate::common::*;
 
@@ -114,4 +115,75 @@ async fn racing_writers_of_one_partition_land_exactly_one_commit() {
             "round {round}: exactly one racing writer may land"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_seek_after_a_fenced_batch_is_retried_not_skipped() {
+    use sluice::table::lineage::PartitionRange;
+    let lake = Lake::new();
+    let topic = "seek-fails";
+    let kafka = kafka(topic, 1);
+    let mut config = kafka_config(
+        &lake,
+        kafka.bootstrap_servers(),
+        topic,
+        "g-seek",
+        "max_latency = \"3s\"",
+        "",
+    );
+    config.erasure.enabled = false;
+    config.maintenance.enabled = false;
+    let running = Running::start(&config);
+    let first = produce(&kafka, topic, "a", 100, 0);
+    running
+        .wait_for(Duration::from_secs(60), "records buffered", |s| {
+            s.received >= 100
+        })
+        .await;
+    // Another worker commits offsets 0..=49 first: this worker's batch is
+    // stale, and the seek back to offset 50 fails a few times.
+    sluice::source::kafka::fail_next_seeks(topic, 3);
+    let app_id = format!("sluice/k/{topic}/0");
+    let mut other = load(&lake.table("events")).await;
+    let lineage = CommitLineage {
+        kind: CommitKind::Data,
+        worker: "other".into(),
+        partitions: vec![PartitionRange {
+            app_id: app_id.clone(),
+            prev: None,
+            first: 0,
+            last: 49,
+            received: 50,
+            committed: 50,
+            dead_lettered: 0,
+            suppressed: 0,
+        }],
+    };
+    commit_with_positions(
+        &mut other,
+        vec![],
+        &[PositionUpdate {
+            app_id,
+            prev: None,
+            last: 49,
+        }],
+        &lineage,
+        "other",
+        1,
+    )
+    .await
+    .unwrap();
+    running
+        .wait_for(Duration::from_secs(30), "the stale batch fenced", |s| {
+            s.fenced >= 1
+        })
+        .await;
+    let second = produce(&kafka, topic, "b", 100, 0);
+    let mut expected: Vec<String> = first[50..].to_vec();
+    expected.extend(second);
+    let url = url::Url::from_directory_path(lake.table("events")).unwrap();
+    wait_for_rows(&url, &no_options(), 150, Duration::from_secs(60)).await;
+    running.stop().await;
+    let ids = strings(&kernel_read(&lake.table("events")).await, "event_id");
+    assert_exactly_once(ids, &expected);
 }

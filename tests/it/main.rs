@@ -4,6 +4,7 @@ mod common;
 mod config_errors;
 mod dead_letters;
 mod erasure;
+mod erasure_clock;
 mod exactly_once;
 mod fencing;
 mod fleet;
