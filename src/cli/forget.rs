@@ -76,6 +76,10 @@ pub struct VerifyArgs {
     /// Read every live file, not only those whose statistics admit the key.
     #[arg(long)]
     pub full: bool,
+    /// The key (`column=value`), to verify again a request that keeps only
+    /// a keyed hash and was verified before; it must match the hash.
+    #[arg(long, value_parser = SubjectKey::parse)]
+    pub key: Option<SubjectKey>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -219,7 +223,9 @@ async fn apply(config: &Config, args: ApplyArgs) -> Result<(), CliError> {
 }
 
 async fn verify(config: &Config, args: VerifyArgs) -> Result<(), CliError> {
-    let result = erase::verify_request(config, &args.id, args.full, now_ms()).await?;
+    let result =
+        erase::verify_request_with_key(config, &args.id, args.full, now_ms(), args.key.as_ref())
+            .await?;
     if args.json {
         println!("{}", json(&result));
     } else {

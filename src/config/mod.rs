@@ -143,6 +143,20 @@ pub struct ErasureConfig {
     pub deadline: Span,
     /// How often ingestion re-reads the ledger for keys to suppress.
     pub suppression_refresh: Span,
+    /// Secret for keyed hashing: the ledger then keeps HMAC-SHA-256 hashes
+    /// of erased keys, not the keys (see `erase::hashing`). Give it as
+    /// `"${NAME}"`; it is never written back out.
+    #[serde(skip_serializing)]
+    pub key_hash_secret: Option<String>,
+}
+
+impl ErasureConfig {
+    /// The key hasher, when a secret is configured.
+    pub fn key_hasher(&self) -> Option<crate::erase::hashing::KeyHasher> {
+        self.key_hash_secret
+            .as_deref()
+            .map(crate::erase::hashing::KeyHasher::new)
+    }
 }
 
 impl Default for ErasureConfig {
@@ -152,6 +166,7 @@ impl Default for ErasureConfig {
             interval: Span(defaults::ERASURE_INTERVAL),
             deadline: Span(defaults::ERASURE_DEADLINE),
             suppression_refresh: Span(defaults::SUPPRESSION_REFRESH),
+            key_hash_secret: None,
         }
     }
 }

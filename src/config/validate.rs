@@ -66,6 +66,18 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             "must be greater than zero".into(),
         );
     }
+    if e.key_hash_secret
+        .as_ref()
+        .is_some_and(|s| s.len() < crate::erase::hashing::MIN_SECRET_LEN)
+    {
+        add(
+            "erasure.key_hash_secret".into(),
+            format!(
+                "must be at least {} bytes (a random secret, from the environment: \"${{NAME}}\")",
+                crate::erase::hashing::MIN_SECRET_LEN
+            ),
+        );
+    }
     let day = std::time::Duration::from_secs(24 * 3600);
     if e.deadline.0 < m.vacuum_retention.0 + day {
         add(

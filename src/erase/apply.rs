@@ -185,7 +185,7 @@ pub async fn apply_table(
     report.recovered_batches = recover(ledger, &table, &target.name, now_ms).await?;
     for _ in 0..REPLANS {
         let requests: Vec<Request> = ledger
-            .requests()
+            .requests_with_keys()
             .await?
             .into_iter()
             .filter(|r| {

@@ -10,9 +10,12 @@
 //! [`Request`]). Nothing is ever updated in place: the history is the audit
 //! trail.
 //!
-//! The ledger keeps the subject keys themselves: ingestion needs them to
-//! suppress late records, and erasure needs them to find rows. It lives
-//! outside every table root, so a table's byte scan never meets it.
+//! The ledger keeps the subject keys themselves (ingestion needs them to
+//! suppress late records, and erasure needs them to find rows), or, with
+//! `erasure.key_hash_secret`, only keyed hashes of them, the clear values
+//! being kept until verification in a vault beside it (see
+//! [`super::hashing`]). It lives outside every table root, so a table's
+//! byte scan never meets it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -195,8 +198,11 @@ pub struct Request {
     pub id: String,
     /// The key.
     pub key_column: String,
-    /// The key value as text.
+    /// The key value as text (empty when only its hash is known here).
     pub key_value: String,
+    /// The keyed hash of the key, for requests filed with a secret.
+    #[serde(serialize_with = "hash_hex")]
+    pub key_hash: Option<super::hashing::KeyHash>,
     /// Why it was filed.
     pub reason: String,
     /// When (ms).
@@ -209,12 +215,29 @@ pub struct Request {
     pub verification: Option<(i64, bool, serde_json::Value)>,
 }
 
+fn hash_hex<S: serde::Serializer>(
+    hash: &Option<super::hashing::KeyHash>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match hash {
+        Some(hash) => serializer.serialize_some(&hex::encode(hash)),
+        None => serializer.serialize_none(),
+    }
+}
+
 impl Request {
-    /// The key as filed.
+    /// The key as filed (for hashed requests whose value is not at hand,
+    /// the hash in its ledger form).
     pub fn key(&self) -> SubjectKey {
+        let value = match &self.key_hash {
+            Some(hash) if self.key_value.is_empty() => {
+                format!("{}{}", super::hashing::MARKER, hex::encode(hash))
+            }
+            _ => self.key_value.clone(),
+        };
         SubjectKey {
             column: self.key_column.clone(),
-            value: self.key_value.clone(),
+            value,
         }
     }
 
@@ -258,10 +281,17 @@ pub fn fold(events: &[LedgerEvent]) -> Vec<Request> {
         if event.event == EventKind::Requested {
             let request = requests.entry(event.request_id.clone()).or_insert_with(|| {
                 order.push(event.request_id.clone());
+                let value = event.key_value.clone().unwrap_or_default();
+                let key_hash = super::hashing::parse_marker(&value);
                 Request {
                     id: event.request_id.clone(),
                     key_column: event.key_column.clone().unwrap_or_default(),
-                    key_value: event.key_value.clone().unwrap_or_default(),
+                    key_value: if key_hash.is_some() {
+                        String::new()
+                    } else {
+                        value
+                    },
+                    key_hash,
                     reason: event.reason.clone().unwrap_or_default(),
                     requested_ms: event.at_ms,
                     deadline_ms: event.deadline_ms.unwrap_or(event.at_ms),
@@ -338,6 +368,8 @@ pub fn open_batches(events: &[LedgerEvent], table: &str) -> Vec<OpenBatch> {
 pub struct Ledger {
     table: DeltaTable,
     cache: Option<(u64, Vec<LedgerEvent>)>,
+    /// Clear keys read from the vault, by request id.
+    keys: std::collections::HashMap<String, String>,
 }
 
 /// Compact the ledger once it holds this many files (one per append).
@@ -382,7 +414,11 @@ impl Ledger {
             &table::default_properties(None),
         )
         .await?;
-        Ok(Self { table, cache: None })
+        Ok(Self {
+            table,
+            cache: None,
+            keys: Default::default(),
+        })
     }
 
     /// Opens the ledger if it exists.
@@ -397,7 +433,11 @@ impl Ledger {
             Err(e) => return Err(e.into()),
         };
         match table::open(&url, storage_options).await {
-            Ok(table) => Ok(Some(Self { table, cache: None })),
+            Ok(table) => Ok(Some(Self {
+                table,
+                cache: None,
+                keys: Default::default(),
+            })),
             Err(TableError::NotATable(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -449,9 +489,45 @@ impl Ledger {
         }
     }
 
-    /// Every request, folded.
+    /// Every request, folded (hashed keys as hashes only).
     pub async fn requests(&mut self) -> Result<Vec<Request>, EraseError> {
         Ok(fold(&self.events().await?))
+    }
+
+    /// The vault of clear keys of hashed requests not verified yet.
+    pub fn vault(&self) -> super::hashing::KeyVault {
+        super::hashing::KeyVault::new(self.object_store())
+    }
+
+    /// Every request not verified yet with its clear key, as erasure needs
+    /// them: hashed requests get their value from the vault; one whose
+    /// value is gone from it is left out, with a warning.
+    pub async fn requests_with_keys(&mut self) -> Result<Vec<Request>, EraseError> {
+        let vault = self.vault();
+        let mut out = Vec::new();
+        for mut request in self.requests().await? {
+            if request.key_hash.is_some() && request.key_value.is_empty() {
+                if request.state() == State::Verified {
+                    continue;
+                }
+                let kept = match self.keys.get(&request.id) {
+                    Some(value) => Some(value.clone()),
+                    None => vault.get(&request.id).await?,
+                };
+                match kept {
+                    Some(value) => {
+                        self.keys.insert(request.id.clone(), value.clone());
+                        request.key_value = value;
+                    }
+                    None => {
+                        tracing::warn!(request = %request.id, "the key of a hashed request is no longer in the vault; it can only be suppressed");
+                        continue;
+                    }
+                }
+            }
+            out.push(request);
+        }
+        Ok(out)
     }
 
     /// Appends `events` in one commit; returns the ledger version.

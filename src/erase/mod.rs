@@ -23,6 +23,7 @@
 //! `erasure.interval` (one worker of a fleet at a time, under a lease).
 
 pub mod apply;
+pub mod hashing;
 pub mod keys;
 pub mod ledger;
 pub mod purge;
@@ -268,17 +269,24 @@ pub async fn file_requests(
         planned.push((key.clone(), chosen));
     }
 
+    let hasher = config.erasure.key_hasher();
     let mut ledger =
         Ledger::open_or_create(&config.lake.root, &config.lake.storage_options).await?;
     let existing = ledger.requests().await?;
+    let same_key = |r: &ledger::Request, key: &SubjectKey| {
+        r.key_column == key.column
+            && match (&r.key_hash, &hasher) {
+                (Some(hash), Some(hasher)) => *hash == hasher.hash(&key.column, &key.value),
+                (Some(_), None) => false,
+                (None, _) => r.key_value == key.value,
+            }
+    };
     let deadline_ms = now_ms + config.erasure.deadline.0.as_millis() as i64;
     let mut filed = Vec::new();
     let mut events = Vec::new();
     for (key, chosen) in planned {
         let same = existing.iter().find(|r| {
-            r.key_column == key.column
-                && r.key_value == key.value
-                && r.tables.keys().cloned().collect::<Vec<_>>() == sorted(&chosen)
+            same_key(r, &key) && r.tables.keys().cloned().collect::<Vec<_>>() == sorted(&chosen)
         });
         if let Some(request) = same {
             filed.push(Filed {
@@ -298,11 +306,19 @@ pub async fn file_requests(
             continue;
         }
         let id = uuid::Uuid::new_v4().to_string();
+        let recorded_value = match &hasher {
+            // The clear value is kept (until verified) before the request exists.
+            Some(hasher) => {
+                ledger.vault().put(&id, &key.value).await?;
+                hasher.marker(&key.column, &key.value)
+            }
+            None => key.value.clone(),
+        };
         for table in &chosen {
             let mut event = LedgerEvent::new(&id, EventKind::Requested, now_ms);
             event.table = Some(table.clone());
             event.key_column = Some(key.column.clone());
-            event.key_value = Some(key.value.clone());
+            event.key_value = Some(recorded_value.clone());
             event.reason = Some(reason.to_string());
             event.deadline_ms = Some(deadline_ms);
             events.push(event);
@@ -345,6 +361,7 @@ pub async fn apply_all(
         return Ok(run);
     };
     let requests = ledger.requests().await?;
+    forget_verified_keys(&ledger, &requests).await?;
     for target in targets(config)? {
         let involved = requests.iter().any(|r| r.tables.contains_key(&target.name));
         if !involved {
@@ -368,6 +385,24 @@ pub async fn apply_all(
     Ok(run)
 }
 
+/// Deletes clear keys the vault still holds for verified requests (a
+/// verification whose own deletion failed).
+async fn forget_verified_keys(
+    ledger: &Ledger,
+    requests: &[ledger::Request],
+) -> Result<(), EraseError> {
+    let vault = ledger.vault();
+    for id in vault.ids().await? {
+        let verified = requests
+            .iter()
+            .any(|r| r.id == id && r.state() == ledger::State::Verified);
+        if verified {
+            vault.delete(&id).await?;
+        }
+    }
+    Ok(())
+}
+
 /// The result of verifying a request.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestVerification {
@@ -386,9 +421,51 @@ pub async fn verify_request(
     full: bool,
     now_ms: i64,
 ) -> Result<RequestVerification, EraseError> {
+    verify_request_with_key(config, id, full, now_ms, None).await
+}
+
+/// [`verify_request`], given the key when the ledger keeps only its hash
+/// and the request was verified before (its clear value is gone): `key`
+/// must hash to the recorded hash.
+pub async fn verify_request_with_key(
+    config: &Config,
+    id: &str,
+    full: bool,
+    now_ms: i64,
+    key: Option<&SubjectKey>,
+) -> Result<RequestVerification, EraseError> {
     let mut ledger = open_ledger(config).await?;
     let requests = ledger.requests().await?;
-    let request = find_request(&requests, id)?;
+    let mut request = find_request(&requests, id)?.clone();
+    if let Some(hash) = request.key_hash {
+        let hasher = config.erasure.key_hasher().ok_or_else(|| {
+            EraseError::Invalid(format!(
+                "request {} keeps only a keyed hash of its key; set erasure.key_hash_secret to verify it",
+                request.id
+            ))
+        })?;
+        request.key_value = match (key, ledger.vault().get(&request.id).await?) {
+            (Some(given), _) => {
+                if given.column != request.key_column
+                    || hasher.hash(&given.column, &given.value) != hash
+                {
+                    return Err(EraseError::Invalid(format!(
+                        "--key {given} is not the key of request {}",
+                        request.id
+                    )));
+                }
+                given.value.clone()
+            }
+            (None, Some(kept)) => kept,
+            (None, None) => {
+                return Err(EraseError::Invalid(format!(
+                    "request {} was verified before and its key is kept only as a keyed hash; give the key with --key {}=...",
+                    request.id, request.key_column
+                )))
+            }
+        };
+    }
+    let request = &request;
     let all = targets(config)?;
     let mut tables = Vec::new();
     for name in request.tables.keys() {
@@ -424,6 +501,10 @@ pub async fn verify_request(
         .collect();
     event.detail = Some(serde_json::Value::Array(summary).to_string());
     ledger.append(&[event]).await?;
+    if passed && request.key_hash.is_some() {
+        // Verified: from now on only the hash is kept.
+        ledger.vault().delete(&request.id).await?;
+    }
     Ok(RequestVerification {
         request_id: request.id.clone(),
         tables,

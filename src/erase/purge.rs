@@ -94,7 +94,7 @@ pub async fn purge_table(
         .deleted_file_retention_duration();
     let retention_ms = retention.as_millis() as i64;
     let due: Vec<Request> = ledger
-        .requests()
+        .requests_with_keys()
         .await?
         .into_iter()
         .filter(|r| {

@@ -116,7 +116,7 @@ pub fn receipt(request: &Request, now_ms: i64) -> serde_json::Value {
         "request": {
             "id": request.id,
             "key_column": request.key_column,
-            "key_value": request.key_value,
+            "key_value": request.key().value,
             "reason": request.reason,
             "requested_at": rfc3339(request.requested_ms),
             "deadline": rfc3339(request.deadline_ms),

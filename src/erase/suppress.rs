@@ -19,31 +19,52 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use arrow::array::{BooleanArray, RecordBatch};
-use arrow::datatypes::SchemaRef;
+use std::collections::HashSet;
+
+use arrow::array::{AsArray, BooleanArray, RecordBatch};
+use arrow::datatypes::{DataType, SchemaRef};
 use tokio_util::sync::CancellationToken;
 
+use super::hashing::{KeyHash, KeyHasher};
 use super::keys::{KeyKind, KeySet, KeyValue};
 use super::ledger::{Ledger, Request};
 use super::EraseError;
+
+/// The keys one table suppresses: clear values, and keyed hashes of the
+/// requests filed with `erasure.key_hash_secret` (per key column).
+#[derive(Debug, Default)]
+struct Keys {
+    clear: Vec<KeySet>,
+    hashed: BTreeMap<String, HashSet<KeyHash>>,
+}
+
+impl Keys {
+    fn len(&self) -> usize {
+        self.clear.iter().map(KeySet::len).sum::<usize>()
+            + self.hashed.values().map(HashSet::len).sum::<usize>()
+    }
+}
 
 /// The keys one table suppresses.
 #[derive(Debug)]
 pub struct Suppressor {
     table: String,
     schema: SchemaRef,
-    sets: RwLock<Arc<Vec<KeySet>>>,
-    dead_sets: RwLock<Arc<Vec<KeySet>>>,
+    hasher: Option<KeyHasher>,
+    rows: RwLock<Arc<Keys>>,
+    payloads: RwLock<Arc<Keys>>,
 }
 
 impl Suppressor {
-    /// No keys yet, for `table` with the rows' `schema`.
-    pub fn new(table: &str, schema: SchemaRef) -> Arc<Self> {
+    /// No keys yet, for `table` with the rows' `schema`; `hasher` compares
+    /// the keys the ledger keeps only as hashes.
+    pub fn new(table: &str, schema: SchemaRef, hasher: Option<KeyHasher>) -> Arc<Self> {
         Arc::new(Self {
             table: table.to_string(),
             schema,
-            sets: RwLock::new(Arc::new(Vec::new())),
-            dead_sets: RwLock::new(Arc::new(Vec::new())),
+            hasher,
+            rows: RwLock::new(Arc::default()),
+            payloads: RwLock::new(Arc::default()),
         })
     }
 
@@ -55,14 +76,15 @@ impl Suppressor {
     /// Replaces the keys with those of every request targeting this table
     /// (and, for raw payloads, its dead-letter table).
     pub fn update(&self, requests: &[Request]) {
-        let sets = self.key_sets(requests, &self.table);
-        let dead_sets = self.key_sets(requests, &self.dead_letter_table());
-        *self.sets.write().expect("suppressor lock") = Arc::new(sets);
-        *self.dead_sets.write().expect("suppressor lock") = Arc::new(dead_sets);
+        let rows = self.keys(requests, &self.table);
+        let payloads = self.keys(requests, &self.dead_letter_table());
+        *self.rows.write().expect("suppressor lock") = Arc::new(rows);
+        *self.payloads.write().expect("suppressor lock") = Arc::new(payloads);
     }
 
-    fn key_sets(&self, requests: &[Request], table: &str) -> Vec<KeySet> {
-        let mut sets: BTreeMap<String, KeySet> = BTreeMap::new();
+    fn keys(&self, requests: &[Request], table: &str) -> Keys {
+        let mut clear: BTreeMap<String, KeySet> = BTreeMap::new();
+        let mut hashed: BTreeMap<String, HashSet<KeyHash>> = BTreeMap::new();
         for request in requests.iter().filter(|r| r.tables.contains_key(table)) {
             let Some(kind) = self
                 .schema
@@ -72,35 +94,35 @@ impl Suppressor {
             else {
                 continue;
             };
+            if let (Some(hash), true) = (request.key_hash, request.key_value.is_empty()) {
+                if self.hasher.is_none() {
+                    tracing::warn!(table, request = %request.id,
+                        "request keeps only a keyed hash but erasure.key_hash_secret is not set: its key cannot be suppressed");
+                    continue;
+                }
+                hashed
+                    .entry(request.key_column.clone())
+                    .or_default()
+                    .insert(hash);
+                continue;
+            }
             let Ok(value) = KeyValue::parse(&request.key_value, kind) else {
                 continue;
             };
-            sets.entry(request.key_column.clone())
+            clear
+                .entry(request.key_column.clone())
                 .or_insert_with(|| KeySet::new(&request.key_column, kind))
                 .insert(value);
         }
-        sets.into_values().collect()
-    }
-
-    /// Whether a record that did not decode holds a suppressed key in its
-    /// raw payload (and so must not become a dead letter).
-    pub fn holds_payload(&self, payload: &[u8]) -> bool {
-        let sets = self.dead_sets.read().expect("suppressor lock").clone();
-        if sets.is_empty() {
-            return false;
+        Keys {
+            clear: clear.into_values().collect(),
+            hashed,
         }
-        let text = String::from_utf8_lossy(payload);
-        sets.iter().any(|set| set.payload_match(&text).is_some())
     }
 
     /// Number of keys suppressed.
     pub fn len(&self) -> usize {
-        self.sets
-            .read()
-            .expect("suppressor lock")
-            .iter()
-            .map(KeySet::len)
-            .sum()
+        self.rows.read().expect("suppressor lock").len()
     }
 
     /// No keys suppressed.
@@ -113,19 +135,62 @@ impl Suppressor {
         &self,
         batch: &RecordBatch,
     ) -> Result<Option<BooleanArray>, arrow::error::ArrowError> {
-        let sets = self.sets.read().expect("suppressor lock").clone();
+        let keys = self.rows.read().expect("suppressor lock").clone();
         let mut mask: Option<BooleanArray> = None;
-        for set in sets.iter() {
-            let Some(column) = batch.column_by_name(set.column()) else {
-                continue;
-            };
-            let hits = set.matches(column.as_ref())?;
-            mask = Some(match mask {
+        let mut add = |hits: BooleanArray| -> Result<(), arrow::error::ArrowError> {
+            mask = Some(match mask.take() {
                 None => hits,
                 Some(previous) => arrow::compute::or(&previous, &hits)?,
             });
+            Ok(())
+        };
+        for set in keys.clear.iter() {
+            if let Some(column) = batch.column_by_name(set.column()) {
+                add(set.matches(column.as_ref())?)?;
+            }
+        }
+        if let Some(hasher) = &self.hasher {
+            for (name, hashes) in &keys.hashed {
+                let Some(column) = batch.column_by_name(name) else {
+                    continue;
+                };
+                let text = arrow::compute::cast(column, &DataType::Utf8)?;
+                let text = text.as_string::<i32>();
+                add(text
+                    .iter()
+                    .map(|v| Some(v.is_some_and(|v| hashes.contains(&hasher.hash(name, v)))))
+                    .collect())?;
+            }
         }
         Ok(mask.filter(|m| m.true_count() > 0))
+    }
+
+    /// Whether a record that did not decode holds a suppressed key in its
+    /// raw payload (and so must not become a dead letter).
+    pub fn holds_payload(&self, payload: &[u8]) -> bool {
+        let keys = self.payloads.read().expect("suppressor lock").clone();
+        if keys.len() == 0 {
+            return false;
+        }
+        let text = String::from_utf8_lossy(payload);
+        if keys
+            .clear
+            .iter()
+            .any(|set| set.payload_match(&text).is_some())
+        {
+            return true;
+        }
+        match &self.hasher {
+            Some(hasher) if !keys.hashed.is_empty() => {
+                let tokens = super::hashing::payload_tokens(&text);
+                keys.hashed.iter().any(|(column, hashes)| {
+                    tokens
+                        .iter()
+                        .any(|t| hashes.contains(&hasher.hash(column, t)))
+                })
+            }
+            _ => false,
+        }
     }
 }
 
@@ -231,7 +296,7 @@ mod tests {
             e
         };
         let requests = fold(&[request("a", "rides", "u-1"), request("b", "other", "u-2")]);
-        let suppressor = Suppressor::new("rides", schema.clone());
+        let suppressor = Suppressor::new("rides", schema.clone(), None);
         suppressor.update(&requests);
         assert_eq!(suppressor.len(), 1);
         let batch = RecordBatch::try_new(

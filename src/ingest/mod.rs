@@ -126,7 +126,11 @@ pub async fn run_with_budget(
     let mut suppressors = Vec::new();
     for table_config in &config.tables {
         let decoder = JsonDecoder::new(table_config)?;
-        suppressors.push(Suppressor::new(&table_config.name, decoder.table_schema()));
+        suppressors.push(Suppressor::new(
+            &table_config.name,
+            decoder.table_schema(),
+            config.erasure.key_hasher(),
+        ));
     }
     if !suppress::first_refresh(
         &config.lake.root,

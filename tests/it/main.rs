@@ -5,6 +5,7 @@ mod config_errors;
 mod dead_letters;
 mod erasure;
 mod erasure_clock;
+mod erasure_hashed;
 mod exactly_once;
 mod fencing;
 mod fleet;
