@@ -87,6 +87,30 @@ fn errors_name_the_key_and_the_reason() {
         "{bad_partition}"
     );
 
+    let bad_property = problems(&GOOD.replace(
+        "key = \"user_id\"",
+        "key = \"user_id\"\nproperties = { \"delta.appendOnly\" = \"true\", \"delta.logRetentionDuration\" = \"7 days\", \"owner\" = \"me\" }",
+    ));
+    for expected in [
+        "tables[0].properties.\"delta.appendOnly\"",
+        "tables[0].properties.\"delta.logRetentionDuration\"",
+        "`7 days` is not an interval",
+        "tables[0].properties.\"owner\"",
+    ] {
+        assert!(
+            bad_property.contains(expected),
+            "{expected}: {bad_property}"
+        );
+    }
+    let short_secret = problems(&GOOD.replace(
+        "[[sources]]",
+        "[erasure]\nkey_hash_secret = \"short\"\n[[sources]]",
+    ));
+    assert!(
+        short_secret.contains("erasure.key_hash_secret") && short_secret.contains("16 bytes"),
+        "{short_secret}"
+    );
+
     let bad_size = problems(&GOOD.replace(
         "[[sources]]",
         "[batching]\nmax_bytes = \"12 parsecs\"\n[[sources]]",
@@ -175,6 +199,7 @@ fn the_readme_example_config_is_valid() {
     ] {
         std::env::set_var(name, "x");
     }
+    std::env::set_var("SLUICE_KEY_SECRET", "a-secret-of-at-least-16-bytes");
     let config = Config::parse(block, "README.md").unwrap();
     config.validate().unwrap();
     assert_eq!(config.sources_for(&config.tables[0]).count(), 2);
