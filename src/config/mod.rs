@@ -34,6 +34,7 @@
 
 pub mod defaults;
 mod env;
+pub mod format;
 mod table;
 pub mod units;
 mod validate;
@@ -43,6 +44,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use format::{Format, FormatSpec, RegistryConfig};
 pub use table::{ColumnConfig, DerivedColumn, EpochUnit, MetadataColumn, TableConfig, Transform};
 pub use units::{ByteSize, Span};
 
@@ -272,6 +274,29 @@ pub enum SourceConfig {
 }
 
 impl SourceConfig {
+    /// The source's format settings.
+    pub fn format_spec(&self) -> FormatSpec<'_> {
+        let mut spec = FormatSpec {
+            source: self.name(),
+            format: Format::Json,
+            registry: None,
+            schema_file: None,
+            subject: None,
+            topics: &[],
+        };
+        match self {
+            SourceConfig::Kafka(k) => {
+                spec.format = k.format;
+                spec.registry = k.registry.as_ref();
+                spec.schema_file = k.schema_file.as_deref();
+                spec.subject = k.subject.as_deref();
+                spec.topics = &k.topics;
+            }
+            SourceConfig::File(_) | SourceConfig::Kinesis(_) => {}
+        }
+        spec
+    }
+
     /// The source's name, referenced by tables.
     pub fn name(&self) -> &str {
         match self {
@@ -311,6 +336,18 @@ pub struct KafkaSourceConfig {
     /// librdkafka properties passed through (`security.protocol`, `sasl.*`, `ssl.*`, ...).
     #[serde(default)]
     pub properties: BTreeMap<String, String>,
+    /// How records are encoded (`json`, the default, or `avro`).
+    #[serde(default)]
+    pub format: Format,
+    /// The schema registry of the registry wire format.
+    #[serde(default)]
+    pub registry: Option<RegistryConfig>,
+    /// An Avro schema file for plain Avro bodies (no registry framing).
+    #[serde(default)]
+    pub schema_file: Option<String>,
+    /// The registry subject whose latest schema types the table (default `<topic>-value`).
+    #[serde(default)]
+    pub subject: Option<String>,
 }
 
 /// A Kinesis data stream.

@@ -18,7 +18,9 @@ pub struct TableConfig {
     pub uri: Option<String>,
     /// The subject-key column (e.g. `user_id`) used by erasure and Z-order.
     pub key: String,
-    /// Columns decoded from each JSON record.
+    /// Columns decoded from each JSON record. With a schema-carrying format
+    /// (`avro`) they may be omitted: the table's columns come from the schema.
+    #[serde(default)]
     pub columns: Vec<ColumnConfig>,
     /// Partition columns: declared or derived column names.
     #[serde(default)]

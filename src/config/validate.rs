@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 
 use arrow::datatypes::DataType;
 
-use super::{Config, Problem, SourceConfig, TableConfig, Transform};
+use super::{Config, Format, Problem, SourceConfig, TableConfig, Transform};
 use crate::table::schema::parse_type;
 
 pub(super) fn problems(config: &Config) -> Vec<Problem> {
@@ -147,6 +147,48 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 if k.group_id.trim().is_empty() {
                     add(format!("{key}.group_id"), "must not be empty".into());
                 }
+                match (k.format, &k.registry, &k.schema_file) {
+                    (Format::Json, None, None) => {}
+                    (Format::Json, _, _) => add(
+                        format!("{key}.format"),
+                        "`registry` and `schema_file` go with `format = \"avro\"`".into(),
+                    ),
+                    (Format::Avro, None, None) => add(
+                        format!("{key}.registry"),
+                        "`format = \"avro\"` needs `[sources.registry]` (registry wire format) or `schema_file` (plain Avro bodies)".into(),
+                    ),
+                    (Format::Avro, Some(_), Some(_)) => add(
+                        format!("{key}.schema_file"),
+                        "give either `registry` or `schema_file`, not both".into(),
+                    ),
+                    (Format::Avro, Some(registry), None) => {
+                        if !registry.url.starts_with("http://") && !registry.url.starts_with("https://")
+                            || url::Url::parse(&registry.url).is_err()
+                        {
+                            add(
+                                format!("{key}.registry.url"),
+                                format!("`{}` is not an http(s) URL", registry.url),
+                            );
+                        }
+                        if registry.username.is_some() != registry.password.is_some() {
+                            add(
+                                format!("{key}.registry"),
+                                "give both `username` and `password`, or neither".into(),
+                            );
+                        }
+                        if k.subject.is_none() && k.topics.len() != 1 {
+                            add(
+                                format!("{key}.subject"),
+                                "name the subject whose schema types the table (several topics: no default `<topic>-value`)".into(),
+                            );
+                        }
+                    }
+                    (Format::Avro, None, Some(file)) => {
+                        if let Err(reason) = crate::decode::avro::read_schema_file(file) {
+                            add(format!("{key}.schema_file"), reason);
+                        }
+                    }
+                }
                 for reserved in crate::source::kafka::RESERVED_PROPERTIES {
                     if k.properties.contains_key(*reserved) {
                         add(
@@ -224,7 +266,20 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 add(at, format!("source `{name}` already feeds table `{other}`"));
             }
         }
-        for problem in table_problems(table) {
+        let schema_typed = config
+            .sources_for(table)
+            .any(|s| s.format_spec().format != Format::Json);
+        if schema_typed
+            && config
+                .sources_for(table)
+                .any(|s| s.format_spec().format == Format::Json)
+        {
+            add(
+                format!("{key}.source"),
+                "mixes JSON and schema-carrying sources; a table takes one kind".into(),
+            );
+        }
+        for problem in table_problems(table, schema_typed) {
             add(format!("{key}.{}", problem.key), problem.reason);
         }
     }
@@ -237,13 +292,20 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
 }
 
 /// Problems within one table section; keys are relative to the table.
-pub(crate) fn table_problems(table: &TableConfig) -> Vec<Problem> {
+pub(crate) fn table_problems(table: &TableConfig, schema_typed: bool) -> Vec<Problem> {
     let mut out = Vec::new();
     let mut add = |key: String, reason: String| out.push(Problem { key, reason });
     let mut types: HashMap<&str, DataType> = HashMap::new();
 
     if table.columns.is_empty() {
-        add("columns".into(), "at least one column is required".into());
+        if schema_typed {
+            // Columns come from the source's schema; they are checked at start.
+            return out;
+        }
+        add(
+            "columns".into(),
+            "at least one column is required (or a source with `format = \"avro\"`, whose schema types the table)".into(),
+        );
     }
     for (j, column) in table.columns.iter().enumerate() {
         if column.name.trim().is_empty() {

@@ -17,17 +17,17 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array, ArrayRef, BooleanArray, Date32Array, Int32Array, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    Array, ArrayRef, BooleanArray, RecordBatch, StringArray, TimestampMicrosecondArray,
 };
 use arrow::compute::{concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::json::reader::{Decoder, ReaderBuilder};
 
+use super::columns::Extras;
 use super::timestamp::parse_timestamp_micros;
-use crate::config::{EpochUnit, MetadataColumn, TableConfig, Transform};
+use crate::config::{EpochUnit, TableConfig};
 use crate::source::Record;
-use crate::table::schema::{parse_type, timestamp_type};
+use crate::table::schema::parse_type;
 
 /// Records decoded together before falling back to halves.
 const GROUP_RECORDS: usize = 512;
@@ -45,6 +45,19 @@ pub enum DecoderError {
         /// What is wrong.
         reason: String,
     },
+    /// A schema-carrying source's schema cannot type the table.
+    #[error("table `{table}`, source `{source_name}`: {reason}")]
+    Schema {
+        /// Table name.
+        table: String,
+        /// Source name.
+        source_name: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Stopped before the schema registry answered.
+    #[error("stopped while waiting for the schema registry")]
+    Stopped,
     /// arrow-json refused the schema.
     #[error("table `{table}`: {0}", table = .1)]
     Arrow(arrow::error::ArrowError, String),
@@ -67,8 +80,7 @@ pub struct JsonDecoder {
     decode_schema: SchemaRef,
     table_schema: SchemaRef,
     timestamps: Vec<(usize, EpochUnit)>,
-    derived: Vec<(usize, Transform)>,
-    metadata: Vec<MetadataColumn>,
+    extras: Extras,
 }
 
 impl JsonDecoder {
@@ -92,38 +104,18 @@ impl JsonDecoder {
             decode_fields.push(Field::new(&column.name, decode_ty, column.nullable));
             table_fields.push(Field::new(&column.name, ty, column.nullable));
         }
-        let mut derived = Vec::new();
-        for d in &table.derived {
-            let from = table
-                .columns
-                .iter()
-                .position(|c| c.name == d.from)
-                .ok_or_else(|| DecoderError::BadColumn {
-                    table: table.name.clone(),
-                    column: d.name.clone(),
-                    reason: format!("derived from unknown column `{}`", d.from),
-                })?;
-            let ty = match d.transform {
-                Transform::Date => DataType::Date32,
-                Transform::Hour => DataType::Int32,
-            };
-            table_fields.push(Field::new(&d.name, ty, true));
-            derived.push((from, d.transform));
-        }
-        for m in &table.metadata_columns {
-            let ty = match m {
-                MetadataColumn::SourceStream | MetadataColumn::SourcePartition => DataType::Utf8,
-                MetadataColumn::SourcePosition => DataType::Int64,
-                MetadataColumn::SourceTime | MetadataColumn::IngestTime => timestamp_type(),
-            };
-            table_fields.push(Field::new(m.column_name(), ty, true));
-        }
+        let (extras, extra_fields) =
+            Extras::new(table, &table_fields).map_err(|reason| DecoderError::BadColumn {
+                table: table.name.clone(),
+                column: "derived".into(),
+                reason,
+            })?;
+        table_fields.extend(extra_fields);
         let decoder = Self {
             decode_schema: Arc::new(Schema::new(decode_fields)),
             table_schema: Arc::new(Schema::new(table_fields)),
             timestamps,
-            derived,
-            metadata: table.metadata_columns.clone(),
+            extras,
         };
         decoder
             .raw_decoder(1)
@@ -263,55 +255,7 @@ impl JsonDecoder {
                 .collect();
             columns[index] = Arc::new(parsed.with_timezone("UTC"));
         }
-        let ingest_micros = chrono::Utc::now().timestamp_micros();
-        for &(from, transform) in &self.derived {
-            let source = columns[from]
-                .as_any()
-                .downcast_ref::<TimestampMicrosecondArray>()
-                .expect("derived from a parsed timestamp");
-            let column: ArrayRef = match transform {
-                Transform::Date => Arc::new(
-                    source
-                        .iter()
-                        .map(|v| v.map(|us| us.div_euclid(86_400_000_000) as i32))
-                        .collect::<Date32Array>(),
-                ),
-                Transform::Hour => Arc::new(
-                    source
-                        .iter()
-                        .map(|v| v.map(|us| us.div_euclid(3_600_000_000).rem_euclid(24) as i32))
-                        .collect::<Int32Array>(),
-                ),
-            };
-            columns.push(column);
-        }
-        for column in &self.metadata {
-            let rows = kept.iter().map(|&i| &records[i]);
-            let array: ArrayRef = match column {
-                MetadataColumn::SourceStream => Arc::new(
-                    rows.map(|r| Some(r.partition.stream.as_str()))
-                        .collect::<StringArray>(),
-                ),
-                MetadataColumn::SourcePartition => Arc::new(
-                    rows.map(|r| Some(r.partition.partition.as_str()))
-                        .collect::<StringArray>(),
-                ),
-                MetadataColumn::SourcePosition => {
-                    Arc::new(rows.map(|r| Some(r.position)).collect::<Int64Array>())
-                }
-                MetadataColumn::SourceTime => Arc::new(
-                    rows.map(|r| r.timestamp_ms.map(|ms| ms * 1000))
-                        .collect::<TimestampMicrosecondArray>()
-                        .with_timezone("UTC"),
-                ),
-                MetadataColumn::IngestTime => Arc::new(
-                    rows.map(|_| Some(ingest_micros))
-                        .collect::<TimestampMicrosecondArray>()
-                        .with_timezone("UTC"),
-                ),
-            };
-            columns.push(array);
-        }
+        self.extras.append(&mut columns, records, &kept);
         let batch = RecordBatch::try_new(self.table_schema.clone(), columns)
             .expect("shaped columns match the table schema");
         if valid.iter().all(|v| *v) {

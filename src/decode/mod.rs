@@ -1,6 +1,171 @@
-//! Decoding raw records into Arrow batches in a table's schema (JSON today).
+//! Decoding raw records into Arrow batches in a table's schema: JSON
+//! against declared columns, Avro against the table's Avro schema (from a
+//! schema registry or a schema file). See [`Decoder`].
 
+pub mod avro;
+pub mod columns;
 pub mod json;
+pub mod registry;
 pub mod timestamp;
 
-pub use json::{Decoded, JsonDecoder};
+pub use json::{Decoded, DecoderError, JsonDecoder};
+
+use std::time::Duration;
+
+use crate::config::{Format, SourceConfig, TableConfig};
+use crate::source::Record;
+
+/// A table's decoder for one source.
+#[derive(Debug, Clone)]
+pub enum Decoder {
+    /// JSON against the declared columns.
+    Json(JsonDecoder),
+    /// Avro against the table's Avro schema.
+    Avro(avro::AvroDecoder),
+}
+
+impl Decoder {
+    /// The table's Arrow schema (data, derived, then metadata columns).
+    pub fn table_schema(&self) -> arrow::datatypes::SchemaRef {
+        match self {
+            Decoder::Json(d) => d.table_schema(),
+            Decoder::Avro(d) => d.table_schema(),
+        }
+    }
+
+    /// Fetches what decoding `records` needs (writer schemas from the
+    /// registry), waiting with backoff while the registry is unavailable;
+    /// `false` if `stop` fired first.
+    pub async fn prepare(
+        &self,
+        records: &[Record],
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> bool {
+        match self {
+            Decoder::Json(_) => true,
+            Decoder::Avro(d) => d.prepare(records, stop).await,
+        }
+    }
+
+    /// Decodes `records`, separating the ones that cannot be decoded.
+    pub fn decode(&self, records: &[Record]) -> Decoded {
+        match self {
+            Decoder::Json(d) => d.decode(records),
+            Decoder::Avro(d) => d.decode(records),
+        }
+    }
+}
+
+/// The decoder of `source`'s records for `table`. For Avro it reads the
+/// table's schema first: the registry subject's latest version (waiting,
+/// with backoff, while the registry is unavailable; `stop` ends the wait)
+/// or the schema file, and checks the table's key, partition and Z-order
+/// columns against it.
+pub async fn decoder_for(
+    table: &TableConfig,
+    source: &SourceConfig,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Decoder, DecoderError> {
+    let spec = source.format_spec();
+    let problem = |reason: String| DecoderError::Schema {
+        table: table.name.clone(),
+        source_name: spec.source.to_string(),
+        reason,
+    };
+    let decoder = match spec.format {
+        Format::Json => return Ok(Decoder::Json(JsonDecoder::new(table)?)),
+        Format::Avro => match (spec.registry, spec.schema_file) {
+            (Some(registry_config), _) => {
+                let registry =
+                    registry::Registry::new(registry_config).map_err(|e| problem(e.to_string()))?;
+                let subject = spec
+                    .table_subject()
+                    .ok_or_else(|| problem("no subject to type the table".into()))?;
+                let latest = latest_schema(&registry, &subject, stop)
+                    .await?
+                    .map_err(|e| problem(e.to_string()))?;
+                let schema = avro::TableSchema::from_avro(&latest.schema).map_err(|e| {
+                    problem(format!(
+                        "subject `{subject}` version {:?} (id {}): {e}",
+                        latest.version, latest.id
+                    ))
+                })?;
+                tracing::info!(table = %table.name, %subject, schema_id = latest.id, version = ?latest.version,
+                    "table typed from the registry");
+                avro::AvroDecoder::registry(table, schema, registry).map_err(problem)?
+            }
+            (None, Some(file)) => {
+                let text = avro::read_schema_file(file).map_err(problem)?;
+                let schema = avro::TableSchema::from_avro(&text).map_err(problem)?;
+                avro::AvroDecoder::plain(table, schema).map_err(problem)?
+            }
+            (None, None) => return Err(problem("no registry and no schema_file".into())),
+        },
+    };
+    check_columns(table, &decoder.table_schema()).map_err(problem)?;
+    Ok(Decoder::Avro(decoder))
+}
+
+/// The latest schema of `subject`, waiting while the registry is unavailable.
+async fn latest_schema(
+    registry: &registry::Registry,
+    subject: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Result<registry::Registered, registry::RegistryError>, DecoderError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match registry.latest(subject).await {
+            Err(registry::RegistryError::Unavailable { url, reason }) => {
+                crate::telemetry::metrics::registry_unavailable(&url);
+                tracing::warn!(registry = %url, %subject, %reason, retry_in = ?delay,
+                    "schema registry unavailable; waiting to type the table");
+            }
+            other => return Ok(other),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Err(DecoderError::Stopped),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The rules of config validation that need the columns, for a table typed
+/// by its source's schema: the key is a string or integer column, partition
+/// and Z-order columns exist.
+fn check_columns(table: &TableConfig, schema: &arrow::datatypes::Schema) -> Result<(), String> {
+    use arrow::datatypes::DataType;
+    let names = || {
+        schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match schema.field_with_name(&table.key).map(|f| f.data_type()) {
+        Ok(DataType::Utf8 | DataType::Int64 | DataType::Int32 | DataType::Int16) => {}
+        Ok(other) => {
+            return Err(format!(
+                "key `{}` has type {other}; a key must be a string or integer",
+                table.key
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "key `{}` is not a column of the schema (columns: {})",
+                table.key,
+                names()
+            ))
+        }
+    }
+    for column in table.partition_by.iter().chain(&table.zorder_by) {
+        if schema.field_with_name(column).is_err() {
+            return Err(format!(
+                "`{column}` (partition_by / zorder_by) is not a column of the schema (columns: {})",
+                names()
+            ));
+        }
+    }
+    Ok(())
+}

@@ -237,7 +237,7 @@ async fn delete_once(
     let mut fresh: Vec<&Request> = Vec::new();
     for request in requests {
         let progress = &request.tables[&target.name];
-        let Ok(kind) = target.key_kind(&request.key_column) else {
+        let Ok(kind) = target.key_kind(&request.key_column).await else {
             tracing::warn!(table = %target.name, request = %request.id, column = %request.key_column,
                 "the table has no usable column for this key; skipped");
             continue;

@@ -120,6 +120,8 @@ pub struct TableTarget {
     pub storage_options: BTreeMap<String, String>,
     /// The configured table (its declared columns type the keys, before any table exists).
     pub config: TableConfig,
+    /// The data table's location (dead-letter targets take key types from it).
+    pub data_url: Url,
 }
 
 impl TableTarget {
@@ -133,10 +135,27 @@ impl TableTarget {
         Ok(table::open(&self.url, &self.storage_options).await?)
     }
 
-    /// The kind of `column` in the table's declared schema.
-    pub fn key_kind(&self, column: &str) -> Result<KeyKind, String> {
-        let decoder = crate::decode::JsonDecoder::new(&self.config).map_err(|e| e.to_string())?;
-        let schema = decoder.table_schema();
+    /// The kind of `column` in the table's declared schema, or, for a table
+    /// typed by its source's schema (no declared columns), in the data
+    /// table's schema (it must exist then).
+    pub async fn key_kind(&self, column: &str) -> Result<KeyKind, String> {
+        let schema = if self.config.columns.is_empty() {
+            let data = crate::table::open(&self.data_url, &self.storage_options)
+                .await
+                .map_err(|e| match e {
+                    TableError::NotATable(_) => format!(
+                        "table `{}` takes its columns from its source's schema and has not been created yet",
+                        self.config.name
+                    ),
+                    other => other.to_string(),
+                })?;
+            let snapshot = data.snapshot().map_err(|e| e.to_string())?;
+            snapshot.snapshot().arrow_schema()
+        } else {
+            let decoder =
+                crate::decode::JsonDecoder::new(&self.config).map_err(|e| e.to_string())?;
+            decoder.table_schema()
+        };
         let field = schema
             .field_with_name(column)
             .map_err(|_| format!("table `{}` has no column `{column}`", self.name))?;
@@ -156,6 +175,7 @@ pub fn targets(config: &Config) -> Result<Vec<TableTarget>, EraseError> {
     for t in &config.tables {
         let (data, dead) = crate::ingest::table_locations(config, t);
         let (url, dead_url) = (table::location_url(&data)?, table::location_url(&dead)?);
+        let data_url = url.clone();
         for (name, url, source) in [
             (t.name.clone(), url, keys::MatchSource::Column),
             (
@@ -170,6 +190,7 @@ pub fn targets(config: &Config) -> Result<Vec<TableTarget>, EraseError> {
                 url,
                 storage_options: config.lake.storage_options.clone(),
                 config: t.clone(),
+                data_url: data_url.clone(),
             });
         }
     }
@@ -244,7 +265,7 @@ pub async fn file_requests(
             if !named {
                 continue;
             }
-            match target.key_kind(&key.column) {
+            match target.key_kind(&key.column).await {
                 Ok(kind) => {
                     KeyValue::parse(&key.value, kind).map_err(|e| {
                         EraseError::Invalid(format!(

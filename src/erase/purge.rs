@@ -200,6 +200,7 @@ async fn still_held(
     for request in requests {
         let kind = target
             .key_kind(&request.key_column)
+            .await
             .map_err(EraseError::Invalid)?;
         let value = KeyValue::parse(&request.key_value, kind).map_err(EraseError::Invalid)?;
         let needle = Needle {

@@ -78,7 +78,7 @@ pub async fn verify_table(
     value_text: &str,
     full: bool,
 ) -> Result<TableVerification, EraseError> {
-    let kind = target.key_kind(column).map_err(EraseError::Invalid)?;
+    let kind = target.key_kind(column).await.map_err(EraseError::Invalid)?;
     let value = KeyValue::parse(value_text, kind).map_err(EraseError::Invalid)?;
     let mut report = TableVerification {
         table: target.name.clone(),

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, SourceConfig, TableConfig};
-use crate::decode::json::{DecoderError, JsonDecoder};
+use crate::decode::{self, Decoder, DecoderError};
 use crate::erase::{self, suppress, suppress::Suppressor};
 use crate::maintain::scheduler::{self, MaintenanceLoop};
 use crate::source::{file, kafka, kinesis, SourceControl, SourceEvent};
@@ -124,13 +124,35 @@ pub async fn run_with_budget(
     let maintenance_stop = shutdown.child_token();
     let mut maintenance = Vec::new();
     let mut suppressors = Vec::new();
+    let mut decoders = Vec::new();
     for table_config in &config.tables {
-        let decoder = JsonDecoder::new(table_config)?;
+        let mut per_source = Vec::new();
+        for source in config.sources_for(table_config) {
+            match decode::decoder_for(table_config, source, &shutdown).await {
+                Ok(decoder) => per_source.push(decoder),
+                Err(DecoderError::Stopped) => return Ok(()),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let schema = per_source[0].table_schema();
+        if let Some(other) = per_source.iter().find(|d| d.table_schema() != schema) {
+            return Err(DecoderError::Schema {
+                table: table_config.name.clone(),
+                source_name: table_config.source.join(", "),
+                reason: format!(
+                    "the sources type the table differently: {:?} vs {:?}",
+                    schema.fields(),
+                    other.table_schema().fields()
+                ),
+            }
+            .into());
+        }
         suppressors.push(Suppressor::new(
             &table_config.name,
-            decoder.table_schema(),
+            schema,
             config.erasure.key_hasher(),
         ));
+        decoders.push(per_source);
     }
     if !suppress::first_refresh(
         &config.lake.root,
@@ -156,14 +178,17 @@ pub async fn run_with_budget(
             maintenance_stop.clone(),
         ));
     }
-    for (table_config, suppressor) in config.tables.iter().zip(suppressors) {
+    for ((table_config, suppressor), per_source) in
+        config.tables.iter().zip(suppressors).zip(decoders)
+    {
         // One pipeline per source; pipelines of one table commit side by
         // side like workers of a fleet, each fencing its own positions.
-        for source in config.sources_for(table_config) {
+        for (source, decoder) in config.sources_for(table_config).zip(per_source) {
             let (pipeline, events) = start_table(
                 config,
                 table_config,
                 source,
+                decoder,
                 &WorkerParts {
                     id: &worker,
                     budget: &budget,
@@ -235,10 +260,10 @@ async fn start_table(
     config: &Config,
     table_config: &TableConfig,
     source: &SourceConfig,
+    decoder: Decoder,
     parts: &WorkerParts<'_>,
     suppressor: Arc<Suppressor>,
 ) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
-    let decoder = JsonDecoder::new(table_config)?;
     let (data_url, dead_url) = table_urls(config, table_config)?;
     let options = &config.lake.storage_options;
     let schema = decoder.table_schema();

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use super::batcher::{Batch, FlushReason};
 use super::budget::MemoryBudget;
 use crate::config::{defaults, BatchingConfig};
-use crate::decode::{Decoded, JsonDecoder};
+use crate::decode::{Decoded, Decoder};
 use crate::erase::suppress::Suppressor;
 use crate::source::{PartitionId, Record, SourceControl, SourceEvent};
 use crate::table::commit::{commit_with_positions, CommitError, PositionUpdate};
@@ -54,6 +54,14 @@ pub enum PipelineError {
         /// The Arrow error.
         source: arrow::error::ArrowError,
     },
+    /// Stopped while the schema registry was unavailable: the records held
+    /// could not be decoded, so nothing of them was committed (they are
+    /// read again from the table's positions).
+    #[error("table `{table}`: stopped while waiting for the schema registry; the buffered records were not committed and will be read again")]
+    SchemasUnavailable {
+        /// Table name.
+        table: String,
+    },
     /// A commit kept failing.
     #[error("table `{table}`: {source}")]
     Commit {
@@ -74,8 +82,8 @@ pub struct PipelineParts {
     pub key: String,
     /// Flush policy.
     pub batching: BatchingConfig,
-    /// JSON decoder for the table.
-    pub decoder: JsonDecoder,
+    /// The decoder of the source's records for the table.
+    pub decoder: Decoder,
     /// The data table.
     pub table: DeltaTable,
     /// The dead-letter table.
@@ -105,9 +113,11 @@ pub struct Pipeline {
     batch: Batch,
     pending: Vec<Record>,
     in_flight: Option<tokio::task::JoinHandle<(Vec<Record>, Decoded)>>,
-    decoder: Arc<JsonDecoder>,
+    decoder: Arc<Decoder>,
     dead: Vec<DeadLetter>,
     epoch: i64,
+    /// Fires on shutdown: stops waiting for an unavailable schema registry.
+    stop: CancellationToken,
 }
 
 impl Pipeline {
@@ -133,6 +143,7 @@ impl Pipeline {
             decoder,
             dead: Vec::new(),
             epoch: 0,
+            stop: CancellationToken::new(),
         })
     }
 
@@ -142,6 +153,7 @@ impl Pipeline {
         mut events: mpsc::Receiver<SourceEvent>,
         shutdown: CancellationToken,
     ) -> Result<(), PipelineError> {
+        self.stop = shutdown.clone();
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut ended = false;
         loop {
@@ -285,6 +297,11 @@ impl Pipeline {
         let previous = self.in_flight.take();
         if !self.pending.is_empty() {
             let records = std::mem::take(&mut self.pending);
+            if !self.decoder.prepare(&records, &self.stop).await {
+                return Err(PipelineError::SchemasUnavailable {
+                    table: self.parts.name.clone(),
+                });
+            }
             let decoder = self.decoder.clone();
             self.in_flight = Some(tokio::task::spawn_blocking(move || {
                 let decoded = decoder.decode(&records);

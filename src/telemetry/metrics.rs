@@ -31,7 +31,7 @@ pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Ato
 static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
 
 /// The rare events counted in [`EVENTS`]: (metric, label name, help).
-const EVENT_METRICS: [(&str, &str, &str); 3] = [
+const EVENT_METRICS: [(&str, &str, &str); 4] = [
     (
         "sluice_erasure_purges_held_total",
         "table",
@@ -41,6 +41,11 @@ const EVENT_METRICS: [(&str, &str, &str); 3] = [
         "sluice_erasure_ledger_read_failures_total",
         "process",
         "Failed reads of the erasure ledger by ingestion (the last keys read stay in force).",
+    ),
+    (
+        "sluice_registry_unavailable_total",
+        "registry",
+        "Schema-registry requests that found it unavailable; consumption waits and retries.",
     ),
     (
         "sluice_kafka_seek_failures_total",
@@ -67,9 +72,14 @@ pub fn ledger_read_failed() {
     count_event(EVENT_METRICS[1].0, "ingest");
 }
 
+/// The schema registry at `url` did not answer.
+pub fn registry_unavailable(url: &str) {
+    count_event(EVENT_METRICS[2].0, url);
+}
+
 /// A Kafka seek of `partition` failed.
 pub fn seek_failed(partition: &str) {
-    count_event(EVENT_METRICS[2].0, partition);
+    count_event(EVENT_METRICS[3].0, partition);
 }
 
 /// (kind, table, outcome) -> (runs, seconds).

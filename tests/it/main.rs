@@ -1,5 +1,6 @@
 //! Integration tests, one module per capability.
 
+mod avro;
 mod common;
 mod config_errors;
 mod dead_letters;

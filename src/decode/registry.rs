@@ -1,0 +1,236 @@
+//! A schema-registry client (Confluent Schema Registry's REST API): schemas
+//! by id, cached for the life of the process (an id never changes its
+//! schema), and a subject's latest version.
+//!
+//! An unreachable registry is not bad input: [`RegistryError::Unavailable`]
+//! tells the caller to wait and retry (consumption pauses), while an id or
+//! subject the registry does not know is [`RegistryError::NotFound`], which
+//! dead-letters the records that carry it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::RegistryConfig;
+
+/// How long one registry request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Registry errors.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry did not answer, or answered with a server error.
+    #[error("schema registry {url} unavailable: {reason}")]
+    Unavailable {
+        /// The registry.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The registry does not know the id or subject.
+    #[error("{0}")]
+    NotFound(String),
+    /// The registry answered something unusable (bad credentials, a schema
+    /// of another type, a body that is not JSON).
+    #[error("schema registry {url}: {reason}")]
+    Refused {
+        /// The registry.
+        url: String,
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// A registered schema.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// Its id.
+    pub id: u32,
+    /// The schema text (Avro: JSON).
+    pub schema: Arc<String>,
+    /// The subject's version, when looked up by subject.
+    pub version: Option<u32>,
+}
+
+/// A client for one registry.
+#[derive(Clone)]
+pub struct Registry {
+    base: String,
+    auth: Option<(String, String)>,
+    client: reqwest::Client,
+    by_id: Arc<Mutex<HashMap<u32, Arc<String>>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registry({})", self.base)
+    }
+}
+
+impl Registry {
+    /// A client for `config` (no request is made yet).
+    pub fn new(config: &RegistryConfig) -> Result<Self, RegistryError> {
+        let client = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|e| RegistryError::Refused {
+                url: config.url.clone(),
+                reason: format!("cannot build an HTTP client: {e}"),
+            })?;
+        Ok(Self {
+            base: config.url.trim_end_matches('/').to_string(),
+            auth: config.username.clone().zip(config.password.clone()),
+            client,
+            by_id: Arc::default(),
+        })
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> &str {
+        &self.base
+    }
+
+    /// The schema with `id`, from the cache or the registry.
+    pub async fn schema(&self, id: u32) -> Result<Arc<String>, RegistryError> {
+        if let Some(found) = self.cached(id) {
+            return Ok(found);
+        }
+        let body = self.get(&format!("schemas/ids/{id}")).await?;
+        let schema = Arc::new(schema_text(&body, &self.base)?);
+        self.by_id
+            .lock()
+            .expect("registry cache lock")
+            .insert(id, schema.clone());
+        Ok(schema)
+    }
+
+    /// The schema with `id` if it is cached.
+    pub fn cached(&self, id: u32) -> Option<Arc<String>> {
+        self.by_id
+            .lock()
+            .expect("registry cache lock")
+            .get(&id)
+            .cloned()
+    }
+
+    /// The latest version of `subject`.
+    pub async fn latest(&self, subject: &str) -> Result<Registered, RegistryError> {
+        let path = format!("subjects/{}/versions/latest", encode(subject));
+        let body = self.get(&path).await.map_err(|e| match e {
+            RegistryError::NotFound(_) => {
+                RegistryError::NotFound(format!("subject `{subject}` is not in the registry"))
+            }
+            other => other,
+        })?;
+        let id = body["id"]
+            .as_u64()
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| RegistryError::Refused {
+                url: self.base.clone(),
+                reason: format!("subject `{subject}`: no schema id in the answer"),
+            })?;
+        let schema = Arc::new(schema_text(&body, &self.base)?);
+        self.by_id
+            .lock()
+            .expect("registry cache lock")
+            .insert(id, schema.clone());
+        Ok(Registered {
+            id,
+            schema,
+            version: body["version"].as_u64().map(|v| v as u32),
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<serde_json::Value, RegistryError> {
+        let url = format!("{}/{path}", self.base);
+        let mut request = self
+            .client
+            .get(&url)
+            .header("Accept", "application/vnd.schemaregistry.v1+json");
+        if let Some((user, password)) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let unavailable = |reason: String| RegistryError::Unavailable {
+            url: self.base.clone(),
+            reason,
+        };
+        let response = request
+            .send()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
+        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = body["message"].as_str().unwrap_or(&text).to_string();
+        match status.as_u16() {
+            404 => Err(RegistryError::NotFound(format!(
+                "{path}: {message} (registry {})",
+                self.base
+            ))),
+            408 | 429 | 500..=599 => Err(unavailable(format!("HTTP {status}: {message}"))),
+            _ => Err(RegistryError::Refused {
+                url: self.base.clone(),
+                reason: format!("HTTP {status} for {path}: {message}"),
+            }),
+        }
+    }
+}
+
+/// The schema text of a registry answer; only Avro schemas are taken.
+fn schema_text(body: &serde_json::Value, url: &str) -> Result<String, RegistryError> {
+    let kind = body["schemaType"].as_str().unwrap_or("AVRO");
+    if kind != "AVRO" {
+        return Err(RegistryError::Refused {
+            url: url.to_string(),
+            reason: format!("the schema is {kind}, not AVRO"),
+        });
+    }
+    body["schema"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| RegistryError::Refused {
+            url: url.to_string(),
+            reason: "the answer holds no `schema`".into(),
+        })
+}
+
+/// Percent-encodes a path segment (subjects may hold `/`, `:`, spaces).
+fn encode(segment: &str) -> String {
+    let mut out = String::new();
+    for byte in segment.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_encoded_as_one_path_segment() {
+        assert_eq!(encode("rides-value"), "rides-value");
+        assert_eq!(encode("a/b c:d"), "a%2Fb%20c%3Ad");
+    }
+
+    #[test]
+    fn only_avro_schemas_are_taken() {
+        let avro = serde_json::json!({"schema": "\"string\""});
+        assert_eq!(schema_text(&avro, "u").unwrap(), "\"string\"");
+        let proto = serde_json::json!({"schema": "syntax", "schemaType": "PROTOBUF"});
+        assert!(schema_text(&proto, "u")
+            .unwrap_err()
+            .to_string()
+            .contains("PROTOBUF"));
+    }
+}

@@ -1,0 +1,374 @@
+//! Avro topics: messages written by confluent-kafka's `AvroSerializer`
+//! against a schema-registry stand-in (the real client must accept it
+//! unchanged) and by fastavro, tables typed from the registry's schema,
+//! read back with `delta_kernel`; bad messages go to dead letters, and an
+//! unavailable registry pauses ingestion instead of dead-lettering.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::DataType;
+use sluice::config::Config;
+use sluice::demo::broker::{self, EmbeddedKafka};
+
+use crate::common::*;
+
+/// The Python with confluent-kafka and fastavro (installed by scripts/test).
+pub fn python() -> String {
+    let python = std::env::var("SLUICE_PYTHON").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/sluice-venv/bin/python",
+            std::env::var("HOME").unwrap()
+        )
+    });
+    assert!(
+        Path::new(&python).exists(),
+        "no Python at {python}: run scripts/test, which installs confluent-kafka and fastavro (or set SLUICE_PYTHON)"
+    );
+    python
+}
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scripts")
+        .join(name)
+}
+
+/// The schema-registry stand-in on 127.0.0.1, stopped when dropped.
+pub struct Registry {
+    child: Child,
+    pub url: String,
+}
+
+impl Registry {
+    pub fn start(dir: &Path) -> Self {
+        let port_file = dir.join("registry.port");
+        let child = Command::new(python())
+            .arg(script("registry.py"))
+            .arg("--port-file")
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the registry stand-in");
+        let started = std::time::Instant::now();
+        while !port_file.exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "registry did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let port = std::fs::read_to_string(&port_file).unwrap();
+        Self {
+            child,
+            url: format!("http://127.0.0.1:{}", port.trim()),
+        }
+    }
+
+    /// Freezes (true) or thaws (false) the registry process: it stops answering.
+    pub fn pause(&self, paused: bool) {
+        let signal = if paused { "-STOP" } else { "-CONT" };
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.pause(false);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Encodes events `start..start+count` with the Python encoders; the frames.
+pub fn encode(args: &[&str], dir: &Path) -> Vec<Vec<u8>> {
+    let out = dir.join(format!("frames-{}", rand_suffix()));
+    let status = Command::new(python())
+        .arg(script("avro_events.py"))
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .expect("run avro_events.py");
+    assert!(status.success(), "avro_events.py {args:?} failed");
+    let bytes = std::fs::read(&out).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at < bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        frames.push(bytes[at + 4..at + 4 + len].to_vec());
+        at += 4 + len;
+    }
+    frames
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn send_all(kafka: &EmbeddedKafka, topic: &str, frames: &[Vec<u8>]) {
+    let producer = kafka.producer().expect("producer");
+    for (n, frame) in frames.iter().enumerate() {
+        broker::send(&producer, topic, &format!("k{}", n % 7), frame).expect("send");
+    }
+    broker::flush(&producer).expect("flush");
+}
+
+fn avro_config(lake: &Lake, brokers: &str, topic: &str, source: &str) -> Config {
+    let text = format!(
+        r#"
+[lake]
+root = "{root}"
+
+[batching]
+max_latency = "700ms"
+
+[erasure]
+enabled = false
+
+[[sources]]
+kind = "kafka"
+name = "k"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "g-{topic}"
+format = "avro"
+{source}
+
+[[tables]]
+name = "rides"
+source = "k"
+key = "user_id"
+metadata_columns = ["source_position"]
+derived = [{{ name = "date", from = "event_time", transform = "date" }}]
+partition_by = ["date"]
+"#,
+        root = lake.root()
+    );
+    parse_valid(&text)
+}
+
+async fn event_ids(table: &Path) -> Vec<String> {
+    strings(&kernel_read(table).await, "event_id")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters() {
+    let lake = Lake::new();
+    let registry = Registry::start(lake.dir.path());
+    let topic = "rides-avro";
+    let kafka = kafka(topic, 2);
+    let work = lake.dir.path();
+    let range = |start: usize, count: usize, version: &str| {
+        encode(
+            &[
+                "--registry",
+                &registry.url,
+                "--topic",
+                topic,
+                "--version",
+                version,
+                "--start",
+                &start.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            work,
+        )
+    };
+    // The table is typed from the subject's latest schema when ingestion starts.
+    let v1 = range(0, 400, "v1");
+    let source = format!("registry = {{ url = \"{}\" }}", registry.url);
+    let config = avro_config(&lake, kafka.bootstrap_servers(), topic, &source);
+    let running = Running::start(&config);
+
+    // Bad messages among good ones: truncated, another magic byte, an id
+    // the registry does not know, too short for the header.
+    let mut frames = v1.clone();
+    let mut truncated = v1[3].clone();
+    truncated.truncate(truncated.len() - 6);
+    let mut magic = v1[4].clone();
+    magic[0] = 7;
+    let mut unknown = v1[5].clone();
+    unknown[1..5].copy_from_slice(&4242u32.to_be_bytes());
+    frames.extend([truncated, magic, unknown, vec![0, 0]]);
+    send_all(&kafka, topic, &frames);
+    running
+        .wait_for(Duration::from_secs(60), "v1 rows", |s| {
+            s.committed >= 400 && s.dead_lettered >= 4
+        })
+        .await;
+
+    // The registry goes away while records with a schema id sluice has not
+    // seen yet arrive: ingestion waits, nothing is dead-lettered.
+    let v2 = range(400, 100, "v2");
+    registry.pause(true);
+    send_all(&kafka, topic, &v2);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let paused = running.stats.snapshot();
+    assert_eq!(paused.dead_lettered, 4, "{paused:?}");
+    assert!(
+        paused.committed < 500,
+        "nothing of v2 could be decoded: {paused:?}"
+    );
+    registry.pause(false);
+    running
+        .wait_for(Duration::from_secs(60), "v2 rows", |s| s.committed >= 500)
+        .await;
+    let stats = running.stop().await;
+    assert_eq!(
+        (stats.committed, stats.dead_lettered),
+        (500, 4),
+        "{stats:?}"
+    );
+
+    let table = lake.table("rides");
+    let expected: Vec<String> = (0..500).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(event_ids(&table).await, &expected);
+
+    // Types Spark and BigQuery read, and the values the encoder wrote.
+    let batches = kernel_read(&table).await;
+    let schema = batches[0].schema();
+    let ty = |name: &str| schema.field_with_name(name).unwrap().data_type().clone();
+    assert!(matches!(
+        ty("event_time"),
+        DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some(_))
+    ));
+    assert_eq!(ty("ride_date"), DataType::Date32);
+    assert_eq!(ty("fare"), DataType::Decimal128(10, 2));
+    assert_eq!(ty("city"), DataType::Utf8);
+    assert_eq!(ty("wait"), DataType::Int64);
+    assert_eq!(ty("code"), DataType::Binary);
+    assert!(matches!(ty("payment"), DataType::Struct(f) if f.len() == 2));
+    assert!(matches!(ty("attributes"), DataType::Map(..)));
+    assert!(matches!(ty("tags"), DataType::List(..)));
+    let by_id: std::collections::HashMap<String, (String, String, String, i64)> = {
+        let mut out = std::collections::HashMap::new();
+        for batch in &batches {
+            let ids = strings(std::slice::from_ref(batch), "event_id");
+            let cities = strings(std::slice::from_ref(batch), "city");
+            let fares = strings(std::slice::from_ref(batch), "fare");
+            let users = strings(std::slice::from_ref(batch), "user_id");
+            let times = batch
+                .column_by_name("event_time")
+                .unwrap()
+                .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            for row in 0..batch.num_rows() {
+                out.insert(
+                    ids[row].clone(),
+                    (
+                        cities[row].clone(),
+                        fares[row].clone(),
+                        users[row].clone(),
+                        times.value(row),
+                    ),
+                );
+            }
+        }
+        out
+    };
+    let epoch_micros = 1_714_564_800_000_000i64; // 2024-05-01T12:00:00Z
+    for n in [0usize, 7, 401] {
+        let (city, fare, user, time) = &by_id[&format!("e-{n}")];
+        assert_eq!(city, ["LON", "PAR", "NYC"][n % 3]);
+        assert_eq!(fare, &format!("{}.25", n % 1000));
+        assert_eq!(user, &format!("u-{}", n % 97));
+        assert_eq!(*time, epoch_micros + n as i64 * 1_000_000);
+    }
+    // A non-null union is a struct with the member that was set.
+    let payment = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = strings(std::slice::from_ref(b), "event_id");
+            let payment = b.column_by_name("payment").unwrap().as_struct().clone();
+            (0..b.num_rows()).map(move |r| (ids[r].clone(), payment.slice(r, 1)))
+        })
+        .find(|(id, _)| id == "e-3")
+        .unwrap()
+        .1;
+    let set: Vec<bool> = payment.columns().iter().map(|c| c.is_valid(0)).collect();
+    assert_eq!(set.iter().filter(|v| **v).count(), 1, "{payment:?}");
+
+    // Field docs are column comments in the Delta schema.
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    assert!(log.contains("Unique id of the event"), "{log}");
+
+    let dead = strings(
+        &kernel_read(&lake.table("rides_dead_letters")).await,
+        "error",
+    );
+    let all = dead.join("\n");
+    for reason in [
+        "truncated",
+        "magic byte 0",
+        "unknown schema id 4242",
+        "5-byte header",
+    ] {
+        assert!(all.contains(reason), "{reason} in {all}");
+    }
+    register_for_spark(&table, "avro_rides", 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_avro_bodies_with_a_schema_file() {
+    let lake = Lake::new();
+    let topic = "rides-plain";
+    let kafka = kafka(topic, 1);
+    let schema = lake.dir.path().join("ride.avsc");
+    let text = Command::new(python())
+        .arg(script("avro_events.py"))
+        .args(["--schema", "v1"])
+        .output()
+        .unwrap()
+        .stdout;
+    std::fs::write(&schema, text).unwrap();
+    let frames = encode(&["--wire", "plain", "--count", "300"], lake.dir.path());
+    send_all(&kafka, topic, &frames);
+    let source = format!("schema_file = \"{}\"", schema.display());
+    let config = avro_config(&lake, kafka.bootstrap_servers(), topic, &source);
+    let running = Running::start(&config);
+    running
+        .wait_for(Duration::from_secs(60), "rows", |s| s.committed >= 300)
+        .await;
+    running.stop().await;
+    let expected: Vec<String> = (0..300).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(event_ids(&lake.table("rides")).await, &expected);
+}
+
+#[test]
+fn a_bad_avro_source_config_is_refused_naming_the_key() {
+    let lake = Lake::new();
+    let problems = |source: &str| {
+        let text = format!(
+            "[lake]\nroot = \"{}\"\n[[sources]]\nkind = \"kafka\"\nname = \"k\"\nbrokers = \"b:9092\"\ntopics = [\"t\"]\ngroup_id = \"g\"\n{source}\n[[tables]]\nname = \"t\"\nsource = \"k\"\nkey = \"id\"\n",
+            lake.root()
+        );
+        Config::parse(&text, "t")
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string()
+    };
+    let none = problems("format = \"avro\"");
+    assert!(
+        none.contains("sources[0].registry") && none.contains("schema_file"),
+        "{none}"
+    );
+    let missing = problems("format = \"avro\"\nschema_file = \"/nope.avsc\"");
+    assert!(
+        missing.contains("sources[0].schema_file") && missing.contains("/nope.avsc"),
+        "{missing}"
+    );
+    let url = problems("format = \"avro\"\nregistry = { url = \"registry:8081\" }");
+    assert!(url.contains("sources[0].registry.url"), "{url}");
+    let json_columns = problems("");
+    assert!(json_columns.contains("tables[0].columns"), "{json_columns}");
+}
