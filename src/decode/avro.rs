@@ -30,7 +30,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ops::Range;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use arrow::array::{
@@ -308,14 +308,25 @@ enum Framing {
     Plain,
 }
 
+/// The table's current schemas (they grow with additive evolution).
+#[derive(Debug)]
+struct Current {
+    schema: TableSchema,
+    table_schema: SchemaRef,
+}
+
 /// Decodes Avro records for one table and source.
 #[derive(Debug, Clone)]
 pub struct AvroDecoder {
-    schema: TableSchema,
-    table_schema: SchemaRef,
+    table: TableConfig,
+    current: Arc<RwLock<Arc<Current>>>,
     extras: Extras,
     framing: Framing,
-    /// Schema ids the registry answered "not found" for, with its message.
+    /// Whether new writer schemas may add columns (a table typed by the
+    /// whole schema and read through the registry).
+    evolves: bool,
+    /// Schema ids whose records cannot be taken, with the reason: unknown
+    /// to the registry, or changing the table's schema incompatibly.
     unknown: Arc<Mutex<HashMap<u32, String>>>,
 }
 
@@ -335,22 +346,63 @@ impl AvroDecoder {
     }
 
     fn new(table: &TableConfig, schema: TableSchema, framing: Framing) -> Result<Self, String> {
+        let evolves = table.columns.is_empty() && matches!(framing, Framing::Registry(_));
         let schema = project(table, schema)?;
-        let (extras, extra_fields) = Extras::new(table, &schema.fields)?;
-        let mut fields = schema.fields.clone();
-        fields.extend(extra_fields);
+        let (extras, current) = current(table, schema)?;
         Ok(Self {
-            schema,
-            table_schema: Arc::new(Schema::new(fields)),
+            table: table.clone(),
+            current: Arc::new(RwLock::new(Arc::new(current))),
             extras,
             framing,
+            evolves,
             unknown: Arc::default(),
         })
     }
 
-    /// The table's Arrow schema: data, derived, then metadata columns.
+    fn snapshot(&self) -> Arc<Current> {
+        self.current.read().expect("schema lock").clone()
+    }
+
+    /// The table's Arrow schema: data, derived, then metadata columns. It
+    /// grows when a writer schema adds fields (see [`super::evolve`]).
     pub fn table_schema(&self) -> SchemaRef {
-        self.table_schema.clone()
+        self.snapshot().table_schema.clone()
+    }
+
+    /// Takes a writer schema fetched for the first time: the table grows by
+    /// the fields it adds; a schema that changes a field's type is refused
+    /// (its records become dead letters with the reason).
+    fn consider(&self, id: u32, writer: &str) {
+        if !self.evolves {
+            return;
+        }
+        let mut current = self.current.write().expect("schema lock");
+        let reader = current.schema.avro.clone();
+        let grown = super::evolve::evolve(&reader, writer).and_then(|grown| match grown {
+            None => Ok(None),
+            Some(text) => {
+                let schema = TableSchema::from_avro(&text)?;
+                current_of(&self.table, schema).map(Some)
+            }
+        });
+        match grown {
+            Ok(None) => {}
+            Ok(Some(next)) => {
+                let added = super::evolve::added_fields(&reader, writer);
+                tracing::info!(table = %self.table.name, schema_id = id, added = ?added,
+                    "a writer schema adds fields: the table gains them with its next commit");
+                *current = Arc::new(next);
+            }
+            Err(reason) => {
+                crate::telemetry::metrics::schema_refused(&self.table.name);
+                tracing::warn!(table = %self.table.name, schema_id = id, %reason,
+                    "writer schema refused: its records go to the dead-letter table");
+                self.unknown.lock().expect("unknown ids lock").insert(
+                    id,
+                    format!("schema id {id} changes the table's schema in a way Delta readers cannot take: {reason}"),
+                );
+            }
+        }
     }
 
     /// Fetches the writer schemas `records` name that are not cached yet.
@@ -374,7 +426,10 @@ impl AvroDecoder {
             let mut delay = Duration::from_millis(200);
             loop {
                 match registry.schema(id).await {
-                    Ok(_) => break,
+                    Ok(writer) => {
+                        self.consider(id, &writer);
+                        break;
+                    }
                     Err(RegistryError::NotFound(message)) => {
                         self.unknown
                             .lock()
@@ -400,6 +455,7 @@ impl AvroDecoder {
 
     /// Decodes `records`, separating the ones that cannot be decoded.
     pub fn decode(&self, records: &[Record]) -> Decoded {
+        let current = self.snapshot();
         let mut pieces = Vec::new();
         let mut kept = Vec::new();
         let mut rejected = Vec::new();
@@ -416,6 +472,7 @@ impl AvroDecoder {
                 })
                 .collect();
             self.decode_range(
+                &current,
                 records,
                 &usable,
                 0..usable.len(),
@@ -429,18 +486,18 @@ impl AvroDecoder {
         let raw = match pieces.len() {
             0 => None,
             1 => pieces.pop(),
-            _ => Some(concat_batches(&self.schema.raw, &pieces).expect("same schema")),
+            _ => Some(concat_batches(&current.schema.raw, &pieces).expect("same schema")),
         };
         let batch = raw.map(|raw| {
-            let mut columns = Vec::with_capacity(self.table_schema.fields().len());
-            for (column, field) in raw.columns().iter().zip(&self.schema.fields) {
+            let mut columns = Vec::with_capacity(current.table_schema.fields().len());
+            for (column, field) in raw.columns().iter().zip(&current.schema.fields) {
                 match conform(column, field.data_type()) {
                     Ok(c) => columns.push(c),
                     Err(e) => panic!("column `{}` converts by construction: {e}", field.name()),
                 }
             }
             self.extras.append(&mut columns, records, &kept);
-            RecordBatch::try_new(self.table_schema.clone(), columns)
+            RecordBatch::try_new(current.table_schema.clone(), columns)
                 .expect("decoded columns match the table schema")
         });
         Decoded {
@@ -478,8 +535,10 @@ impl AvroDecoder {
             .then(|| format!("schema id {id} could not be fetched"))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn decode_range(
         &self,
+        current: &Current,
         records: &[Record],
         usable: &[usize],
         range: Range<usize>,
@@ -491,7 +550,7 @@ impl AvroDecoder {
         if indices.is_empty() {
             return;
         }
-        match self.try_decode(records, indices) {
+        match self.try_decode(current, records, indices) {
             Ok(batches) => {
                 pieces.extend(batches);
                 kept.extend_from_slice(indices);
@@ -499,8 +558,24 @@ impl AvroDecoder {
             Err(reason) if indices.len() == 1 => rejected.push((indices[0], reason)),
             Err(_) => {
                 let mid = range.start + range.len() / 2;
-                self.decode_range(records, usable, range.start..mid, pieces, kept, rejected);
-                self.decode_range(records, usable, mid..range.end, pieces, kept, rejected);
+                self.decode_range(
+                    current,
+                    records,
+                    usable,
+                    range.start..mid,
+                    pieces,
+                    kept,
+                    rejected,
+                );
+                self.decode_range(
+                    current,
+                    records,
+                    usable,
+                    mid..range.end,
+                    pieces,
+                    kept,
+                    rejected,
+                );
             }
         }
     }
@@ -508,6 +583,7 @@ impl AvroDecoder {
     /// Decodes records that must yield exactly one row each, in order.
     fn try_decode(
         &self,
+        current: &Current,
         records: &[Record],
         indices: &[usize],
     ) -> Result<Vec<RecordBatch>, String> {
@@ -515,7 +591,7 @@ impl AvroDecoder {
         let mut ids = BTreeMap::new();
         match &self.framing {
             Framing::Plain => {
-                ids.insert(PLAIN_ID, self.schema.avro.clone());
+                ids.insert(PLAIN_ID, current.schema.avro.clone());
             }
             Framing::Registry(registry) => {
                 for &i in indices {
@@ -533,7 +609,7 @@ impl AvroDecoder {
         }
         let mut decoder = ReaderBuilder::new()
             .with_writer_schema_store(store)
-            .with_reader_schema(AvroSchema::new(self.schema.avro.to_string()))
+            .with_reader_schema(AvroSchema::new(current.schema.avro.to_string()))
             .with_batch_size(indices.len())
             .build_decoder()
             .map_err(|e| format!("writer schema does not resolve against the table's: {e}"))?;
@@ -585,6 +661,25 @@ impl AvroDecoder {
         }
         Ok(batches)
     }
+}
+
+/// The extras and current schemas of `table` typed by `schema`.
+fn current(table: &TableConfig, schema: TableSchema) -> Result<(Extras, Current), String> {
+    let (extras, extra_fields) = Extras::new(table, &schema.fields)?;
+    let mut fields = schema.fields.clone();
+    fields.extend(extra_fields);
+    Ok((
+        extras,
+        Current {
+            schema,
+            table_schema: Arc::new(Schema::new(fields)),
+        },
+    ))
+}
+
+/// The current schemas of `table` grown to `schema`.
+fn current_of(table: &TableConfig, schema: TableSchema) -> Result<Current, String> {
+    current(table, schema).map(|(_, current)| current)
 }
 
 /// The schema id of a registry-framed record.

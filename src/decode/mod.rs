@@ -4,6 +4,7 @@
 
 pub mod avro;
 pub mod columns;
+pub mod evolve;
 pub mod json;
 pub mod registry;
 pub mod timestamp;
@@ -21,7 +22,7 @@ pub enum Decoder {
     /// JSON against the declared columns.
     Json(JsonDecoder),
     /// Avro against the table's Avro schema.
-    Avro(avro::AvroDecoder),
+    Avro(Box<avro::AvroDecoder>),
 }
 
 impl Decoder {
@@ -103,7 +104,7 @@ pub async fn decoder_for(
         },
     };
     check_columns(table, &decoder.table_schema()).map_err(problem)?;
-    Ok(Decoder::Avro(decoder))
+    Ok(Decoder::Avro(Box::new(decoder)))
 }
 
 /// The latest schema of `subject`, waiting while the registry is unavailable.

@@ -332,6 +332,7 @@ async fn start_table(
         control,
         stats: parts.stats.clone(),
         suppressor,
+        storage_options: config.lake.storage_options.clone(),
     })?;
     Ok((pipeline, rx))
 }

@@ -28,7 +28,9 @@ use crate::config::{defaults, BatchingConfig};
 use crate::decode::{Decoded, Decoder};
 use crate::erase::suppress::Suppressor;
 use crate::source::{PartitionId, Record, SourceControl, SourceEvent};
-use crate::table::commit::{commit_with_positions, CommitError, PositionUpdate};
+use crate::table::commit::{
+    commit_with_positions, commit_with_schema, CommitError, PositionUpdate,
+};
 use crate::table::dead_letter::{self, DeadLetter};
 use crate::table::lineage::{CommitKind, CommitLineage, PartitionRange};
 use crate::table::recorded_positions;
@@ -96,6 +98,8 @@ pub struct PipelineParts {
     pub stats: Arc<IngestStats>,
     /// Keys under erasure requests, dropped before they are written.
     pub suppressor: Arc<Suppressor>,
+    /// Object-store options (writers for a grown schema open the table by URL).
+    pub storage_options: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -118,6 +122,12 @@ pub struct Pipeline {
     epoch: i64,
     /// Fires on shutdown: stops waiting for an unavailable schema registry.
     stop: CancellationToken,
+    /// The schema `writer` writes.
+    schema: arrow::datatypes::SchemaRef,
+    /// A schema the table grew to in this batch: the commit carries it.
+    grown: Option<arrow::datatypes::SchemaRef>,
+    /// Files of this batch finished under an earlier schema.
+    earlier: Vec<deltalake::kernel::Add>,
 }
 
 impl Pipeline {
@@ -132,6 +142,7 @@ impl Pipeline {
             TableWriter::new(&parts.table, Some(&parts.key), target).map_err(write_error)?;
         let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
         let decoder = Arc::new(parts.decoder.clone());
+        let schema = writer.arrow_schema();
         Ok(Self {
             parts,
             writer,
@@ -144,6 +155,9 @@ impl Pipeline {
             dead: Vec::new(),
             epoch: 0,
             stop: CancellationToken::new(),
+            schema,
+            grown: None,
+            earlier: Vec::new(),
         })
     }
 
@@ -302,6 +316,7 @@ impl Pipeline {
                     table: self.parts.name.clone(),
                 });
             }
+            self.follow_schema().await?;
             let decoder = self.decoder.clone();
             self.in_flight = Some(tokio::task::spawn_blocking(move || {
                 let decoded = decoder.decode(&records);
@@ -322,6 +337,37 @@ impl Pipeline {
             let (records, decoded) = handle.await.expect("decode task does not panic");
             self.absorb(records, decoded).await?;
         }
+        Ok(())
+    }
+
+    /// Switches to a writer for the decoder's schema when it grew: the
+    /// files written so far keep the older schema (Delta reads their missing
+    /// columns as null) and this batch's commit carries the new one.
+    async fn follow_schema(&mut self) -> Result<(), PipelineError> {
+        let decoded = self.decoder.table_schema();
+        if !crate::table::schema::adds_fields(self.schema.fields(), decoded.fields()) {
+            return Ok(());
+        }
+        let schema = Arc::new(arrow::datatypes::Schema::new(
+            crate::table::schema::merge_fields(self.schema.fields(), decoded.fields()),
+        ));
+        let write_error = |source| PipelineError::Write {
+            table: self.parts.name.clone(),
+            source: Box::new(source),
+        };
+        let finished = self.writer.finish().await.map_err(write_error)?;
+        self.earlier.extend(finished);
+        self.writer = TableWriter::with_schema(
+            &self.parts.table,
+            &self.parts.storage_options,
+            schema.clone(),
+            Some(&self.parts.key),
+            self.parts.batching.target_file_size.0,
+        )
+        .map_err(write_error)?;
+        tracing::info!(table = %self.parts.name, columns = schema.fields().len(), "table schema grows with the next commit");
+        self.schema = schema.clone();
+        self.grown = Some(schema);
         Ok(())
     }
 
@@ -354,6 +400,19 @@ impl Pipeline {
         }
         if let Some(batch) = decoded.batch {
             let batch = self.suppress(batch, &records, &decoded.kept)?;
+            let behind =
+                crate::table::schema::adds_fields(batch.schema().fields(), self.schema.fields());
+            let batch = if !behind {
+                batch
+            } else {
+                // Decoded before the schema grew: the new columns are null.
+                crate::table::schema::widen(&batch, &self.schema).map_err(|source| {
+                    PipelineError::Suppress {
+                        table: self.parts.name.clone(),
+                        source,
+                    }
+                })?
+            };
             if batch.num_rows() > 0 {
                 self.writer
                     .write(batch)
@@ -409,7 +468,8 @@ impl Pipeline {
             source: Box::new(source),
         };
         self.commit_dead_letters().await?;
-        let adds = self.writer.finish().await.map_err(write_error)?;
+        let mut adds = std::mem::take(&mut self.earlier);
+        adds.extend(self.writer.finish().await.map_err(write_error)?);
         let files = adds.len() as u64;
         let bytes: u64 = adds.iter().map(|a| a.size as u64).sum();
         let partitions = self.batch.lineage();
@@ -422,15 +482,19 @@ impl Pipeline {
         };
         let updates = self.batch.position_updates();
         self.epoch += 1;
-        let result = commit_with_positions(
+        let result = commit_with_schema(
             &mut self.parts.table,
             adds.into_iter().map(Action::Add).collect(),
+            self.grown.as_ref(),
             &updates,
             &lineage,
             &self.parts.worker,
             self.epoch,
         )
         .await;
+        if result.is_ok() {
+            self.grown = None;
+        }
         let (spans, charged) = self.batch.take();
         self.parts.budget.release(charged);
         match result {
@@ -509,6 +573,7 @@ impl Pipeline {
             })?;
         let rows = self.batch.rows();
         self.dead.clear();
+        self.earlier.clear();
         let (spans, charged) = self.batch.take();
         self.parts.budget.release(charged);
         self.parts

@@ -71,11 +71,31 @@ pub async fn commit_with_positions(
     query_id: &str,
     epoch: i64,
 ) -> Result<i64, CommitError> {
+    commit_with_schema(table, actions, None, updates, lineage, query_id, epoch).await
+}
+
+/// [`commit_with_positions`], growing the table's schema to `grown` in the
+/// same commit (schema evolution: the first rows that need new columns
+/// land with them). Each attempt merges `grown` with the schema the table
+/// has then, so two workers that evolve the table at once converge on the
+/// union of their columns and neither loses its batch.
+pub async fn commit_with_schema(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    grown: Option<&arrow::datatypes::SchemaRef>,
+    updates: &[PositionUpdate],
+    lineage: &CommitLineage,
+    query_id: &str,
+    epoch: i64,
+) -> Result<i64, CommitError> {
     let app_ids: Vec<String> = updates.iter().map(|u| u.app_id.clone()).collect();
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = try_commit(table, &actions, updates, &app_ids, lineage, query_id, epoch).await;
+        let result = try_commit(
+            table, &actions, grown, updates, &app_ids, lineage, query_id, epoch,
+        )
+        .await;
         let error = match result {
             Ok(version) => return Ok(version),
             Err(Attempt::Stale(stale)) => return Err(stale),
@@ -101,9 +121,11 @@ enum Attempt {
     Retry(DeltaTableError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn try_commit(
     table: &mut DeltaTable,
     actions: &[Action],
+    grown: Option<&arrow::datatypes::SchemaRef>,
     updates: &[PositionUpdate],
     app_ids: &[String],
     lineage: &CommitLineage,
@@ -146,8 +168,16 @@ async fn try_commit(
     };
     let snapshot = table.snapshot().map_err(Attempt::Retry)?;
     let read_version = snapshot.version();
+    let mut all = Vec::with_capacity(actions.len() + 1);
+    if let Some(grown) = grown {
+        if let Some(metadata) = grown_metadata(table, grown).map_err(Attempt::Retry)? {
+            all.push(metadata);
+        }
+    }
+    all.extend_from_slice(actions);
+    let snapshot = table.snapshot().map_err(Attempt::Retry)?;
     let finalized = CommitBuilder::from(properties)
-        .with_actions(actions.to_vec())
+        .with_actions(all)
         .build(Some(snapshot), table.log_store(), operation)
         .await
         .map_err(Attempt::Retry)?;
@@ -157,4 +187,23 @@ async fn try_commit(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(version as i64)
+}
+
+/// The `metaData` action that grows `table`'s schema by the fields of
+/// `grown` it lacks (`None`: it has them all already).
+fn grown_metadata(
+    table: &DeltaTable,
+    grown: &arrow::datatypes::SchemaRef,
+) -> Result<Option<Action>, DeltaTableError> {
+    use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow as _, TryIntoKernel as _};
+    use deltalake::kernel::MetadataExt as _;
+    let metadata = table.snapshot()?.metadata().clone();
+    let current: arrow::datatypes::Schema = (&metadata.parse_schema()?).try_into_arrow()?;
+    let merged = super::schema::merge_fields(current.fields(), grown.fields());
+    if &merged == current.fields() {
+        return Ok(None);
+    }
+    let schema = arrow::datatypes::Schema::new(merged);
+    let kernel: deltalake::kernel::StructType = (&schema).try_into_kernel()?;
+    Ok(Some(Action::Metadata(metadata.with_schema(&kernel)?)))
 }

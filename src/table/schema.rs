@@ -17,6 +17,94 @@ pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
+/// `batch` in `schema`, a schema that only adds nullable fields to the
+/// batch's (at any depth): the added columns are null.
+pub fn widen(
+    batch: &arrow::array::RecordBatch,
+    schema: &arrow::datatypes::SchemaRef,
+) -> Result<arrow::array::RecordBatch, arrow::error::ArrowError> {
+    let source = arrow::array::StructArray::from(batch.clone());
+    let widened = widen_struct(&source, schema.fields())?;
+    arrow::array::RecordBatch::from(widened).with_schema(schema.clone())
+}
+
+fn widen_array(
+    array: &arrow::array::ArrayRef,
+    target: &DataType,
+) -> Result<arrow::array::ArrayRef, arrow::error::ArrowError> {
+    use arrow::array::{Array, AsArray};
+    match target {
+        DataType::Struct(fields) if array.data_type() != target => {
+            Ok(Arc::new(widen_struct(array.as_struct(), fields)?))
+        }
+        DataType::List(item) if array.data_type() != target => {
+            let list = array.as_list::<i32>();
+            Ok(Arc::new(arrow::array::ListArray::try_new(
+                item.clone(),
+                list.offsets().clone(),
+                widen_array(list.values(), item.data_type())?,
+                list.nulls().cloned(),
+            )?))
+        }
+        _ => Ok(array.clone()),
+    }
+}
+
+fn widen_struct(
+    source: &arrow::array::StructArray,
+    fields: &Fields,
+) -> Result<arrow::array::StructArray, arrow::error::ArrowError> {
+    use arrow::array::Array;
+    let columns = fields
+        .iter()
+        .map(|field| match source.column_by_name(field.name()) {
+            Some(column) => widen_array(column, field.data_type()),
+            None => Ok(arrow::array::new_null_array(
+                field.data_type(),
+                source.len(),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    arrow::array::StructArray::try_new(fields.clone(), columns, source.nulls().cloned())
+}
+
+/// The union of two schemas that differ only by added nullable fields (at
+/// any depth): `a`'s fields in order, then what only `b` has.
+pub fn merge_fields(a: &Fields, b: &Fields) -> Fields {
+    let mut out: Vec<Field> = Vec::with_capacity(a.len().max(b.len()));
+    for field in a.iter() {
+        let merged = match (
+            field.data_type(),
+            b.find(field.name()).map(|(_, f)| f.data_type()),
+        ) {
+            (DataType::Struct(x), Some(DataType::Struct(y))) => field
+                .as_ref()
+                .clone()
+                .with_data_type(DataType::Struct(merge_fields(x, y))),
+            _ => field.as_ref().clone(),
+        };
+        out.push(merged);
+    }
+    for field in b.iter() {
+        if a.find(field.name()).is_none() {
+            out.push(field.as_ref().clone());
+        }
+    }
+    Fields::from(out)
+}
+
+/// Whether `other` has a field (by name, at any depth of structs) that
+/// `base` lacks.
+pub fn adds_fields(base: &Fields, other: &Fields) -> bool {
+    other.iter().any(|field| match base.find(field.name()) {
+        None => true,
+        Some((_, existing)) => match (existing.data_type(), field.data_type()) {
+            (DataType::Struct(x), DataType::Struct(y)) => adds_fields(x, y),
+            _ => false,
+        },
+    })
+}
+
 /// Parses a Spark/Delta SQL type name into an Arrow type.
 ///
 /// ```

@@ -55,10 +55,36 @@ impl TableWriter {
         Ok(Self { inner, rows: 0 })
     }
 
+    /// A writer of files in `schema` (a schema the table is about to take:
+    /// the commit that adds these files carries it).
+    pub fn with_schema(
+        table: &DeltaTable,
+        storage_options: &std::collections::BTreeMap<String, String>,
+        schema: arrow::datatypes::SchemaRef,
+        key_column: Option<&str>,
+        target_file_size: u64,
+    ) -> Result<Self, DeltaTableError> {
+        let partition_columns = table.snapshot()?.metadata().partition_columns().to_vec();
+        let inner = RecordBatchWriter::try_new(
+            table.table_url().as_str(),
+            schema,
+            Some(partition_columns),
+            Some(storage_options.clone().into_iter().collect()),
+        )?
+        .with_writer_properties(writer_properties(key_column))
+        .with_target_file_size(target_file_size);
+        Ok(Self { inner, rows: 0 })
+    }
+
     /// Streams rows into the open files.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
         self.rows += batch.num_rows();
         self.inner.write(batch).await
+    }
+
+    /// The schema of the files it writes.
+    pub fn arrow_schema(&self) -> arrow::datatypes::SchemaRef {
+        self.inner.arrow_schema()
     }
 
     /// Rows written since the last flush.

@@ -31,7 +31,7 @@ pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Ato
 static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
 
 /// The rare events counted in [`EVENTS`]: (metric, label name, help).
-const EVENT_METRICS: [(&str, &str, &str); 4] = [
+const EVENT_METRICS: [(&str, &str, &str); 5] = [
     (
         "sluice_erasure_purges_held_total",
         "table",
@@ -46,6 +46,11 @@ const EVENT_METRICS: [(&str, &str, &str); 4] = [
         "sluice_registry_unavailable_total",
         "registry",
         "Schema-registry requests that found it unavailable; consumption waits and retries.",
+    ),
+    (
+        "sluice_schemas_refused_total",
+        "table",
+        "Writer schemas refused because they change a column in a way Delta readers cannot take (their records are dead-lettered).",
     ),
     (
         "sluice_kafka_seek_failures_total",
@@ -77,9 +82,14 @@ pub fn registry_unavailable(url: &str) {
     count_event(EVENT_METRICS[2].0, url);
 }
 
+/// A writer schema was refused for `table`.
+pub fn schema_refused(table: &str) {
+    count_event(EVENT_METRICS[3].0, table);
+}
+
 /// A Kafka seek of `partition` failed.
 pub fn seek_failed(partition: &str) {
-    count_event(EVENT_METRICS[3].0, partition);
+    count_event(EVENT_METRICS[4].0, partition);
 }
 
 /// (kind, table, outcome) -> (runs, seconds).

@@ -162,6 +162,9 @@ async fn event_ids(table: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("sluice=info")
+        .try_init();
     let lake = Lake::new();
     let registry = Registry::start(lake.dir.path());
     let topic = "rides-avro";
@@ -223,10 +226,19 @@ async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters(
     running
         .wait_for(Duration::from_secs(60), "v2 rows", |s| s.committed >= 500)
         .await;
+
+    // v3 changes a field's type: refused, the table's schema is unchanged.
+    let v3 = range(500, 50, "v3");
+    send_all(&kafka, topic, &v3);
+    running
+        .wait_for(Duration::from_secs(60), "v3 dead letters", |s| {
+            s.dead_lettered >= 54
+        })
+        .await;
     let stats = running.stop().await;
     assert_eq!(
         (stats.committed, stats.dead_lettered),
-        (500, 4),
+        (500, 54),
         "{stats:?}"
     );
 
@@ -297,6 +309,43 @@ async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters(
     let set: Vec<bool> = payment.columns().iter().map(|c| c.is_valid(0)).collect();
     assert_eq!(set.iter().filter(|v| **v).count(), 1, "{payment:?}");
 
+    // v2 added `tip` and `pickup.zone`: the table took them in the commit
+    // that carried the first v2 rows; v1 rows read null there.
+    let commits = commits_with_operation(&table, "STREAMING UPDATE");
+    let evolving: Vec<&Vec<serde_json::Value>> = commits
+        .iter()
+        .filter(|c| c.iter().any(|a| a.get("metaData").is_some()))
+        .collect();
+    assert_eq!(evolving.len(), 1, "one commit grows the schema");
+    assert!(
+        evolving[0].iter().any(|a| a.get("add").is_some()),
+        "with data"
+    );
+    assert!(
+        evolving[0].iter().any(|a| a.get("txn").is_some()),
+        "and positions"
+    );
+    let schema_string = evolving[0]
+        .iter()
+        .find_map(|a| a["metaData"]["schemaString"].as_str())
+        .unwrap();
+    assert!(schema_string.contains("\"tip\"") && schema_string.contains("\"zone\""));
+    let tips: std::collections::HashMap<String, Option<f64>> = batches
+        .iter()
+        .flat_map(|b| {
+            let ids = strings(std::slice::from_ref(b), "event_id");
+            let tip = b
+                .column_by_name("tip")
+                .expect("tip column")
+                .as_primitive::<arrow::datatypes::Float64Type>()
+                .clone();
+            (0..b.num_rows()).map(move |r| (ids[r].clone(), tip.is_valid(r).then(|| tip.value(r))))
+        })
+        .collect();
+    assert_eq!(tips["e-3"], None, "v1 rows read null");
+    assert_eq!(tips["e-405"], Some(40.5));
+    assert_eq!(ty("rating"), DataType::Int32, "v3 changed nothing");
+
     // Field docs are column comments in the Delta schema.
     let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
     assert!(log.contains("Unique id of the event"), "{log}");
@@ -311,10 +360,74 @@ async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters(
         "magic byte 0",
         "unknown schema id 4242",
         "5-byte header",
+        "field `rating` changes type",
     ] {
         assert!(all.contains(reason), "{reason} in {all}");
     }
     register_for_spark(&table, "avro_rides", 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_evolving_one_table_at_once_converge() {
+    let lake = Lake::new();
+    let registry = Registry::start(lake.dir.path());
+    let topic = "rides-evolving";
+    let kafka = kafka(topic, 2);
+    let work = lake.dir.path();
+    let range = |start: usize, count: usize, version: &str| {
+        encode(
+            &[
+                "--registry",
+                &registry.url,
+                "--topic",
+                topic,
+                "--version",
+                version,
+                "--start",
+                &start.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            work,
+        )
+    };
+    send_all(&kafka, topic, &range(0, 300, "v1"));
+    let source = format!("registry = {{ url = \"{}\" }}", registry.url);
+    let config = avro_config(&lake, kafka.bootstrap_servers(), topic, &source);
+    let (a, b) = (Running::start(&config), Running::start(&config));
+    let total =
+        |a: &Running, b: &Running| a.stats.snapshot().committed + b.stats.snapshot().committed;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while total(&a, &b) < 300 {
+        assert!(std::time::Instant::now() < deadline, "v1 rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Both partitions, so both workers, see the new schema at once.
+    send_all(&kafka, topic, &range(300, 300, "v2"));
+    while total(&a, &b) < 600 {
+        assert!(std::time::Instant::now() < deadline, "v2 rows");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(sa.dead_lettered + sb.dead_lettered, 0);
+    let table = lake.table("rides");
+    let expected: Vec<String> = (0..600).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(event_ids(&table).await, &expected);
+    let schema = load(&table)
+        .await
+        .snapshot()
+        .unwrap()
+        .snapshot()
+        .arrow_schema();
+    assert!(schema.field_with_name("tip").is_ok(), "{schema:?}");
+    let growing = commits_with_operation(&table, "STREAMING UPDATE")
+        .into_iter()
+        .filter(|c| c.iter().any(|a| a.get("metaData").is_some()))
+        .count();
+    assert!(
+        (1..=2).contains(&growing),
+        "{growing} commits grew the schema"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
