@@ -34,6 +34,9 @@ pub struct TableStatus {
     pub last_commit_time: Option<String>,
     /// Per source partition: position and lineage.
     pub partitions: Vec<PartitionStatus>,
+    /// Top-level fields records held that the table did not have, with
+    /// how many records held each, over the retained history (JSON).
+    pub unknown_fields: BTreeMap<String, u64>,
 }
 
 /// Position and lineage of one source partition.
@@ -59,6 +62,10 @@ pub struct PartitionStatus {
     pub counts_add_up: bool,
     /// `(expected prev, actual prev)` for each break in the chain.
     pub gaps: Vec<(Option<i64>, Option<i64>)>,
+    /// Registry schema ids of the records committed (Avro with a registry).
+    pub schema_ids: std::collections::BTreeSet<u32>,
+    /// Registry schema ids whose records were dead-lettered.
+    pub refused_schema_ids: std::collections::BTreeSet<u32>,
 }
 
 /// Reads the status of the table at `url`.
@@ -94,6 +101,7 @@ pub async fn table_status(
     let mut by_partition: BTreeMap<String, PartitionStatus> = BTreeMap::new();
     let mut last_seen: HashMap<String, i64> = HashMap::new();
     let mut ordered: Vec<CommitLineage> = Vec::new();
+    let mut unknown_fields: BTreeMap<String, u64> = BTreeMap::new();
     for commit in &history {
         if let Some(value) = commit.info.get(COMMIT_INFO_KEY) {
             if let Ok(lineage) = serde_json::from_value::<CommitLineage>(value.clone()) {
@@ -102,6 +110,9 @@ pub async fn table_status(
         }
     }
     for lineage in ordered {
+        for (field, count) in &lineage.unknown_fields {
+            *unknown_fields.entry(field.clone()).or_insert(0) += count;
+        }
         for range in lineage.partitions {
             let entry =
                 by_partition
@@ -124,6 +135,8 @@ pub async fn table_status(
             entry.committed += range.committed;
             entry.dead_lettered += range.dead_lettered;
             entry.suppressed += range.suppressed;
+            entry.schema_ids.extend(&range.schema_ids);
+            entry.refused_schema_ids.extend(&range.refused_schema_ids);
             if range.received != range.committed + range.dead_lettered + range.suppressed {
                 entry.counts_add_up = false;
             }
@@ -149,5 +162,6 @@ pub async fn table_status(
         small_files: small,
         last_commit_time,
         partitions: by_partition.into_values().collect(),
+        unknown_fields,
     })
 }

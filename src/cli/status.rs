@@ -47,6 +47,11 @@ pub fn render(s: &TableStatus) -> String {
     if let Some(t) = &s.last_commit_time {
         out.push_str(&format!("last commit  {t}\n"));
     }
+    for (field, count) in &s.unknown_fields {
+        out.push_str(&format!(
+            "unknown field `{field}` in {count} record(s) (not a column; `evolve = \"add_columns\"` adds it)\n"
+        ));
+    }
     if s.partitions.is_empty() {
         out.push_str("no source positions recorded\n");
         return out;
@@ -67,6 +72,12 @@ pub fn render(s: &TableStatus) -> String {
             p.committed,
             p.dead_lettered
         ));
+        if !p.schema_ids.is_empty() || !p.refused_schema_ids.is_empty() {
+            out.push_str(&format!(
+                "{:<45} schema ids {:?}, refused {:?}\n",
+                "", p.schema_ids, p.refused_schema_ids
+            ));
+        }
     }
     out
 }

@@ -45,7 +45,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use format::{Format, FormatSpec, RegistryConfig};
-pub use table::{ColumnConfig, DerivedColumn, EpochUnit, MetadataColumn, TableConfig, Transform};
+pub use table::{
+    ColumnConfig, DerivedColumn, EpochUnit, Evolve, MetadataColumn, TableConfig, Transform,
+};
 pub use units::{ByteSize, Span};
 
 /// Errors from reading, parsing or validating a config.

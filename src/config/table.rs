@@ -37,6 +37,12 @@ pub struct TableConfig {
     /// Dead-letter table location; default `<lake.root>/<name>_dead_letters`.
     #[serde(default)]
     pub dead_letter_uri: Option<String>,
+    /// What a JSON table does with fields it does not declare: `none` (the
+    /// default: counted per name, not stored) or `add_columns` (added as
+    /// nullable columns of the inferred type, in the commit of the first
+    /// rows that carry them).
+    #[serde(default)]
+    pub evolve: Evolve,
     /// Delta table properties set when the table and its dead-letter table
     /// are created (e.g. `"delta.deletedFileRetentionDuration" = "interval 2 days"`);
     /// they override sluice's defaults and do not change existing tables.
@@ -59,6 +65,17 @@ pub struct ColumnConfig {
     /// For `timestamp` columns: the unit of numeric epoch values.
     #[serde(default)]
     pub epoch_unit: EpochUnit,
+}
+
+/// What a JSON table does with fields it does not declare.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Evolve {
+    /// Count them per field name; store nothing.
+    #[default]
+    None,
+    /// Add them as nullable columns (string, long, double, boolean, or struct of those).
+    AddColumns,
 }
 
 /// Reads a string or a list of strings as a list.

@@ -279,6 +279,13 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 "mixes JSON and schema-carrying sources; a table takes one kind".into(),
             );
         }
+        if schema_typed && table.evolve != crate::config::Evolve::None {
+            add(
+                format!("{key}.evolve"),
+                "applies to JSON tables; an Avro table grows with its writer schemas by itself"
+                    .into(),
+            );
+        }
         for problem in table_problems(table, schema_typed) {
             add(format!("{key}.{}", problem.key), problem.reason);
         }

@@ -504,6 +504,15 @@ impl AvroDecoder {
             batch,
             kept,
             rejected,
+            unknown_fields: Default::default(),
+        }
+    }
+
+    /// The registry schema id `record` names (registry framing only).
+    pub fn schema_id(&self, record: &Record) -> Option<u32> {
+        match self.framing {
+            Framing::Registry(_) => schema_id(record),
+            Framing::Plain => None,
         }
     }
 

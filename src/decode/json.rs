@@ -72,6 +72,9 @@ pub struct Decoded {
     pub kept: Vec<usize>,
     /// Rejected records: input index and reason.
     pub rejected: Vec<(usize, String)>,
+    /// Top-level fields the table does not have, with the records holding
+    /// them (JSON; they are not stored unless the table evolves).
+    pub unknown_fields: std::collections::BTreeMap<String, u64>,
 }
 
 /// Decodes JSON records for one table.
@@ -81,6 +84,8 @@ pub struct JsonDecoder {
     table_schema: SchemaRef,
     timestamps: Vec<(usize, EpochUnit)>,
     extras: Extras,
+    /// The declared column names.
+    known: Arc<std::collections::HashSet<String>>,
 }
 
 impl JsonDecoder {
@@ -116,6 +121,7 @@ impl JsonDecoder {
             table_schema: Arc::new(Schema::new(table_fields)),
             timestamps,
             extras,
+            known: Arc::new(table.columns.iter().map(|c| c.name.clone()).collect()),
         };
         decoder
             .raw_decoder(1)
@@ -151,11 +157,13 @@ impl JsonDecoder {
             1 => pieces.pop(),
             _ => Some(concat_batches(&self.decode_schema, &pieces).expect("same schema")),
         };
+        let unknown_fields = self.unknown_fields(records);
         let Some(raw) = raw else {
             return Decoded {
                 batch: None,
                 kept,
                 rejected,
+                unknown_fields,
             };
         };
         let (batch, kept) = self.shape(raw, kept, records, &mut rejected);
@@ -164,7 +172,26 @@ impl JsonDecoder {
             batch,
             kept,
             rejected,
+            unknown_fields,
         }
+    }
+
+    /// Whether the table declares a column named `name`.
+    pub fn knows(&self, name: &str) -> bool {
+        self.known.contains(name)
+    }
+
+    /// Counts, per name, the top-level fields of `records` the table lacks.
+    fn unknown_fields(&self, records: &[Record]) -> std::collections::BTreeMap<String, u64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for record in records {
+            for key in super::json_keys::top_level_keys(&record.payload) {
+                if !self.known.contains(&key) {
+                    *counts.entry(key).or_insert(0) += 1;
+                }
+            }
+        }
+        counts
     }
 
     fn decode_range(
@@ -320,6 +347,7 @@ mod tests {
             zorder_by: vec![],
             dead_letter_uri: None,
             properties: Default::default(),
+            evolve: Default::default(),
         };
         let decoder = JsonDecoder::new(&table).unwrap();
         let records = vec![

@@ -6,6 +6,8 @@ pub mod avro;
 pub mod columns;
 pub mod evolve;
 pub mod json;
+pub mod json_evolve;
+pub mod json_keys;
 pub mod registry;
 pub mod timestamp;
 
@@ -21,6 +23,8 @@ use crate::source::Record;
 pub enum Decoder {
     /// JSON against the declared columns.
     Json(JsonDecoder),
+    /// JSON whose columns grow with the fields records carry.
+    JsonEvolving(json_evolve::EvolvingJson),
     /// Avro against the table's Avro schema.
     Avro(Box<avro::AvroDecoder>),
 }
@@ -30,6 +34,7 @@ impl Decoder {
     pub fn table_schema(&self) -> arrow::datatypes::SchemaRef {
         match self {
             Decoder::Json(d) => d.table_schema(),
+            Decoder::JsonEvolving(d) => d.table_schema(),
             Decoder::Avro(d) => d.table_schema(),
         }
     }
@@ -44,6 +49,10 @@ impl Decoder {
     ) -> bool {
         match self {
             Decoder::Json(_) => true,
+            Decoder::JsonEvolving(d) => {
+                d.prepare(records);
+                true
+            }
             Decoder::Avro(d) => d.prepare(records, stop).await,
         }
     }
@@ -52,7 +61,16 @@ impl Decoder {
     pub fn decode(&self, records: &[Record]) -> Decoded {
         match self {
             Decoder::Json(d) => d.decode(records),
+            Decoder::JsonEvolving(d) => d.decode(records),
             Decoder::Avro(d) => d.decode(records),
+        }
+    }
+
+    /// The registry schema id a record names, if its format has them.
+    pub fn schema_id(&self, record: &Record) -> Option<u32> {
+        match self {
+            Decoder::Avro(d) => d.schema_id(record),
+            _ => None,
         }
     }
 }
@@ -74,6 +92,11 @@ pub async fn decoder_for(
         reason,
     };
     let decoder = match spec.format {
+        Format::Json if table.evolve == crate::config::Evolve::AddColumns => {
+            return Ok(Decoder::JsonEvolving(json_evolve::EvolvingJson::new(
+                table,
+            )?))
+        }
         Format::Json => return Ok(Decoder::Json(JsonDecoder::new(table)?)),
         Format::Avro => match (spec.registry, spec.schema_file) {
             (Some(registry_config), _) => {

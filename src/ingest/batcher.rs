@@ -6,7 +6,7 @@
 //! pipeline also flushes early under memory pressure, on rebalance and on
 //! shutdown).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +32,10 @@ pub struct Span {
     pub suppressed: u64,
     /// Source time (ms) of the newest record, if the source has times.
     pub newest_ms: Option<i64>,
+    /// Registry schema ids of the records taken.
+    pub schema_ids: BTreeSet<u32>,
+    /// Registry schema ids of records dead-lettered.
+    pub refused_schema_ids: BTreeSet<u32>,
 }
 
 /// Why a batch is flushed.
@@ -73,6 +77,7 @@ pub struct Batch {
     rows: u64,
     bytes: u64,
     charged: usize,
+    unknown_fields: BTreeMap<String, u64>,
 }
 
 impl Batch {
@@ -90,10 +95,34 @@ impl Batch {
             dead: 0,
             suppressed: 0,
             newest_ms: None,
+            schema_ids: BTreeSet::new(),
+            refused_schema_ids: BTreeSet::new(),
         });
         span.newest_ms = span.newest_ms.max(record.timestamp_ms);
         span.last = record.position;
         span.received += 1;
+    }
+
+    /// Notes the registry schema id of a record of `partition`, taken or refused.
+    pub fn add_schema_id(&mut self, partition: &Arc<PartitionId>, id: u32, refused: bool) {
+        if let Some(span) = self.spans.get_mut(partition) {
+            match refused {
+                false => span.schema_ids.insert(id),
+                true => span.refused_schema_ids.insert(id),
+            };
+        }
+    }
+
+    /// Counts fields the table does not have, per name.
+    pub fn add_unknown_fields(&mut self, fields: &BTreeMap<String, u64>) {
+        for (name, count) in fields {
+            *self.unknown_fields.entry(name.clone()).or_insert(0) += count;
+        }
+    }
+
+    /// Fields the batch's records held that the table did not have.
+    pub fn unknown_fields(&self) -> BTreeMap<String, u64> {
+        self.unknown_fields.clone()
     }
 
     /// Counts a rejected record of `partition`.
@@ -181,6 +210,8 @@ impl Batch {
                 committed: s.received - s.dead - s.suppressed,
                 dead_lettered: s.dead,
                 suppressed: s.suppressed,
+                schema_ids: s.schema_ids.iter().copied().collect(),
+                refused_schema_ids: s.refused_schema_ids.iter().copied().collect(),
             })
             .collect()
     }

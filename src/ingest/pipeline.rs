@@ -377,6 +377,24 @@ impl Pipeline {
         decoded: Decoded,
     ) -> Result<(), PipelineError> {
         let mut suppressed = 0u64;
+        if !decoded.unknown_fields.is_empty() {
+            self.batch.add_unknown_fields(&decoded.unknown_fields);
+            self.parts
+                .stats
+                .unknown_fields(&self.parts.name, &decoded.unknown_fields);
+        }
+        for &index in &decoded.kept {
+            if let Some(id) = self.decoder.schema_id(&records[index]) {
+                self.batch
+                    .add_schema_id(&records[index].partition, id, false);
+            }
+        }
+        for (index, _) in &decoded.rejected {
+            if let Some(id) = self.decoder.schema_id(&records[*index]) {
+                self.batch
+                    .add_schema_id(&records[*index].partition, id, true);
+            }
+        }
         for (index, reason) in decoded.rejected {
             let record = &records[index];
             if self.parts.suppressor.holds_payload(&record.payload) {
@@ -479,6 +497,7 @@ impl Pipeline {
             kind: CommitKind::Data,
             worker: self.parts.worker.clone(),
             partitions,
+            unknown_fields: self.batch.unknown_fields(),
         };
         let updates = self.batch.position_updates();
         self.epoch += 1;
@@ -653,6 +672,8 @@ impl Pipeline {
                     committed: mine.len() as u64,
                     dead_lettered: 0,
                     suppressed: 0,
+                    schema_ids: Vec::new(),
+                    refused_schema_ids: Vec::new(),
                 });
             }
             if updates.is_empty() {
@@ -669,6 +690,7 @@ impl Pipeline {
                 kind: CommitKind::DeadLetter,
                 worker: self.parts.worker.clone(),
                 partitions: ranges,
+                unknown_fields: Default::default(),
             };
             match commit_with_positions(
                 &mut self.parts.dead_table,

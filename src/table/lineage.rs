@@ -27,6 +27,10 @@ pub struct CommitLineage {
     pub worker: String,
     /// One entry per source partition covered.
     pub partitions: Vec<PartitionRange>,
+    /// Top-level fields of the batch's records the table did not have, with
+    /// how many records held each (JSON; added or not, per `evolve`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub unknown_fields: std::collections::BTreeMap<String, u64>,
 }
 
 /// The span of one source partition covered by a commit.
@@ -49,4 +53,11 @@ pub struct PartitionRange {
     /// Records dropped because their key is under an erasure request.
     #[serde(default)]
     pub suppressed: u64,
+    /// Registry schema ids of the records taken (Avro with a registry).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema_ids: Vec<u32>,
+    /// Registry schema ids whose records were dead-lettered (unknown to the
+    /// registry, or changing the table's schema in a way readers cannot take).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_schema_ids: Vec<u32>,
 }

@@ -336,6 +336,18 @@ pub fn render(stats: &IngestStats, gauges: &Gauges) -> String {
         );
     }
 
+    out.header(
+        "sluice_unknown_fields_total",
+        "counter",
+        "Records holding a top-level field the table does not have, per field (JSON).",
+    );
+    for ((table, field), count) in stats.unknown_field_counts() {
+        out.sample(
+            "sluice_unknown_fields_total",
+            &[("table", &table), ("field", &field)],
+            count,
+        );
+    }
     let read_ms = LEDGER_READ_MS.load(Ordering::Relaxed);
     if read_ms > 0 {
         out.single(

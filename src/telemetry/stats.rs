@@ -26,6 +26,8 @@ pub struct IngestStats {
     partitions: Mutex<BTreeMap<String, PartitionProgress>>,
     started: AtomicBool,
     failed: AtomicBool,
+    /// (table, field) -> records holding a field the table does not have.
+    unknown: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// Upper bounds (seconds) of the commit latency histogram buckets.
@@ -212,6 +214,24 @@ impl IngestStats {
     pub fn records_discarded(&self, table: &str, count: u64, reason: &str) {
         self.discarded.fetch_add(count, Ordering::Relaxed);
         tracing::debug!(table, count, reason, "records discarded");
+    }
+
+    /// Fields records held that the table does not have, per name.
+    pub fn unknown_fields(&self, table: &str, fields: &std::collections::BTreeMap<String, u64>) {
+        let mut counts = self.unknown.lock().expect("unknown fields lock");
+        for (name, count) in fields {
+            let entry = counts.entry((table.to_string(), name.clone())).or_insert(0);
+            if *entry == 0 {
+                tracing::warn!(table, field = %name,
+                    "records carry a field the table does not have (counted per name; `evolve = \"add_columns\"` adds such fields)");
+            }
+            *entry += count;
+        }
+    }
+
+    /// Unknown fields counted so far: (table, field) -> records.
+    pub fn unknown_field_counts(&self) -> std::collections::BTreeMap<(String, String), u64> {
+        self.unknown.lock().expect("unknown fields lock").clone()
     }
 
     /// Records dropped because their key is under an erasure request.

@@ -14,6 +14,7 @@ fn lineage() -> CommitLineage {
         kind: CommitKind::Data,
         worker: "test".into(),
         partitions: vec![],
+        unknown_fields: Default::default(),
     }
 }
 
@@ -157,7 +158,10 @@ async fn a_failed_seek_after_a_fenced_batch_is_retried_not_skipped() {
             committed: 50,
             dead_lettered: 0,
             suppressed: 0,
+            schema_ids: Vec::new(),
+            refused_schema_ids: Vec::new(),
         }],
+        unknown_fields: Default::default(),
     };
     commit_with_positions(
         &mut other,

@@ -7,6 +7,7 @@ mod dead_letters;
 mod erasure;
 mod erasure_clock;
 mod erasure_hashed;
+mod evolution;
 mod exactly_once;
 mod fencing;
 mod fleet;

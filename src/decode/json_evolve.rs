@@ -1,0 +1,137 @@
+//! JSON tables with `evolve = "add_columns"`: a top-level field the table
+//! does not declare becomes a nullable column of the type its first
+//! non-null value suggests (string, long, double, boolean, or a struct of
+//! those), committed with the first rows that carry it (see
+//! `table::commit::commit_with_schema`). Names that are not letters,
+//! digits and underscores (what Spark and BigQuery read without column
+//! mapping) are not added, only counted. Later values of another type are
+//! coerced like any declared column, or reject their record.
+
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+
+use super::json::{Decoded, DecoderError, JsonDecoder};
+use super::json_keys::{top_level_keys, value_of};
+use crate::config::{ColumnConfig, EpochUnit, TableConfig};
+use crate::source::Record;
+
+/// A JSON decoder whose columns grow with the records.
+#[derive(Debug, Clone)]
+pub struct EvolvingJson {
+    current: Arc<RwLock<(TableConfig, Arc<JsonDecoder>)>>,
+}
+
+impl EvolvingJson {
+    /// Starts from the declared columns of `table`.
+    pub fn new(table: &TableConfig) -> Result<Self, DecoderError> {
+        let decoder = JsonDecoder::new(table)?;
+        Ok(Self {
+            current: Arc::new(RwLock::new((table.clone(), Arc::new(decoder)))),
+        })
+    }
+
+    fn decoder(&self) -> Arc<JsonDecoder> {
+        self.current.read().expect("json schema lock").1.clone()
+    }
+
+    /// The table's current Arrow schema.
+    pub fn table_schema(&self) -> arrow::datatypes::SchemaRef {
+        self.decoder().table_schema()
+    }
+
+    /// Adds the fields of `records` the table lacks (the first record with
+    /// a non-null value decides each type).
+    pub fn prepare(&self, records: &[Record]) {
+        let decoder = self.decoder();
+        let mut added: Vec<ColumnConfig> = Vec::new();
+        for record in records {
+            for key in top_level_keys(&record.payload) {
+                if decoder.knows(&key) || added.iter().any(|c| c.name == key) || !plain_name(&key) {
+                    continue;
+                }
+                let Some(type_name) = value_of(&record.payload, &key).and_then(|v| infer(&v))
+                else {
+                    continue;
+                };
+                added.push(ColumnConfig {
+                    name: key,
+                    type_name,
+                    nullable: true,
+                    epoch_unit: EpochUnit::Auto,
+                });
+            }
+        }
+        if added.is_empty() {
+            return;
+        }
+        let mut current = self.current.write().expect("json schema lock");
+        let mut table = current.0.clone();
+        let names: Vec<String> = added
+            .iter()
+            .map(|c| format!("{}: {}", c.name, c.type_name))
+            .collect();
+        table.columns.extend(added);
+        match JsonDecoder::new(&table) {
+            Ok(grown) => {
+                tracing::info!(table = %table.name, added = ?names,
+                    "records carry new fields: the table gains them with its next commit");
+                *current = (table, Arc::new(grown));
+            }
+            Err(error) => tracing::warn!(table = %table.name, %error, "cannot add the new fields"),
+        }
+    }
+
+    /// Decodes with the current columns.
+    pub fn decode(&self, records: &[Record]) -> Decoded {
+        self.decoder().decode(records)
+    }
+}
+
+/// Letters, digits and underscores, not starting with a digit.
+fn plain_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// The column type a JSON value suggests.
+fn infer(value: &Value) -> Option<String> {
+    match value {
+        Value::Null | Value::Array(_) => None,
+        Value::Bool(_) => Some("boolean".into()),
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some("long".into()),
+        Value::Number(_) => Some("double".into()),
+        Value::String(_) => Some("string".into()),
+        Value::Object(fields) => {
+            let members: Vec<String> = fields
+                .iter()
+                .filter(|(k, _)| plain_name(k))
+                .filter_map(|(k, v)| Some(format!("{k}:{}", infer(v)?)))
+                .collect();
+            (!members.is_empty()).then(|| format!("struct<{}>", members.join(",")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn types_are_inferred_from_values() {
+        assert_eq!(infer(&json!(3)).as_deref(), Some("long"));
+        assert_eq!(infer(&json!(3.5)).as_deref(), Some("double"));
+        assert_eq!(infer(&json!("x")).as_deref(), Some("string"));
+        assert_eq!(infer(&json!(true)).as_deref(), Some("boolean"));
+        assert_eq!(
+            infer(&json!({"a": 1, "b": {"c": "x"}, "d": null})).as_deref(),
+            Some("struct<a:long,b:struct<c:string>>")
+        );
+        assert_eq!(infer(&json!(null)), None);
+        assert!(plain_name("tip_2") && !plain_name("2x") && !plain_name("a-b"));
+    }
+}
