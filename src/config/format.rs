@@ -13,6 +13,9 @@ pub enum Format {
     /// byte 0, 4-byte schema id, body) with `[sources.registry]`, or plain
     /// bodies with `schema_file`.
     Avro,
+    /// Protobuf (Kafka sources): messages of a type from a compiled
+    /// descriptor set, fixed (`message`) or named by the topic (`topic_convention`).
+    Protobuf,
 }
 
 impl Format {
@@ -21,6 +24,7 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Avro => "avro",
+            Format::Protobuf => "protobuf",
         }
     }
 }
@@ -55,6 +59,13 @@ pub struct FormatSpec<'a> {
     pub subject: Option<&'a str>,
     /// The topics (Kafka), to name the default subject.
     pub topics: &'a [String],
+    /// A compiled descriptor set (Protobuf).
+    pub descriptor_set: Option<&'a str>,
+    /// The message type, fixed (Protobuf).
+    pub message: Option<&'a str>,
+    /// A regex with a `message` group (and optionally `package`, `file`)
+    /// that names each topic's message type (Protobuf).
+    pub topic_convention: Option<&'a str>,
 }
 
 impl FormatSpec<'_> {

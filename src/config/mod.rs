@@ -285,6 +285,9 @@ impl SourceConfig {
             schema_file: None,
             subject: None,
             topics: &[],
+            descriptor_set: None,
+            message: None,
+            topic_convention: None,
         };
         match self {
             SourceConfig::Kafka(k) => {
@@ -293,6 +296,9 @@ impl SourceConfig {
                 spec.schema_file = k.schema_file.as_deref();
                 spec.subject = k.subject.as_deref();
                 spec.topics = &k.topics;
+                spec.descriptor_set = k.descriptor_set.as_deref();
+                spec.message = k.message.as_deref();
+                spec.topic_convention = k.topic_convention.as_deref();
             }
             SourceConfig::File(_) | SourceConfig::Kinesis(_) => {}
         }
@@ -350,6 +356,17 @@ pub struct KafkaSourceConfig {
     /// The registry subject whose latest schema types the table (default `<topic>-value`).
     #[serde(default)]
     pub subject: Option<String>,
+    /// A compiled descriptor set (`protoc --include_imports --descriptor_set_out`), for Protobuf.
+    #[serde(default)]
+    pub descriptor_set: Option<String>,
+    /// The Protobuf message type of every topic (`pkg.Msg`).
+    #[serde(default)]
+    pub message: Option<String>,
+    /// A regex with a `message` group (and optionally `package` and `file`)
+    /// naming each topic's Protobuf message, e.g.
+    /// `^(?P<env>[^.]+)\.(?P<service>[^.]+)\.(?P<kind>[^.]+)\.(?P<file>[^.]+)\.(?P<message>[^.]+)$`.
+    #[serde(default)]
+    pub topic_convention: Option<String>,
 }
 
 /// A Kinesis data stream.

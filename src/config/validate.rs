@@ -147,7 +147,30 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 if k.group_id.trim().is_empty() {
                     add(format!("{key}.group_id"), "must not be empty".into());
                 }
+                let protobuf_keys = k.descriptor_set.is_some()
+                    || k.message.is_some()
+                    || k.topic_convention.is_some();
+                if k.format == Format::Protobuf {
+                    match crate::decode::protobuf_message(&source.format_spec()) {
+                        Ok(message) => {
+                            if let Err(reason) = crate::decode::protobuf::check_message(&message) {
+                                add(format!("{key}.message"), reason);
+                            }
+                        }
+                        Err(reason) => add(format!("{key}.format"), reason),
+                    }
+                } else if protobuf_keys {
+                    add(
+                        format!("{key}.descriptor_set"),
+                        "`descriptor_set`, `message` and `topic_convention` go with `format = \"protobuf\"`".into(),
+                    );
+                }
                 match (k.format, &k.registry, &k.schema_file) {
+                    (Format::Protobuf, None, None) => {}
+                    (Format::Protobuf, _, _) => add(
+                        format!("{key}.registry"),
+                        "Protobuf is read from a descriptor set here; the registry's Protobuf wire format is not supported yet".into(),
+                    ),
                     (Format::Json, None, None) => {}
                     (Format::Json, _, _) => add(
                         format!("{key}.format"),

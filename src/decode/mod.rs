@@ -8,6 +8,7 @@ pub mod evolve;
 pub mod json;
 pub mod json_evolve;
 pub mod json_keys;
+pub mod protobuf;
 pub mod registry;
 pub mod timestamp;
 
@@ -27,6 +28,8 @@ pub enum Decoder {
     JsonEvolving(json_evolve::EvolvingJson),
     /// Avro against the table's Avro schema.
     Avro(Box<avro::AvroDecoder>),
+    /// Protobuf messages of one type, from a descriptor set.
+    Protobuf(Box<protobuf::ProtobufDecoder>),
 }
 
 impl Decoder {
@@ -36,6 +39,7 @@ impl Decoder {
             Decoder::Json(d) => d.table_schema(),
             Decoder::JsonEvolving(d) => d.table_schema(),
             Decoder::Avro(d) => d.table_schema(),
+            Decoder::Protobuf(d) => d.table_schema(),
         }
     }
 
@@ -48,7 +52,7 @@ impl Decoder {
         stop: &tokio_util::sync::CancellationToken,
     ) -> bool {
         match self {
-            Decoder::Json(_) => true,
+            Decoder::Json(_) | Decoder::Protobuf(_) => true,
             Decoder::JsonEvolving(d) => {
                 d.prepare(records);
                 true
@@ -63,6 +67,7 @@ impl Decoder {
             Decoder::Json(d) => d.decode(records),
             Decoder::JsonEvolving(d) => d.decode(records),
             Decoder::Avro(d) => d.decode(records),
+            Decoder::Protobuf(d) => d.decode(records),
         }
     }
 
@@ -98,6 +103,13 @@ pub async fn decoder_for(
             )?))
         }
         Format::Json => return Ok(Decoder::Json(JsonDecoder::new(table)?)),
+        Format::Protobuf => {
+            let message = protobuf_message(&spec).map_err(problem)?;
+            let decoder = protobuf::ProtobufDecoder::new(table, &message).map_err(problem)?;
+            check_columns(table, &decoder.table_schema()).map_err(problem)?;
+            tracing::info!(table = %table.name, message = decoder.message(), "table typed from the descriptor set");
+            return Ok(Decoder::Protobuf(Box::new(decoder)));
+        }
         Format::Avro => match (spec.registry, spec.schema_file) {
             (Some(registry_config), _) => {
                 let registry =
@@ -128,6 +140,45 @@ pub async fn decoder_for(
     };
     check_columns(table, &decoder.table_schema()).map_err(problem)?;
     Ok(Decoder::Avro(Box::new(decoder)))
+}
+
+/// The Protobuf message type of a source: its `message`, or the one its
+/// topics name by `topic_convention` (all must name the same one).
+pub fn protobuf_message(
+    spec: &crate::config::FormatSpec<'_>,
+) -> Result<prost_reflect::MessageDescriptor, String> {
+    let path = spec
+        .descriptor_set
+        .ok_or("`format = \"protobuf\"` needs `descriptor_set`")?;
+    let pool = protobuf::read_descriptor_set(path)?;
+    match (spec.message, spec.topic_convention) {
+        (Some(name), None) => pool.get_message_by_name(name).ok_or_else(|| {
+            format!("message `{name}` is not in `{path}` (give its full name, `package.Message`)")
+        }),
+        (None, Some(convention)) => {
+            let pattern = regex::Regex::new(convention)
+                .map_err(|e| format!("topic_convention is not a regex: {e}"))?;
+            if !pattern.capture_names().flatten().any(|n| n == "message") {
+                return Err("topic_convention needs a `(?P<message>...)` group".into());
+            }
+            let mut found: Option<prost_reflect::MessageDescriptor> = None;
+            for topic in spec.topics {
+                let message = protobuf::resolve_message(&pool, &pattern, topic)?;
+                if let Some(first) = &found {
+                    if first.full_name() != message.full_name() {
+                        return Err(format!(
+                            "topics name different messages ({} and {}); one table takes one message type",
+                            first.full_name(),
+                            message.full_name()
+                        ));
+                    }
+                }
+                found = Some(message);
+            }
+            found.ok_or_else(|| "no topics to name a message".into())
+        }
+        _ => Err("give either `message` or `topic_convention`".into()),
+    }
 }
 
 /// The latest schema of `subject`, waiting while the registry is unavailable.

@@ -15,6 +15,7 @@ mod kinesis;
 mod layout;
 mod maintenance;
 mod memory;
+mod protobuf;
 mod rebalance;
 mod s3;
 mod serve;
