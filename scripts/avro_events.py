@@ -103,7 +103,8 @@ def main():
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--count", type=int, default=100)
     parser.add_argument("--out")
-    parser.add_argument("--wire", default="confluent", choices=["confluent", "plain"])
+    parser.add_argument("--wire", default="confluent", choices=["confluent", "plain", "ocf"])
+    parser.add_argument("--codec", default="deflate", help="object container codec (--wire ocf)")
     parser.add_argument("--schema", choices=sorted(SCHEMAS))
     args = parser.parse_args()
     if args.schema:
@@ -120,6 +121,13 @@ def main():
         serializer = AvroSerializer(client, json.dumps(schema))
         context = SerializationContext(args.topic, MessageField.VALUE)
         frames = [serializer(r, context) for r in records]
+    elif args.wire == "ocf":
+        import fastavro
+
+        with open(args.out, "wb") as out:
+            fastavro.writer(out, fastavro.parse_schema(schema), records, codec=args.codec,
+                            sync_interval=2000)
+        return
     else:
         import fastavro
 

@@ -69,6 +69,8 @@ def main():
     parser.add_argument("--start", type=int, default=0)
     parser.add_argument("--count", type=int, default=0)
     parser.add_argument("--frames")
+    parser.add_argument("--delimited", action="store_true",
+                        help="write length-delimited messages (a varint length before each) instead of frames")
     args = parser.parse_args()
     out = pathlib.Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -78,10 +80,15 @@ def main():
         return
     sys.path.insert(0, str(out))
     module = importlib.import_module("rides.ride_pb2")
+    from google.protobuf.internal.encoder import _VarintBytes
+
     with open(args.frames, "wb") as frames:
         for n in range(args.start, args.start + args.count):
             data = event(module, n).SerializeToString()
-            frames.write(struct.pack(">I", len(data)))
+            if args.delimited:
+                frames.write(_VarintBytes(len(data)))
+            else:
+                frames.write(struct.pack(">I", len(data)))
             frames.write(data)
 
 

@@ -300,7 +300,12 @@ impl SourceConfig {
                 spec.message = k.message.as_deref();
                 spec.topic_convention = k.topic_convention.as_deref();
             }
-            SourceConfig::File(_) | SourceConfig::Kinesis(_) => {}
+            SourceConfig::File(f) => {
+                spec.format = f.format;
+                spec.descriptor_set = f.descriptor_set.as_deref();
+                spec.message = f.message.as_deref();
+            }
+            SourceConfig::Kinesis(_) => {}
         }
         spec
     }
@@ -408,8 +413,19 @@ fn default_shard_lease_ttl() -> Span {
 pub struct FileSourceConfig {
     /// Name referenced by tables.
     pub name: String,
-    /// A file, a directory (every `*.json`, `*.ndjson`, `*.jsonl`, optionally `.gz`), or a glob.
+    /// A file, a directory (every `*.json`, `*.ndjson`, `*.jsonl`, optionally
+    /// `.gz`; for Avro every `*.avro`; for Protobuf every `*.binpb`), or a glob.
     pub path: String,
+    /// `json` (NDJSON, the default), `avro` (object container files, typed by
+    /// their header's schema) or `protobuf` (length-delimited messages).
+    #[serde(default)]
+    pub format: Format,
+    /// A compiled descriptor set, for Protobuf files.
+    #[serde(default)]
+    pub descriptor_set: Option<String>,
+    /// The Protobuf message type of the files (`pkg.Msg`).
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 impl Config {

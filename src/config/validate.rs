@@ -249,6 +249,21 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 }
             }
             SourceConfig::File(f) => {
+                if f.format == Format::Protobuf {
+                    match crate::decode::protobuf_message(&source.format_spec()) {
+                        Ok(message) => {
+                            if let Err(reason) = crate::decode::protobuf::check_message(&message) {
+                                add(format!("{key}.message"), reason);
+                            }
+                        }
+                        Err(reason) => add(format!("{key}.format"), reason),
+                    }
+                } else if f.descriptor_set.is_some() || f.message.is_some() {
+                    add(
+                        format!("{key}.descriptor_set"),
+                        "`descriptor_set` and `message` go with `format = \"protobuf\"`".into(),
+                    );
+                }
                 if f.path.trim().is_empty() {
                     add(
                         format!("{key}.path"),

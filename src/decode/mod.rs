@@ -135,7 +135,14 @@ pub async fn decoder_for(
                 let schema = avro::TableSchema::from_avro(&text).map_err(problem)?;
                 avro::AvroDecoder::plain(table, schema).map_err(problem)?
             }
-            (None, None) => return Err(problem("no registry and no schema_file".into())),
+            (None, None) => match source {
+                SourceConfig::File(files) => {
+                    let text = container_schema(files).map_err(problem)?;
+                    let schema = avro::TableSchema::from_avro(&text).map_err(problem)?;
+                    avro::AvroDecoder::plain(table, schema).map_err(problem)?
+                }
+                _ => return Err(problem("no registry and no schema_file".into())),
+            },
         },
     };
     check_columns(table, &decoder.table_schema()).map_err(problem)?;
@@ -179,6 +186,40 @@ pub fn protobuf_message(
         }
         _ => Err("give either `message` or `topic_convention`".into()),
     }
+}
+
+/// The writer schema of an Avro file source: its files' header schema,
+/// which every file must share.
+fn container_schema(config: &crate::config::FileSourceConfig) -> Result<String, String> {
+    use std::io::Read;
+    let files = crate::source::file::FileSet::resolve(config).map_err(|e| e.to_string())?;
+    let mut first: Option<(String, serde_json::Value)> = None;
+    for path in files.files() {
+        let header = |limit: u64| -> Result<crate::source::container::Container, String> {
+            let mut bytes = Vec::new();
+            std::fs::File::open(path)
+                .and_then(|f| f.take(limit).read_to_end(&mut bytes))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            crate::source::container::Container::open(bytes)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let container = header(1 << 20).or_else(|_| header(u64::MAX))?;
+        let parsed: serde_json::Value = serde_json::from_str(&container.schema)
+            .map_err(|e| format!("{}: the header's schema: {e}", path.display()))?;
+        match &first {
+            None => first = Some((container.schema.clone(), parsed)),
+            Some((_, schema)) if schema == &parsed => {}
+            Some(_) => {
+                return Err(format!(
+                    "{} was written with another schema than the source's first file; give each schema its own source",
+                    path.display()
+                ))
+            }
+        }
+    }
+    first
+        .map(|(text, _)| text)
+        .ok_or_else(|| "no Avro files".to_string())
 }
 
 /// The latest schema of `subject`, waiting while the registry is unavailable.

@@ -1,7 +1,10 @@
-//! NDJSON files as a source: a file, a directory, or a glob; `.gz` too.
+//! Files as a source: a file, a directory, or a glob. NDJSON (`.gz` too),
+//! Avro object container files (see [`super::container`]) or
+//! length-delimited Protobuf messages (a varint length before each).
 //!
 //! Each file is one partition (its path relative to the source's base
-//! directory) and a record's position is its 0-based line number, recorded in
+//! directory) and a record's position is its 0-based line number (Avro,
+//! Protobuf: record number), recorded in
 //! the table like a Kafka offset. Re-running a backfill therefore skips every
 //! line the table already holds: the reader asks the table for each file's
 //! recorded line before reading it and starts at the next one. Files are read
@@ -19,7 +22,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Assignment, PartitionId, PositionLookup, Record, SourceControl, SourceEvent};
-use crate::config::FileSourceConfig;
+use crate::config::{FileSourceConfig, Format};
 use crate::ingest::budget::MemoryBudget;
 
 /// Records sent to the pipeline in one event.
@@ -53,6 +56,7 @@ pub enum FileSourceError {
 pub struct FileSet {
     base: PathBuf,
     files: Vec<PathBuf>,
+    format: Format,
 }
 
 impl FileSet {
@@ -64,7 +68,7 @@ impl FileSet {
             (base, vec![path.to_path_buf()])
         } else if path.is_dir() {
             let mut files = Vec::new();
-            collect_dir(path, &mut files);
+            collect_dir(path, config.format, &mut files);
             (path.to_path_buf(), files)
         } else {
             let base: PathBuf = path
@@ -91,7 +95,11 @@ impl FileSet {
                 path: config.path.clone(),
             });
         }
-        Ok(Self { base, files })
+        Ok(Self {
+            base,
+            files,
+            format: config.format,
+        })
     }
 
     /// The resolved files.
@@ -109,21 +117,23 @@ impl FileSet {
     }
 }
 
-fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) {
+fn collect_dir(dir: &Path, format: Format, out: &mut Vec<PathBuf>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.is_dir() {
-            collect_dir(&path, out);
+            collect_dir(&path, format, out);
         } else {
             let name = path.to_string_lossy();
             let stem = name.strip_suffix(".gz").unwrap_or(&name);
-            if [".json", ".ndjson", ".jsonl"]
-                .iter()
-                .any(|ext| stem.ends_with(ext))
-            {
+            let extensions: &[&str] = match format {
+                Format::Json => &[".json", ".ndjson", ".jsonl"],
+                Format::Avro => &[".avro"],
+                Format::Protobuf => &[".binpb"],
+            };
+            if extensions.iter().any(|ext| stem.ends_with(ext)) {
                 out.push(path);
             }
         }
@@ -219,7 +229,11 @@ impl Reader {
         self.send(SourceEvent::Assigned(assignments))?;
 
         while let Some((path, partition, start)) = queue.pop_front() {
-            match self.read_file(&path, &partition, start)? {
+            let outcome = match files.format {
+                Format::Json => self.read_file(&path, &partition, start)?,
+                _ => self.read_binary(&path, &partition, start, files.format)?,
+            };
+            match outcome {
                 FileOutcome::Done => {}
                 FileOutcome::Stopped => return Ok(()),
                 FileOutcome::Seek(moves) => {
@@ -304,6 +318,92 @@ impl Reader {
         Ok(self.interrupted().unwrap_or(FileOutcome::Done))
     }
 
+    /// Reads an Avro container or a length-delimited Protobuf file, one
+    /// record per datum or message, from record number `start`.
+    fn read_binary(
+        &self,
+        path: &Path,
+        partition: &Arc<PartitionId>,
+        start: i64,
+        format: Format,
+    ) -> Result<FileOutcome, String> {
+        let name = path.display();
+        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+        let mut number: i64 = -1;
+        let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
+        let emit = |payload: &[u8],
+                    number: i64,
+                    chunk: &mut Vec<Record>|
+         -> Result<Option<FileOutcome>, String> {
+            if number < start {
+                return Ok(None);
+            }
+            let record = Record {
+                partition: partition.clone(),
+                position: number,
+                payload: Bytes::copy_from_slice(payload),
+                timestamp_ms: None,
+            };
+            if !self
+                .budget
+                .reserve_blocking(record.charge(), &self.shared.stop)
+            {
+                return Ok(Some(FileOutcome::Stopped));
+            }
+            chunk.push(record);
+            if chunk.len() >= CHUNK_RECORDS {
+                self.send(SourceEvent::Records(std::mem::take(chunk)))?;
+                return Ok(self.interrupted());
+            }
+            Ok(None)
+        };
+        if format == Format::Avro {
+            let mut container =
+                super::container::Container::open(bytes).map_err(|e| format!("{name}: {e}"))?;
+            while let Some(datums) = container
+                .next_block()
+                .map_err(|e| format!("{name}: after record {number}: {e}"))?
+            {
+                for datum in datums {
+                    number += 1;
+                    if let Some(outcome) = emit(&datum, number, &mut chunk)? {
+                        return Ok(outcome);
+                    }
+                }
+            }
+        } else {
+            let mut at = 0;
+            while at < bytes.len() {
+                let mut len = 0u64;
+                let mut shift = 0;
+                loop {
+                    let byte = *bytes.get(at).ok_or_else(|| {
+                        format!("{name}: record {}: length ends early", number + 1)
+                    })?;
+                    at += 1;
+                    len |= u64::from(byte & 0x7f) << shift;
+                    shift += 7;
+                    if byte & 0x80 == 0 || shift >= 64 {
+                        break;
+                    }
+                }
+                let end = at
+                    .checked_add(len as usize)
+                    .filter(|e| *e <= bytes.len())
+                    .ok_or_else(|| format!("{name}: record {}: ends early", number + 1))?;
+                number += 1;
+                if let Some(outcome) = emit(&bytes[at..end], number, &mut chunk)? {
+                    return Ok(outcome);
+                }
+                at = end;
+            }
+        }
+        if !chunk.is_empty() {
+            self.send(SourceEvent::Records(chunk))?;
+        }
+        Ok(self.interrupted().unwrap_or(FileOutcome::Done))
+    }
+
     fn interrupted(&self) -> Option<FileOutcome> {
         if self.shared.stop.load(Ordering::Relaxed) {
             return Some(FileOutcome::Stopped);
@@ -333,6 +433,9 @@ mod tests {
         let config = |path: String| FileSourceConfig {
             name: "backfill".into(),
             path,
+            format: Format::Json,
+            descriptor_set: None,
+            message: None,
         };
         let set = FileSet::resolve(&config(dir.path().display().to_string())).unwrap();
         let names: Vec<String> = set

@@ -8,6 +8,7 @@
 //! recorded position + 1 (invariant 1). The pipeline can ask it to seek back
 //! through [`SourceControl`] after a fenced commit.
 
+pub mod container;
 pub mod file;
 pub mod kafka;
 pub mod kinesis;

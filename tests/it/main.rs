@@ -11,6 +11,7 @@ mod evolution;
 mod exactly_once;
 mod fencing;
 mod fleet;
+mod format_files;
 mod kinesis;
 mod layout;
 mod maintenance;
