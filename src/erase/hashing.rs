@@ -11,7 +11,8 @@
 //! request is recorded and deleted once the request is verified (any left
 //! over is deleted by the next erasure run). From then on only the hash is
 //! kept, and ingestion suppresses late records by hashing their key values
-//! and comparing hashes (dead letters: every JSON token of the raw payload).
+//! and comparing hashes (dead letters: the values that follow the key
+//! column's name in the raw payload).
 //!
 //! Requests filed without a secret keep their clear values and keep
 //! working; a secret applies to requests filed after it is set. Losing the
@@ -84,44 +85,50 @@ pub fn parse_marker(text: &str) -> Option<KeyHash> {
     Some(out)
 }
 
-/// Every JSON token of a raw record a key could be: string tokens (decoded)
-/// and whole numbers. Malformed text yields what can be read of it.
-pub fn payload_tokens(text: &str) -> HashSet<String> {
-    let bytes = text.as_bytes();
-    let mut tokens = HashSet::new();
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-                let end = (i + 1).min(bytes.len());
-                if let Ok(decoded) = serde_json::from_str::<String>(&text[start..end]) {
-                    tokens.insert(decoded);
-                }
-                i = end;
-            }
-            b'0'..=b'9' | b'-' => {
-                let start = i;
-                i += 1;
-                while i < bytes.len() && bytes[i].is_ascii_digit() {
-                    i += 1;
-                }
-                let fractional = bytes
-                    .get(i)
-                    .is_some_and(|b| matches!(b, b'.' | b'e' | b'E'));
-                let preceded = start > 0 && bytes[start - 1].is_ascii_alphanumeric();
-                if !fractional && !preceded && text[start..i].parse::<i64>().is_ok() {
-                    tokens.insert(text[start..i].to_string());
-                }
-            }
-            _ => i += 1,
+/// The values a raw record gives field `column`: for each `"column":` in
+/// the text, the string (decoded) or whole number after it. Malformed text
+/// yields what can be read of it.
+pub fn values_after(text: &str, column: &str) -> HashSet<String> {
+    let name = format!("\"{column}\"");
+    let mut values = HashSet::new();
+    for (at, _) in text.match_indices(&name) {
+        let rest = text[at + name.len()..].trim_start();
+        let Some(rest) = rest.strip_prefix(':') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(token) = payload_tokens(rest) {
+            values.insert(token);
         }
     }
-    tokens
+    values
+}
+
+/// The first JSON token of `text` a key could be: a string (decoded) or
+/// a whole number.
+fn payload_tokens(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    match bytes.first()? {
+        b'"' => {
+            let mut i = 1;
+            while i < bytes.len() && bytes[i] != b'"' {
+                i += if bytes[i] == b'\\' { 2 } else { 1 };
+            }
+            let end = (i + 1).min(bytes.len());
+            serde_json::from_str::<String>(&text[..end]).ok()
+        }
+        b'0'..=b'9' | b'-' => {
+            let mut i = 1;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            let fractional = bytes
+                .get(i)
+                .is_some_and(|b| matches!(b, b'.' | b'e' | b'E'));
+            (!fractional && text[..i].parse::<i64>().is_ok()).then(|| text[..i].to_string())
+        }
+        _ => None,
+    }
 }
 
 /// The clear keys of requests not verified yet (see the module docs).
@@ -175,8 +182,8 @@ impl KeyVault {
         }
     }
 
-    /// Ids of the requests whose clear value is kept.
-    pub async fn ids(&self) -> Result<Vec<String>, EraseError> {
+    /// Ids of the requests whose clear value is kept, with when it was written.
+    pub async fn ids(&self) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>, EraseError> {
         use futures::TryStreamExt;
         let listed: Vec<_> = self
             .store
@@ -185,7 +192,7 @@ impl KeyVault {
             .await?;
         Ok(listed
             .into_iter()
-            .filter_map(|m| m.location.filename().map(str::to_string))
+            .filter_map(|m| Some((m.location.filename()?.to_string(), m.last_modified)))
             .collect())
     }
 }
@@ -208,15 +215,19 @@ mod tests {
     }
 
     #[test]
-    fn payload_tokens_are_strings_and_whole_numbers() {
-        let tokens = payload_tokens(r#"{"user_id":"u-\"7","n":42,"x":4.5,"k":-3,"bad":"#);
-        for expected in ["user_id", "u-\"7", "n", "42", "x", "k", "-3", "bad"] {
-            assert!(tokens.contains(expected), "{expected} in {tokens:?}");
-        }
-        assert!(!tokens.contains("4"), "{tokens:?}");
+    fn values_are_read_after_the_field_name() {
+        let text = r#"{"user_id": "u-\"7", "qty":7, "n":4.5, "user_id":-3, "bad":"#;
+        let values = values_after(text, "user_id");
         assert!(
-            !payload_tokens(r#"{"id":"a"#).contains("a"),
-            "an unterminated string is not a token"
+            values.contains("u-\"7") && values.contains("-3"),
+            "{values:?}"
+        );
+        assert_eq!(values.len(), 2, "{values:?}");
+        assert!(values_after(text, "qty").contains("7"));
+        assert!(values_after(text, "n").is_empty(), "not a whole number");
+        assert!(
+            values_after(r#"{"user_id":"u-1"#, "user_id").is_empty(),
+            "unterminated"
         );
     }
 }

@@ -256,6 +256,7 @@ pub async fn file_requests(
     let mut planned: Vec<(SubjectKey, Vec<String>)> = Vec::new();
     for key in keys {
         let mut chosen = Vec::new();
+        let mut canonical: Option<String> = None;
         for target in &all {
             // A table's dead-letter table goes with it.
             let named = match tables {
@@ -267,12 +268,15 @@ pub async fn file_requests(
             }
             match target.key_kind(&key.column).await {
                 Ok(kind) => {
-                    KeyValue::parse(&key.value, kind).map_err(|e| {
+                    let value = KeyValue::parse(&key.value, kind).map_err(|e| {
                         EraseError::Invalid(format!(
                             "key {key}: column `{}` of table `{}` is {kind:?}: {e}",
                             key.column, target.name
                         ))
                     })?;
+                    // The value as ingestion sees it (`007` is the integer 7),
+                    // so a keyed hash of it matches the rows' values.
+                    canonical.get_or_insert_with(|| value.text());
                     chosen.push(target.name.clone());
                 }
                 Err(problem) if matches!(tables, TableChoice::Named(_)) => {
@@ -287,7 +291,11 @@ pub async fn file_requests(
                 key.column
             )));
         }
-        planned.push((key.clone(), chosen));
+        let key = SubjectKey {
+            column: key.column.clone(),
+            value: canonical.unwrap_or_else(|| key.value.clone()),
+        };
+        planned.push((key, chosen));
     }
 
     let hasher = config.erasure.key_hasher();
@@ -413,11 +421,14 @@ async fn forget_verified_keys(
     requests: &[ledger::Request],
 ) -> Result<(), EraseError> {
     let vault = ledger.vault();
-    for id in vault.ids().await? {
-        let verified = requests
-            .iter()
-            .any(|r| r.id == id && r.state() == ledger::State::Verified);
-        if verified {
+    let now = chrono::Utc::now();
+    for (id, written) in vault.ids().await? {
+        let request = requests.iter().find(|r| r.id == id);
+        let verified = request.is_some_and(|r| r.state() == ledger::State::Verified);
+        // Kept for a filing that never reached the ledger (it failed or
+        // died between the two writes): gone after a grace period.
+        let orphan = request.is_none() && now - written > chrono::Duration::hours(1);
+        if verified || orphan {
             vault.delete(&id).await?;
         }
     }
@@ -467,8 +478,13 @@ pub async fn verify_request_with_key(
         })?;
         request.key_value = match (key, ledger.vault().get(&request.id).await?) {
             (Some(given), _) => {
+                let canonical = given
+                    .value
+                    .parse::<i64>()
+                    .map_or_else(|_| given.value.clone(), |n| n.to_string());
                 if given.column != request.key_column
-                    || hasher.hash(&given.column, &given.value) != hash
+                    || (hasher.hash(&given.column, &given.value) != hash
+                        && hasher.hash(&given.column, &canonical) != hash)
                 {
                     return Err(EraseError::Invalid(format!(
                         "--key {given} is not the key of request {}",
@@ -522,8 +538,8 @@ pub async fn verify_request_with_key(
         .collect();
     event.detail = Some(serde_json::Value::Array(summary).to_string());
     ledger.append(&[event]).await?;
-    if passed && request.key_hash.is_some() {
-        // Verified: from now on only the hash is kept.
+    if passed && request.key_hash.is_some() && request.state() >= ledger::State::Purged {
+        // Verified after the purge: from now on only the hash is kept.
         ledger.vault().delete(&request.id).await?;
     }
     Ok(RequestVerification {

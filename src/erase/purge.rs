@@ -198,11 +198,23 @@ async fn still_held(
     let mut held: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut live = std::collections::HashSet::new();
     for request in requests {
-        let kind = target
-            .key_kind(&request.key_column)
-            .await
-            .map_err(EraseError::Invalid)?;
-        let value = KeyValue::parse(&request.key_value, kind).map_err(EraseError::Invalid)?;
+        // A request that cannot be checked is held, not the others with it.
+        let kind = match target.key_kind(&request.key_column).await {
+            Ok(kind) => kind,
+            Err(problem) => {
+                held.entry(request.id.clone())
+                    .or_default()
+                    .push(format!("cannot check the key: {problem}"));
+                continue;
+            }
+        };
+        let Ok(value) = KeyValue::parse(&request.key_value, kind) else {
+            held.entry(request.id.clone()).or_default().push(format!(
+                "cannot check the key: `{}` is not a {kind:?}",
+                request.key_value
+            ));
+            continue;
+        };
         let needle = Needle {
             column: request.key_column.clone(),
             value,
@@ -219,16 +231,38 @@ async fn still_held(
     }
     let store = table.object_store();
     let objects: Vec<_> = store.list(None).try_collect().await?;
+    // Live files were checked row by row above; like `verify`, long string
+    // keys are also looked for in their raw bytes (another column may hold them).
+    let raw_only = |needle: &Needle| matches!(&needle.value, KeyValue::Str(text) if text.len() >= verify::RAW_MIN_LEN);
     for meta in objects {
         let path = meta.location.to_string();
-        if live.contains(&path)
-            || path.starts_with(crate::source::kinesis::positions::POSITIONS_DIR)
-        {
+        if path.starts_with(crate::source::kinesis::positions::POSITIONS_DIR) {
             continue;
         }
-        let bytes = store.get(&meta.location).await?.bytes().await?;
+        let is_live = live.contains(&path);
+        if is_live && !needles.iter().any(|(_, n)| raw_only(n)) {
+            continue;
+        }
+        let bytes = match store.get(&meta.location).await {
+            Ok(found) => found.bytes().await?,
+            // Deleted since the listing (another worker's vacuum, a temporary file).
+            Err(object_store::Error::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
         for (id, needle) in &needles {
-            if let Some(hit) = verify::scan_bytes(&path, bytes.clone(), needle).await? {
+            let hit = if is_live {
+                let KeyValue::Str(text) = &needle.value else {
+                    continue;
+                };
+                (text.len() >= verify::RAW_MIN_LEN && verify::contains(&bytes, text.as_bytes()))
+                    .then(|| verify::Hit {
+                        object: path.clone(),
+                        found: "raw bytes".into(),
+                    })
+            } else {
+                verify::scan_bytes(&path, bytes.clone(), needle).await?
+            };
+            if let Some(hit) = hit {
                 held.entry(id.clone())
                     .or_default()
                     .push(format!("{}: {}", hit.object, hit.found));

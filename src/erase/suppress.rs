@@ -182,9 +182,8 @@ impl Suppressor {
         }
         match &self.hasher {
             Some(hasher) if !keys.hashed.is_empty() => {
-                let tokens = super::hashing::payload_tokens(&text);
                 keys.hashed.iter().any(|(column, hashes)| {
-                    tokens
+                    super::hashing::values_after(&text, column)
                         .iter()
                         .any(|t| hashes.contains(&hasher.hash(column, t)))
                 })

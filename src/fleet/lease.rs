@@ -213,7 +213,12 @@ impl Leases {
     ) -> Result<F::Output, LeaseLost> {
         let leases = self.clone();
         let name = lease.name.clone();
-        let renewals = async move {
+        let lost = tokio_util::sync::CancellationToken::new();
+        let signal = lost.clone();
+        // On a task of its own: a job busy between await points (a long
+        // scan) cannot starve the renewals.
+        let renewals = tokio::spawn(async move {
+            let _signal = signal.drop_guard();
             loop {
                 tokio::time::sleep(leases.renew_every()).await;
                 match leases.renew(&mut lease).await {
@@ -231,11 +236,13 @@ impl Leases {
                     }
                 }
             }
-        };
-        tokio::select! {
+        });
+        let result = tokio::select! {
             output = job => Ok(output),
-            () = renewals => Err(LeaseLost(name)),
-        }
+            () = lost.cancelled() => Err(LeaseLost(name)),
+        };
+        renewals.abort();
+        result
     }
 }
 

@@ -51,6 +51,10 @@ pub enum CommitError {
         /// Every partition's current recorded position, for re-seeking.
         recorded: HashMap<String, i64>,
     },
+    /// The batch's files have a column whose type differs from the table's
+    /// (two workers added the same field with different types).
+    #[error("schema conflict: column {0}; the batch cannot be committed")]
+    SchemaConflict(String),
     /// The commit kept failing.
     #[error("commit failed after {attempts} attempts: {source}")]
     Failed {
@@ -99,6 +103,7 @@ pub async fn commit_with_schema(
         let error = match result {
             Ok(version) => return Ok(version),
             Err(Attempt::Stale(stale)) => return Err(stale),
+            Err(Attempt::Conflict(column)) => return Err(CommitError::SchemaConflict(column)),
             Err(Attempt::Retry(error)) => error,
         };
         if attempt >= MAX_ATTEMPTS {
@@ -118,6 +123,7 @@ pub async fn commit_with_schema(
 
 enum Attempt {
     Stale(CommitError),
+    Conflict(String),
     Retry(DeltaTableError),
 }
 
@@ -170,8 +176,10 @@ async fn try_commit(
     let read_version = snapshot.version();
     let mut all = Vec::with_capacity(actions.len() + 1);
     if let Some(grown) = grown {
-        if let Some(metadata) = grown_metadata(table, grown).map_err(Attempt::Retry)? {
-            all.push(metadata);
+        match grown_metadata(table, grown).map_err(Attempt::Retry)? {
+            Grown::Same => {}
+            Grown::Metadata(metadata) => all.push(metadata),
+            Grown::Conflict(column) => return Err(Attempt::Conflict(column)),
         }
     }
     all.extend_from_slice(actions);
@@ -189,21 +197,36 @@ async fn try_commit(
     Ok(version as i64)
 }
 
+/// What a grown schema means for the table.
+enum Grown {
+    /// The table has every field already.
+    Same,
+    /// This `metaData` action adds the missing ones.
+    Metadata(Action),
+    /// A field the table has, with a type of another kind.
+    Conflict(String),
+}
+
 /// The `metaData` action that grows `table`'s schema by the fields of
-/// `grown` it lacks (`None`: it has them all already).
+/// `grown` it lacks.
 fn grown_metadata(
     table: &DeltaTable,
     grown: &arrow::datatypes::SchemaRef,
-) -> Result<Option<Action>, DeltaTableError> {
+) -> Result<Grown, DeltaTableError> {
     use deltalake::kernel::engine::arrow_conversion::{TryIntoArrow as _, TryIntoKernel as _};
     use deltalake::kernel::MetadataExt as _;
     let metadata = table.snapshot()?.metadata().clone();
     let current: arrow::datatypes::Schema = (&metadata.parse_schema()?).try_into_arrow()?;
+    if let Some(column) = super::schema::type_conflict(current.fields(), grown.fields()) {
+        return Ok(Grown::Conflict(column));
+    }
     let merged = super::schema::merge_fields(current.fields(), grown.fields());
     if &merged == current.fields() {
-        return Ok(None);
+        return Ok(Grown::Same);
     }
     let schema = arrow::datatypes::Schema::new(merged);
     let kernel: deltalake::kernel::StructType = (&schema).try_into_kernel()?;
-    Ok(Some(Action::Metadata(metadata.with_schema(&kernel)?)))
+    Ok(Grown::Metadata(Action::Metadata(
+        metadata.with_schema(&kernel)?,
+    )))
 }

@@ -105,6 +105,24 @@ pub fn adds_fields(base: &Fields, other: &Fields) -> bool {
     })
 }
 
+/// A field both schemas have with types of different kinds (a long in one,
+/// a double in the other), as a path; nested structs are compared field by
+/// field.
+pub fn type_conflict(a: &Fields, b: &Fields) -> Option<String> {
+    b.iter().find_map(|field| {
+        let (_, existing) = a.find(field.name())?;
+        match (existing.data_type(), field.data_type()) {
+            (DataType::Struct(x), DataType::Struct(y)) => {
+                type_conflict(x, y).map(|inner| format!("{}.{inner}", field.name()))
+            }
+            (x, y) if std::mem::discriminant(x) != std::mem::discriminant(y) => {
+                Some(format!("{} ({x} in the table, {y} here)", field.name()))
+            }
+            _ => None,
+        }
+    })
+}
+
 /// Parses a Spark/Delta SQL type name into an Arrow type.
 ///
 /// ```
@@ -254,6 +272,32 @@ impl TypeParser<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_conflicts_are_found_by_kind_at_any_depth() {
+        let a = Fields::from(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new(
+                "s",
+                DataType::Struct(Fields::from(vec![Field::new("x", DataType::Utf8, true)])),
+                true,
+            ),
+        ]);
+        let same = Fields::from(vec![
+            Field::new("n", DataType::Int64, true),
+            Field::new("new", DataType::Float64, true),
+        ]);
+        assert_eq!(type_conflict(&a, &same), None);
+        let top = Fields::from(vec![Field::new("n", DataType::Float64, true)]);
+        assert!(type_conflict(&a, &top).unwrap().starts_with("n ("));
+        let nested = Fields::from(vec![Field::new(
+            "s",
+            DataType::Struct(Fields::from(vec![Field::new("x", DataType::Int64, true)])),
+            true,
+        )]);
+        assert!(type_conflict(&a, &nested).unwrap().starts_with("s.x ("));
+        assert!(adds_fields(&a, &same) && !adds_fields(&a, &top));
+    }
 
     #[test]
     fn parses_scalars_and_nested_types() {

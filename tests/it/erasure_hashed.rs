@@ -58,6 +58,19 @@ async fn the_ledger_keeps_hashes_and_suppression_still_holds() {
     assert!(hashed.key_hash.is_some() && hashed.key_value.is_empty());
     assert!(hashed.key().value.starts_with("hmac-sha256:"));
 
+    // A key that was never ingested verifies clean at once; its clear value
+    // is still needed (late records, the purge), so it stays in the vault.
+    let never = request(&config, &["user_id=user-999"], now()).await;
+    let early = erase::verify_request(&config, &never[0], true, now())
+        .await
+        .unwrap();
+    assert!(early.passed);
+    assert_eq!(
+        raw_hits(&vault, "user-999").len(),
+        1,
+        "kept until purged and verified"
+    );
+
     let run = erase::apply_all(&config, now(), None).await.unwrap();
     assert_eq!(run.applied[0].rows_deleted, 20, "{:?}", run.applied[0]);
 
