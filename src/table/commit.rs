@@ -178,7 +178,7 @@ async fn try_commit(
     if let Some(grown) = grown {
         match grown_metadata(table, grown).map_err(Attempt::Retry)? {
             Grown::Same => {}
-            Grown::Metadata(metadata) => all.push(metadata),
+            Grown::Metadata(metadata) => all.push(*metadata),
             Grown::Conflict(column) => return Err(Attempt::Conflict(column)),
         }
     }
@@ -202,7 +202,7 @@ enum Grown {
     /// The table has every field already.
     Same,
     /// This `metaData` action adds the missing ones.
-    Metadata(Action),
+    Metadata(Box<Action>),
     /// A field the table has, with a type of another kind.
     Conflict(String),
 }
