@@ -226,7 +226,6 @@ fn grown_metadata(
     }
     let schema = arrow::datatypes::Schema::new(merged);
     let kernel: deltalake::kernel::StructType = (&schema).try_into_kernel()?;
-    Ok(Grown::Metadata(Action::Metadata(
-        metadata.with_schema(&kernel)?,
-    )))
+    let action = Action::Metadata(metadata.with_schema(&kernel)?);
+    Ok(Grown::Metadata(Box::new(action)))
 }
