@@ -191,19 +191,12 @@ pub fn protobuf_message(
 /// The writer schema of an Avro file source: its files' header schema,
 /// which every file must share.
 fn container_schema(config: &crate::config::FileSourceConfig) -> Result<String, String> {
-    use std::io::Read;
     let files = crate::source::file::FileSet::resolve(config).map_err(|e| e.to_string())?;
     let mut first: Option<(String, serde_json::Value)> = None;
     for path in files.files() {
-        let header = |limit: u64| -> Result<crate::source::container::Container, String> {
-            let mut bytes = Vec::new();
-            std::fs::File::open(path)
-                .and_then(|f| f.take(limit).read_to_end(&mut bytes))
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            crate::source::container::Container::open(bytes)
-                .map_err(|e| format!("{}: {e}", path.display()))
-        };
-        let container = header(1 << 20).or_else(|_| header(u64::MAX))?;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let container = crate::source::container::Container::open(std::io::BufReader::new(file))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         let parsed: serde_json::Value = serde_json::from_str(&container.schema)
             .map_err(|e| format!("{}: the header's schema: {e}", path.display()))?;
         match &first {

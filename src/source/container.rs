@@ -17,14 +17,44 @@ use serde_json::Value;
 /// The magic bytes of an object container file.
 const MAGIC: &[u8; 4] = b"Obj\x01";
 
-/// An object container file, read whole.
-pub struct Container {
+/// An object container file, read block by block.
+pub struct Container<R> {
     /// The writer schema (JSON text).
     pub schema: String,
     codec: String,
     sync: [u8; 16],
-    bytes: Vec<u8>,
-    at: usize,
+    reader: R,
+}
+
+/// Reads a zigzag long from a stream; `None` at a clean end of the stream.
+fn read_long<R: Read>(reader: &mut R) -> Result<Option<i64>, String> {
+    let mut value = 0u64;
+    for (n, shift) in (0..64).step_by(7).enumerate() {
+        let mut byte = [0u8];
+        match reader.read(&mut byte) {
+            Ok(0) if n == 0 => return Ok(None),
+            Ok(0) => return Err("ends inside a number".into()),
+            Ok(_) => {}
+            Err(e) => return Err(e.to_string()),
+        }
+        value |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(Some(((value >> 1) as i64) ^ -((value & 1) as i64)));
+        }
+    }
+    Err("a number longer than 10 bytes".into())
+}
+
+fn read_exact<R: Read>(reader: &mut R, len: usize) -> Result<Vec<u8>, String> {
+    let mut out = vec![0u8; len];
+    reader
+        .read_exact(&mut out)
+        .map_err(|_| "ends early".to_string())?;
+    Ok(out)
+}
+
+fn long<R: Read>(reader: &mut R) -> Result<i64, String> {
+    read_long(reader)?.ok_or_else(|| "ends early".to_string())
 }
 
 fn zigzag_long(bytes: &[u8], at: &mut usize) -> Result<i64, String> {
@@ -50,31 +80,32 @@ fn take<'a>(bytes: &'a [u8], at: &mut usize, len: usize) -> Result<&'a [u8], Str
     Ok(out)
 }
 
-impl Container {
-    /// Reads the header of `bytes` (a whole file).
-    pub fn open(bytes: Vec<u8>) -> Result<Self, String> {
-        if bytes.get(..4) != Some(&MAGIC[..]) {
+impl<R: Read> Container<R> {
+    /// Reads the header from `reader` (the file's start).
+    pub fn open(mut reader: R) -> Result<Self, String> {
+        let magic = read_exact(&mut reader, 4)
+            .map_err(|_| "not an Avro object container file (too short)".to_string())?;
+        if magic != MAGIC[..] {
             return Err("not an Avro object container file (no `Obj\\x01` magic)".into());
         }
-        let mut at = 4;
         let mut meta: HashMap<String, Vec<u8>> = HashMap::new();
         loop {
-            let mut count = zigzag_long(&bytes, &mut at)?;
+            let mut count = long(&mut reader)?;
             if count == 0 {
                 break;
             }
             if count < 0 {
                 count = -count;
-                zigzag_long(&bytes, &mut at)?;
+                long(&mut reader)?;
             }
             for _ in 0..count {
-                let len = zigzag_long(&bytes, &mut at)? as usize;
-                let key = String::from_utf8_lossy(take(&bytes, &mut at, len)?).into_owned();
-                let len = zigzag_long(&bytes, &mut at)? as usize;
-                meta.insert(key, take(&bytes, &mut at, len)?.to_vec());
+                let len = long(&mut reader)? as usize;
+                let key = String::from_utf8_lossy(&read_exact(&mut reader, len)?).into_owned();
+                let len = long(&mut reader)? as usize;
+                meta.insert(key, read_exact(&mut reader, len)?);
             }
         }
-        let sync: [u8; 16] = take(&bytes, &mut at, 16)?.try_into().expect("16 bytes");
+        let sync: [u8; 16] = read_exact(&mut reader, 16)?.try_into().expect("16 bytes");
         let schema = meta
             .get("avro.schema")
             .map(|s| String::from_utf8_lossy(s).into_owned())
@@ -92,23 +123,21 @@ impl Container {
             schema,
             codec,
             sync,
-            bytes,
-            at,
+            reader,
         })
     }
 
     /// The datums of the next block, or `None` at the end of the file.
     pub fn next_block(&mut self) -> Result<Option<Vec<Vec<u8>>>, String> {
-        if self.at >= self.bytes.len() {
+        let Some(count) = read_long(&mut self.reader)? else {
             return Ok(None);
-        }
-        let count = zigzag_long(&self.bytes, &mut self.at)?;
-        let size = zigzag_long(&self.bytes, &mut self.at)?;
+        };
+        let size = long(&mut self.reader)?;
         if count < 0 || size < 0 {
             return Err("a block with a negative count or size".into());
         }
-        let data = take(&self.bytes, &mut self.at, size as usize)?.to_vec();
-        if take(&self.bytes, &mut self.at, 16)? != self.sync {
+        let data = read_exact(&mut self.reader, size as usize)?;
+        if read_exact(&mut self.reader, 16)? != self.sync {
             return Err("a block does not end with the file's sync marker".into());
         }
         let data = self.decompress(data)?;

@@ -328,7 +328,8 @@ impl Reader {
         format: Format,
     ) -> Result<FileOutcome, String> {
         let name = path.display();
-        let bytes = std::fs::read(path).map_err(|e| format!("{name}: {e}"))?;
+        let file = File::open(path).map_err(|e| format!("{name}: {e}"))?;
+        let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut number: i64 = -1;
         let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
         let emit = |payload: &[u8],
@@ -359,7 +360,7 @@ impl Reader {
         };
         if format == Format::Avro {
             let mut container =
-                super::container::Container::open(bytes).map_err(|e| format!("{name}: {e}"))?;
+                super::container::Container::open(reader).map_err(|e| format!("{name}: {e}"))?;
             while let Some(datums) = container
                 .next_block()
                 .map_err(|e| format!("{name}: after record {number}: {e}"))?
@@ -372,30 +373,38 @@ impl Reader {
                 }
             }
         } else {
-            let mut at = 0;
-            while at < bytes.len() {
+            let mut message = Vec::new();
+            loop {
                 let mut len = 0u64;
                 let mut shift = 0;
                 loop {
-                    let byte = *bytes.get(at).ok_or_else(|| {
-                        format!("{name}: record {}: length ends early", number + 1)
-                    })?;
-                    at += 1;
-                    len |= u64::from(byte & 0x7f) << shift;
+                    let mut byte = [0u8];
+                    let read = reader
+                        .read(&mut byte)
+                        .map_err(|e| format!("{name}: record {}: {e}", number + 1))?;
+                    if read == 0 {
+                        if shift == 0 {
+                            break;
+                        }
+                        return Err(format!("{name}: record {}: length ends early", number + 1));
+                    }
+                    len |= u64::from(byte[0] & 0x7f) << shift;
                     shift += 7;
-                    if byte & 0x80 == 0 || shift >= 64 {
+                    if byte[0] & 0x80 == 0 || shift >= 64 {
                         break;
                     }
                 }
-                let end = at
-                    .checked_add(len as usize)
-                    .filter(|e| *e <= bytes.len())
-                    .ok_or_else(|| format!("{name}: record {}: ends early", number + 1))?;
+                if shift == 0 {
+                    break;
+                }
+                message.resize(len as usize, 0);
+                reader
+                    .read_exact(&mut message)
+                    .map_err(|_| format!("{name}: record {}: ends early", number + 1))?;
                 number += 1;
-                if let Some(outcome) = emit(&bytes[at..end], number, &mut chunk)? {
+                if let Some(outcome) = emit(&message, number, &mut chunk)? {
                     return Ok(outcome);
                 }
-                at = end;
             }
         }
         if !chunk.is_empty() {
