@@ -332,11 +332,23 @@ enum Raw<'a> {
     Bytes(&'a [u8]),
 }
 
-/// A message's fields as read from the wire: per member, the occurrences
-/// (with their order, for oneofs) of each field.
+/// One occurrence: (member index, index within a oneof, value).
+type Entry<'a> = (u32, u32, Raw<'a>);
+
+/// A message's fields as read from the wire: every occurrence, grouped by
+/// member (one allocation per message), in wire order within a member.
 struct Parsed<'a> {
-    /// member index -> (index within a oneof, sequence, value), in wire order.
-    values: Vec<Vec<(usize, usize, Raw<'a>)>>,
+    entries: Vec<Entry<'a>>,
+}
+
+impl<'a> Parsed<'a> {
+    /// The occurrences of member `m`, in wire order.
+    fn member(&self, m: usize) -> &[Entry<'a>] {
+        let m = m as u32;
+        let start = self.entries.partition_point(|e| e.0 < m);
+        let end = self.entries.partition_point(|e| e.0 <= m);
+        &self.entries[start..end]
+    }
 }
 
 fn read_varint(bytes: &[u8], at: &mut usize) -> Result<u64, String> {
@@ -379,11 +391,8 @@ fn wire_type(plan: &Plan) -> u64 {
 /// Reads and checks a message: every field's wire type and length, strings'
 /// UTF-8, nested messages whole. Unknown field numbers are skipped.
 fn parse<'a>(plan: &MessagePlan, bytes: &'a [u8]) -> Result<Parsed<'a>, String> {
-    let mut parsed = Parsed {
-        values: vec![Vec::new(); plan.members.len()],
-    };
+    let mut entries: Vec<Entry<'a>> = Vec::new();
     let mut at = 0;
-    let mut seq = 0;
     while at < bytes.len() {
         let tag = read_varint(bytes, &mut at)?;
         let (number, wire) = ((tag >> 3) as u32, tag & 7);
@@ -442,16 +451,16 @@ fn parse<'a>(plan: &MessagePlan, bytes: &'a [u8]) -> Result<Parsed<'a>, String> 
                         take(packed, &mut p, 4)?.try_into().expect("4"),
                     )),
                 };
-                parsed.values[member].push((within, seq, value));
-                seq += 1;
+                entries.push((member as u32, within as u32, value));
             }
             continue;
         }
         check_value(field, raw)?;
-        parsed.values[member].push((within, seq, raw));
-        seq += 1;
+        entries.push((member as u32, within as u32, raw));
     }
-    Ok(parsed)
+    // Stable: wire order is kept within each member.
+    entries.sort_by_key(|e| e.0);
+    Ok(Parsed { entries })
 }
 
 /// Checks a length-delimited value: UTF-8 strings, nested messages whole.
@@ -468,7 +477,7 @@ fn check_value(field: &FieldPlan, raw: Raw<'_>) -> Result<(), String> {
         let entry = entry_plan(key, value);
         let parsed = parse(&entry, bytes).map_err(|e| format!("field `{}`: {e}", field.name))?;
         for (member, plan) in [(0usize, key), (1, value)] {
-            for (_, _, v) in &parsed.values[member] {
+            for (_, _, v) in parsed.member(member) {
                 check_value(plan, *v)?;
             }
         }
@@ -829,16 +838,16 @@ fn append_scalar(col: &mut Col, kind: &Kind, raw: Option<Raw<'_>>) {
 }
 
 /// Appends a field's value(s), or its default or null when absent.
-fn append_field(field: &FieldPlan, values: &[Raw<'_>], col: &mut Col) {
+fn append_field(field: &FieldPlan, values: &[Entry<'_>], col: &mut Col) {
     if let Some((key, value)) = &field.map {
         let Col::Map(keys, vals, offsets, _) = col else {
             unreachable!("map column")
         };
         let entry = entry_plan(key, value);
-        for raw in values {
+        for (_, _, raw) in values {
             let Raw::Bytes(bytes) = raw else { continue };
             let parsed = parse(&entry, bytes).expect("checked before appending");
-            let last = |m: usize| parsed.values[m].last().map(|(_, _, v)| *v);
+            let last = |m: usize| parsed.member(m).last().map(|(_, _, v)| *v);
             append_one(key, last(0), keys);
             append_one(value, last(1), vals);
         }
@@ -850,14 +859,14 @@ fn append_field(field: &FieldPlan, values: &[Raw<'_>], col: &mut Col) {
         let Col::List(item, offsets, _) = col else {
             unreachable!("list column")
         };
-        for raw in values {
+        for (_, _, raw) in values {
             append_value(item, &field.plan, *raw);
         }
         let end = offsets.last().expect("offsets") + values.len() as i32;
         offsets.push(end);
         return;
     }
-    append_one(field, values.last().copied(), col);
+    append_one(field, values.last().map(|(_, _, v)| *v), col);
 }
 
 /// Appends a singular field's value, or its default (no presence) or null.
@@ -881,30 +890,27 @@ fn append_one(field: &FieldPlan, raw: Option<Raw<'_>>, col: &mut Col) {
 /// Appends a parsed message as one row of `into`.
 fn append_message(plan: &MessagePlan, parsed: &Parsed<'_>, into: &mut StructCol) {
     for (member, (spec, col)) in plan.members.iter().zip(into.cols.iter_mut()).enumerate() {
-        let occurrences = &parsed.values[member];
+        let occurrences = parsed.member(member);
         match spec {
             Member::Field(field) => {
-                let values: Vec<Raw<'_>> = occurrences.iter().map(|(_, _, v)| *v).collect();
-                append_field(field, &values, col);
+                append_field(field, occurrences, col);
             }
             Member::Oneof(_, fields) => {
                 let Col::Struct(s) = col else {
                     unreachable!("oneof column")
                 };
-                let chosen = occurrences
-                    .iter()
-                    .max_by_key(|(_, seq, _)| *seq)
-                    .map(|(i, _, _)| *i);
+                // The member set last on the wire wins, as protobuf defines.
+                let chosen = occurrences.last().map(|(_, within, _)| *within as usize);
                 match chosen {
                     None => s.append_null(),
                     Some(which) => {
                         for (i, (field, c)) in fields.iter().zip(s.cols.iter_mut()).enumerate() {
-                            let values: Vec<Raw<'_>> = occurrences
-                                .iter()
-                                .filter(|(w, _, _)| *w == i)
-                                .map(|(_, _, v)| *v)
-                                .collect();
                             if i == which {
+                                let values: Vec<Entry<'_>> = occurrences
+                                    .iter()
+                                    .filter(|(_, w, _)| *w as usize == i)
+                                    .copied()
+                                    .collect();
                                 append_field(field, &values, c);
                             } else {
                                 c.append_null();
