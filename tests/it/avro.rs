@@ -97,7 +97,12 @@ pub fn encode(args: &[&str], dir: &Path) -> Vec<Vec<u8>> {
         .status()
         .expect("run avro_events.py");
     assert!(status.success(), "avro_events.py {args:?} failed");
-    let bytes = std::fs::read(&out).unwrap();
+    read_frames(&out)
+}
+
+/// The messages of a frames file: each a 4-byte big-endian length and its bytes.
+pub fn read_frames(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
     let mut frames = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -106,6 +111,32 @@ pub fn encode(args: &[&str], dir: &Path) -> Vec<Vec<u8>> {
         at += 4 + len;
     }
     frames
+}
+
+/// Encodes events `start..start+count` of schema `version` with
+/// confluent-kafka's serializer, registering with the registry at `url`.
+fn registry_events<'a>(
+    url: &'a str,
+    topic: &'a str,
+    dir: &'a Path,
+) -> impl Fn(usize, usize, &str) -> Vec<Vec<u8>> + 'a {
+    move |start, count, version| {
+        encode(
+            &[
+                "--registry",
+                url,
+                "--topic",
+                topic,
+                "--version",
+                version,
+                "--start",
+                &start.to_string(),
+                "--count",
+                &count.to_string(),
+            ],
+            dir,
+        )
+    }
 }
 
 fn rand_suffix() -> u64 {
@@ -162,31 +193,11 @@ async fn event_ids(table: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter("sluice=info")
-        .try_init();
     let lake = Lake::new();
     let registry = Registry::start(lake.dir.path());
     let topic = "rides-avro";
     let kafka = kafka(topic, 2);
-    let work = lake.dir.path();
-    let range = |start: usize, count: usize, version: &str| {
-        encode(
-            &[
-                "--registry",
-                &registry.url,
-                "--topic",
-                topic,
-                "--version",
-                version,
-                "--start",
-                &start.to_string(),
-                "--count",
-                &count.to_string(),
-            ],
-            work,
-        )
-    };
+    let range = registry_events(&registry.url, topic, lake.dir.path());
     // The table is typed from the subject's latest schema when ingestion starts.
     let v1 = range(0, 400, "v1");
     let source = format!("registry = {{ url = \"{}\" }}", registry.url);
@@ -373,24 +384,7 @@ async fn two_workers_evolving_one_table_at_once_converge() {
     let registry = Registry::start(lake.dir.path());
     let topic = "rides-evolving";
     let kafka = kafka(topic, 2);
-    let work = lake.dir.path();
-    let range = |start: usize, count: usize, version: &str| {
-        encode(
-            &[
-                "--registry",
-                &registry.url,
-                "--topic",
-                topic,
-                "--version",
-                version,
-                "--start",
-                &start.to_string(),
-                "--count",
-                &count.to_string(),
-            ],
-            work,
-        )
-    };
+    let range = registry_events(&registry.url, topic, lake.dir.path());
     send_all(&kafka, topic, &range(0, 300, "v1"));
     let source = format!("registry = {{ url = \"{}\" }}", registry.url);
     let config = avro_config(&lake, kafka.bootstrap_servers(), topic, &source);

@@ -11,7 +11,7 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::DataType;
 use sluice::config::Config;
 
-use crate::avro::{python, send_all};
+use crate::avro::{python, read_frames, send_all};
 use crate::common::*;
 
 /// Compiles the fixtures and encodes events `start..start+count`; the
@@ -28,15 +28,7 @@ fn encode(dir: &Path, start: usize, count: usize) -> (PathBuf, Vec<Vec<u8>>) {
         .status()
         .expect("run proto_events.py");
     assert!(status.success());
-    let bytes = std::fs::read(&frames).unwrap();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        out.push(bytes[at + 4..at + 4 + len].to_vec());
-        at += 4 + len;
-    }
-    (dir.join("rides.pb"), out)
+    (dir.join("rides.pb"), read_frames(&frames))
 }
 
 const CONVENTION: &str =
