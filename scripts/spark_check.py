@@ -80,6 +80,8 @@ def main() -> int:
     if not entries:
         print("spark: no tables registered", file=sys.stderr)
         return 1
+    import os
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     spark = (SparkSession.builder.master("local[2]").appName("sluice-spark-check")
              .config("spark.ui.enabled", "false")
              .config("spark.driver.host", "127.0.0.1")

@@ -233,7 +233,10 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
         std::fs::write(path, serde_json::to_string_pretty(&summary).expect("json"))?;
     }
     println!("\nRead it:");
-    println!("  sluice status {}", table_path.display());
+    println!(
+        "  cargo run -- status {}    (or `sluice status ...` after `cargo install --path .`)",
+        table_path.display()
+    );
     println!(
         "  duckdb -c \"SELECT city, count(*) FROM delta_scan('{}') GROUP BY ALL\"",
         table_path.display()
