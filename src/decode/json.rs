@@ -185,11 +185,11 @@ impl JsonDecoder {
     fn unknown_fields(&self, records: &[Record]) -> std::collections::BTreeMap<String, u64> {
         let mut counts = std::collections::BTreeMap::new();
         for record in records {
-            for key in super::json_keys::top_level_keys(&record.payload) {
-                if !self.known.contains(&key) {
-                    *counts.entry(key).or_insert(0) += 1;
+            super::json_keys::for_each_top_level_key(&record.payload, |key| {
+                if !self.known.contains(key) {
+                    *counts.entry(key.to_string()).or_insert(0) += 1;
                 }
-            }
+            });
         }
         counts
     }

@@ -2,46 +2,57 @@
 //! the values), so fields a table does not declare can be counted per name
 //! and, with `evolve = "add_columns"`, added.
 
-/// The top-level keys of the JSON object in `payload`, in order. Values are
-/// skipped without being parsed; a malformed document yields the keys read
-/// before the problem (the record is rejected by the decoder anyway).
+/// The top-level keys of the JSON object in `payload`, in order (see
+/// [`for_each_top_level_key`]).
 pub fn top_level_keys(payload: &[u8]) -> Vec<String> {
     let mut keys = Vec::new();
+    for_each_top_level_key(payload, |key| keys.push(key.to_string()));
+    keys
+}
+
+/// Calls `each` with every top-level key of the JSON object in `payload`,
+/// in order, without allocating for keys that hold no escapes (this runs on
+/// every JSON record). Values are skipped without being parsed; a
+/// malformed document yields the keys read before the problem (the record
+/// is rejected by the decoder anyway).
+pub fn for_each_top_level_key(payload: &[u8], mut each: impl FnMut(&str)) {
     let mut at = skip_ws(payload, 0);
     if payload.get(at) != Some(&b'{') {
-        return keys;
+        return;
     }
     at += 1;
     loop {
         at = skip_ws(payload, at);
         match payload.get(at) {
             Some(b'"') => {}
-            _ => return keys,
+            _ => return,
         }
         let Some(end) = string_end(payload, at) else {
-            return keys;
+            return;
         };
         let raw = &payload[at + 1..end];
-        let key = if raw.contains(&b'\\') {
+        if raw.contains(&b'\\') {
             match serde_json::from_slice::<String>(&payload[at..=end]) {
-                Ok(key) => key,
-                Err(_) => return keys,
+                Ok(key) => each(&key),
+                Err(_) => return,
             }
         } else {
-            String::from_utf8_lossy(raw).into_owned()
-        };
-        keys.push(key);
+            match std::str::from_utf8(raw) {
+                Ok(key) => each(key),
+                Err(_) => each(&String::from_utf8_lossy(raw)),
+            }
+        }
         at = skip_ws(payload, end + 1);
         if payload.get(at) != Some(&b':') {
-            return keys;
+            return;
         }
         let Some(next) = skip_value(payload, at + 1) else {
-            return keys;
+            return;
         };
         at = skip_ws(payload, next);
         match payload.get(at) {
             Some(b',') => at += 1,
-            _ => return keys,
+            _ => return,
         }
     }
 }
