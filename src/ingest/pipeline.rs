@@ -64,6 +64,15 @@ pub enum PipelineError {
         /// Table name.
         table: String,
     },
+    /// The source failed (e.g. a file it cannot read); what it delivered
+    /// before was committed.
+    #[error("table `{table}`: {message}")]
+    Source {
+        /// Table name.
+        table: String,
+        /// What failed.
+        message: String,
+    },
     /// A commit kept failing.
     #[error("table `{table}`: {source}")]
     Commit {
@@ -187,6 +196,15 @@ impl Pipeline {
                 event = events.recv() => match event {
                     None => break,
                     Some(SourceEvent::End) => ended = true,
+                    Some(SourceEvent::Failed(message)) => {
+                        // Commit what the source delivered before it failed, then stop loudly.
+                        self.parts.control.stop();
+                        self.flush(FlushReason::Shutdown).await?;
+                        return Err(PipelineError::Source {
+                            table: self.parts.name.clone(),
+                            message,
+                        });
+                    }
                     Some(event) => self.handle(event).await?,
                 },
                 _ = sleep_until_opt(latency.map(tokio::time::Instant::from_std)) => {
@@ -251,7 +269,7 @@ impl Pipeline {
                     state.awaiting_seek = false;
                 }
             }
-            SourceEvent::End => {}
+            SourceEvent::End | SourceEvent::Failed(_) => {}
         }
         Ok(())
     }

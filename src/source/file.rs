@@ -187,6 +187,9 @@ pub fn spawn(
             let reader = Reader { shared, budget, tx };
             if let Err(message) = reader.run(&source_name, &files, &lookup, &runtime) {
                 tracing::error!(source = %source_name, error = %message, "file source stopped");
+                let _ = reader.tx.blocking_send(SourceEvent::Failed(format!(
+                    "source `{source_name}`: {message}"
+                )));
             }
         })
         .expect("spawn file source thread");
@@ -358,53 +361,70 @@ impl Reader {
             }
             Ok(None)
         };
-        if format == Format::Avro {
-            let mut container =
-                super::container::Container::open(reader).map_err(|e| format!("{name}: {e}"))?;
-            while let Some(datums) = container
-                .next_block()
-                .map_err(|e| format!("{name}: after record {number}: {e}"))?
-            {
-                for datum in datums {
+        // Records read before a damaged part are handed on before the error.
+        let read = || -> Result<Option<FileOutcome>, String> {
+            if format == Format::Avro {
+                let mut container = super::container::Container::open(reader)
+                    .map_err(|e| format!("{name}: {e}"))?;
+                while let Some(datums) = container
+                    .next_block()
+                    .map_err(|e| format!("{name}: after record {number}: {e}"))?
+                {
+                    for datum in datums {
+                        number += 1;
+                        if let Some(outcome) = emit(&datum, number, &mut chunk)? {
+                            return Ok(Some(outcome));
+                        }
+                    }
+                }
+            } else {
+                let mut message = Vec::new();
+                loop {
+                    let mut len = 0u64;
+                    let mut shift = 0;
+                    loop {
+                        let mut byte = [0u8];
+                        let read = reader
+                            .read(&mut byte)
+                            .map_err(|e| format!("{name}: record {}: {e}", number + 1))?;
+                        if read == 0 {
+                            if shift == 0 {
+                                break;
+                            }
+                            return Err(format!(
+                                "{name}: record {}: length ends early",
+                                number + 1
+                            ));
+                        }
+                        len |= u64::from(byte[0] & 0x7f) << shift;
+                        shift += 7;
+                        if byte[0] & 0x80 == 0 || shift >= 64 {
+                            break;
+                        }
+                    }
+                    if shift == 0 {
+                        break;
+                    }
+                    message.resize(len as usize, 0);
+                    reader
+                        .read_exact(&mut message)
+                        .map_err(|_| format!("{name}: record {}: ends early", number + 1))?;
                     number += 1;
-                    if let Some(outcome) = emit(&datum, number, &mut chunk)? {
-                        return Ok(outcome);
+                    if let Some(outcome) = emit(&message, number, &mut chunk)? {
+                        return Ok(Some(outcome));
                     }
                 }
             }
-        } else {
-            let mut message = Vec::new();
-            loop {
-                let mut len = 0u64;
-                let mut shift = 0;
-                loop {
-                    let mut byte = [0u8];
-                    let read = reader
-                        .read(&mut byte)
-                        .map_err(|e| format!("{name}: record {}: {e}", number + 1))?;
-                    if read == 0 {
-                        if shift == 0 {
-                            break;
-                        }
-                        return Err(format!("{name}: record {}: length ends early", number + 1));
-                    }
-                    len |= u64::from(byte[0] & 0x7f) << shift;
-                    shift += 7;
-                    if byte[0] & 0x80 == 0 || shift >= 64 {
-                        break;
-                    }
+            Ok(None)
+        };
+        match read() {
+            Ok(Some(outcome)) => return Ok(outcome),
+            Ok(None) => {}
+            Err(error) => {
+                if !chunk.is_empty() {
+                    self.send(SourceEvent::Records(std::mem::take(&mut chunk)))?;
                 }
-                if shift == 0 {
-                    break;
-                }
-                message.resize(len as usize, 0);
-                reader
-                    .read_exact(&mut message)
-                    .map_err(|_| format!("{name}: record {}: ends early", number + 1))?;
-                number += 1;
-                if let Some(outcome) = emit(&message, number, &mut chunk)? {
-                    return Ok(outcome);
-                }
+                return Err(error);
             }
         }
         if !chunk.is_empty() {

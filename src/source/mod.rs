@@ -93,6 +93,9 @@ pub enum SourceEvent {
     Reseeked(Arc<PartitionId>),
     /// A finite source (files) has sent everything.
     End,
+    /// The source cannot go on (a file it cannot read): what was sent
+    /// before is committed, then the pipeline stops with this error.
+    Failed(String),
 }
 
 /// Reads the positions a table has recorded, keyed by [`PartitionId::app_id`].

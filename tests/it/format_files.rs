@@ -114,3 +114,48 @@ async fn length_delimited_protobuf_files_are_a_backfill_source() {
         &expected,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_container_file_fails_the_run_and_loses_nothing() {
+    let lake = Lake::new();
+    let dir = lake.table("in");
+    std::fs::create_dir_all(&dir).unwrap();
+    let avro = script("avro_events.py");
+    let out = dir.join("a.avro");
+    let write = || {
+        run(&[
+            avro.to_str().unwrap(),
+            "--wire",
+            "ocf",
+            "--count",
+            "2000",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+    };
+    write();
+    // The file ends inside its last block (a copy cut short).
+    let whole = std::fs::read(&out).unwrap();
+    std::fs::write(&out, &whole[..whole.len() - 100]).unwrap();
+    let config = file_source_config(&lake, "format = \"avro\"");
+    let failed = Running::start(&config).task.await.unwrap();
+    let error = failed
+        .expect_err("a damaged file fails the run")
+        .to_string();
+    assert!(
+        error.contains("a.avro") && error.contains("ends early"),
+        "{error}"
+    );
+    let table = lake.table("rides");
+    let committed = strings(&kernel_read(&table).await, "event_id");
+    assert!(
+        !committed.is_empty() && committed.len() < 2000,
+        "the blocks before the damage are committed: {}",
+        committed.len()
+    );
+    // The file restored, a re-run completes it exactly once.
+    std::fs::write(&out, &whole).unwrap();
+    ingest_to_end(&config).await;
+    let expected: Vec<String> = (0..2000).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(strings(&kernel_read(&table).await, "event_id"), &expected);
+}
