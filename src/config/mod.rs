@@ -38,6 +38,7 @@ pub mod format;
 mod table;
 pub mod units;
 mod validate;
+mod validate_format;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -147,71 +147,12 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 if k.group_id.trim().is_empty() {
                     add(format!("{key}.group_id"), "must not be empty".into());
                 }
-                let protobuf_keys = k.descriptor_set.is_some()
-                    || k.message.is_some()
-                    || k.topic_convention.is_some();
-                if k.format == Format::Protobuf {
-                    match crate::decode::protobuf_message(&source.format_spec()) {
-                        Ok(message) => {
-                            if let Err(reason) = crate::decode::protobuf::check_message(&message) {
-                                add(format!("{key}.message"), reason);
-                            }
-                        }
-                        Err(reason) => add(format!("{key}.format"), reason),
-                    }
-                } else if protobuf_keys {
-                    add(
-                        format!("{key}.descriptor_set"),
-                        "`descriptor_set`, `message` and `topic_convention` go with `format = \"protobuf\"`".into(),
-                    );
-                }
-                match (k.format, &k.registry, &k.schema_file) {
-                    (Format::Protobuf, None, None) => {}
-                    (Format::Protobuf, _, _) => add(
-                        format!("{key}.registry"),
-                        "Protobuf is read from a descriptor set here; the registry's Protobuf wire format is not supported yet".into(),
-                    ),
-                    (Format::Json, None, None) => {}
-                    (Format::Json, _, _) => add(
-                        format!("{key}.format"),
-                        "`registry` and `schema_file` go with `format = \"avro\"`".into(),
-                    ),
-                    (Format::Avro, None, None) => add(
-                        format!("{key}.registry"),
-                        "`format = \"avro\"` needs `[sources.registry]` (registry wire format) or `schema_file` (plain Avro bodies)".into(),
-                    ),
-                    (Format::Avro, Some(_), Some(_)) => add(
-                        format!("{key}.schema_file"),
-                        "give either `registry` or `schema_file`, not both".into(),
-                    ),
-                    (Format::Avro, Some(registry), None) => {
-                        if !registry.url.starts_with("http://") && !registry.url.starts_with("https://")
-                            || url::Url::parse(&registry.url).is_err()
-                        {
-                            add(
-                                format!("{key}.registry.url"),
-                                format!("`{}` is not an http(s) URL", registry.url),
-                            );
-                        }
-                        if registry.username.is_some() != registry.password.is_some() {
-                            add(
-                                format!("{key}.registry"),
-                                "give both `username` and `password`, or neither".into(),
-                            );
-                        }
-                        if k.subject.is_none() && k.topics.len() != 1 {
-                            add(
-                                format!("{key}.subject"),
-                                "name the subject whose schema types the table (several topics: no default `<topic>-value`)".into(),
-                            );
-                        }
-                    }
-                    (Format::Avro, None, Some(file)) => {
-                        if let Err(reason) = crate::decode::avro::read_schema_file(file) {
-                            add(format!("{key}.schema_file"), reason);
-                        }
-                    }
-                }
+                super::validate_format::check_kafka_format(
+                    k,
+                    &source.format_spec(),
+                    &key,
+                    &mut add,
+                );
                 for reserved in crate::source::kafka::RESERVED_PROPERTIES {
                     if k.properties.contains_key(*reserved) {
                         add(

@@ -9,6 +9,8 @@ pub mod json;
 pub mod json_evolve;
 pub mod json_keys;
 pub mod protobuf;
+pub mod protobuf_decoder;
+pub mod protobuf_registry;
 pub mod registry;
 pub mod timestamp;
 
@@ -29,7 +31,7 @@ pub enum Decoder {
     /// Avro against the table's Avro schema.
     Avro(Box<avro::AvroDecoder>),
     /// Protobuf messages of one type, from a descriptor set.
-    Protobuf(Box<protobuf::ProtobufDecoder>),
+    Protobuf(Box<protobuf_decoder::ProtobufDecoder>),
 }
 
 impl Decoder {
@@ -52,7 +54,8 @@ impl Decoder {
         stop: &tokio_util::sync::CancellationToken,
     ) -> bool {
         match self {
-            Decoder::Json(_) | Decoder::Protobuf(_) => true,
+            Decoder::Json(_) => true,
+            Decoder::Protobuf(d) => d.prepare(records, stop).await,
             Decoder::JsonEvolving(d) => {
                 d.prepare(records);
                 true
@@ -75,6 +78,7 @@ impl Decoder {
     pub fn schema_id(&self, record: &Record) -> Option<u32> {
         match self {
             Decoder::Avro(d) => d.schema_id(record),
+            Decoder::Protobuf(d) => d.schema_id(record),
             _ => None,
         }
     }
@@ -103,9 +107,38 @@ pub async fn decoder_for(
             )?))
         }
         Format::Json => return Ok(Decoder::Json(JsonDecoder::new(table)?)),
+        Format::Protobuf if spec.registry.is_some() => {
+            let registry_config = spec.registry.expect("checked");
+            let registry =
+                registry::Registry::new(registry_config).map_err(|e| problem(e.to_string()))?;
+            let subject = spec
+                .table_subject()
+                .ok_or_else(|| problem("no subject to type the table".into()))?;
+            let latest = latest_protobuf(&registry, &subject, stop)
+                .await?
+                .map_err(|e| problem(e.to_string()))?;
+            let described = format!(
+                "subject `{subject}` version {} (id {})",
+                latest.version.map(|v| v.to_string()).unwrap_or("?".into()),
+                latest.id.map(|v| v.to_string()).unwrap_or("?".into())
+            );
+            let (pool, file) = protobuf_registry::pool_of(&registry, &latest)
+                .await
+                .map_err(|e| problem(format!("{described}: {e}")))?;
+            let message = registry_message(&spec, &pool, &file)
+                .map_err(|e| problem(format!("{described}: {e}")))?;
+            protobuf::check_message(&message).map_err(problem)?;
+            let decoder = protobuf_decoder::ProtobufDecoder::registry(table, &message, registry)
+                .map_err(problem)?;
+            check_columns(table, &decoder.table_schema()).map_err(problem)?;
+            tracing::info!(table = %table.name, %subject, schema_id = ?latest.id, version = ?latest.version,
+                message = decoder.message(), "table typed from the registry");
+            return Ok(Decoder::Protobuf(Box::new(decoder)));
+        }
         Format::Protobuf => {
             let message = protobuf_message(&spec).map_err(problem)?;
-            let decoder = protobuf::ProtobufDecoder::new(table, &message).map_err(problem)?;
+            let decoder =
+                protobuf_decoder::ProtobufDecoder::new(table, &message).map_err(problem)?;
             check_columns(table, &decoder.table_schema()).map_err(problem)?;
             tracing::info!(table = %table.name, message = decoder.message(), "table typed from the descriptor set");
             return Ok(Decoder::Protobuf(Box::new(decoder)));
@@ -188,6 +221,30 @@ pub fn protobuf_message(
     }
 }
 
+/// The message that types a table read through the registry: `message`,
+/// the one the topic names by `topic_convention`, or the schema file's
+/// first message (the wire format's default).
+fn registry_message(
+    spec: &crate::config::FormatSpec<'_>,
+    pool: &prost_reflect::DescriptorPool,
+    file: &str,
+) -> Result<prost_reflect::MessageDescriptor, String> {
+    let in_file = |m: &prost_reflect::MessageDescriptor| m.parent_file().name() == file;
+    match (spec.message, spec.topic_convention) {
+        (Some(name), _) => pool
+            .get_message_by_name(name)
+            .filter(in_file)
+            .ok_or_else(|| format!("message `{name}` is not in the schema's file `{file}`")),
+        (None, Some(convention)) => {
+            let pattern = regex::Regex::new(convention)
+                .map_err(|e| format!("topic_convention is not a regex: {e}"))?;
+            let topic = spec.topics.first().ok_or("no topic to name the message")?;
+            protobuf::resolve_message(pool, &pattern, topic)
+        }
+        (None, None) => protobuf_registry::message_at(pool, file, &[0]),
+    }
+}
+
 /// The writer schema of an Avro file source: its files' header schema,
 /// which every file must share.
 fn container_schema(config: &crate::config::FileSourceConfig) -> Result<String, String> {
@@ -224,6 +281,31 @@ async fn latest_schema(
     let mut delay = Duration::from_millis(200);
     loop {
         match registry.latest(subject).await {
+            Err(registry::RegistryError::Unavailable { url, reason }) => {
+                crate::telemetry::metrics::registry_unavailable(&url);
+                tracing::warn!(registry = %url, %subject, %reason, retry_in = ?delay,
+                    "schema registry unavailable; waiting to type the table");
+            }
+            other => return Ok(other),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return Err(DecoderError::Stopped),
+            _ = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The latest Protobuf schema of `subject`, waiting while the registry is
+/// unavailable.
+async fn latest_protobuf(
+    registry: &registry::Registry,
+    subject: &str,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Result<std::sync::Arc<registry::Entry>, registry::RegistryError>, DecoderError> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match registry.protobuf_version(subject, "latest").await {
             Err(registry::RegistryError::Unavailable { url, reason }) => {
                 crate::telemetry::metrics::registry_unavailable(&url);
                 tracing::warn!(registry = %url, %subject, %reason, retry_in = ?delay,

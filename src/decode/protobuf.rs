@@ -27,17 +27,13 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, ListArray, MapArray, RecordBatch, StringBuilder, StructArray,
+    Int32Builder, Int64Builder, ListArray, MapArray, StringBuilder, StructArray,
     TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
-use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
+use arrow::datatypes::{DataType, Field, Fields};
 use prost_reflect::{DescriptorPool, EnumDescriptor, FieldDescriptor, Kind, MessageDescriptor};
 
-use super::columns::Extras;
-use super::Decoded;
-use crate::config::TableConfig;
-use crate::source::Record;
 use crate::table::schema::timestamp_type;
 
 /// Reads a descriptor set file.
@@ -144,11 +140,11 @@ enum Member {
 
 /// How a message's fields become columns.
 #[derive(Debug)]
-struct MessagePlan {
+pub(super) struct MessagePlan {
     members: Vec<Member>,
     /// Field number -> (member index, index within a oneof).
     by_number: HashMap<u32, (usize, usize)>,
-    fields: Fields,
+    pub(super) fields: Fields,
 }
 
 fn scalar_of(kind: &Kind) -> Option<Scalar> {
@@ -266,7 +262,7 @@ fn plan_field(
     })
 }
 
-fn plan_message(
+pub(super) fn plan_message(
     message: &MessageDescriptor,
     path: &str,
     stack: &mut Vec<String>,
@@ -337,7 +333,7 @@ type Entry<'a> = (u32, u32, Raw<'a>);
 
 /// A message's fields as read from the wire: every occurrence, grouped by
 /// member (one allocation per message), in wire order within a member.
-struct Parsed<'a> {
+pub(super) struct Parsed<'a> {
     entries: Vec<Entry<'a>>,
 }
 
@@ -390,7 +386,7 @@ fn wire_type(plan: &Plan) -> u64 {
 
 /// Reads and checks a message: every field's wire type and length, strings'
 /// UTF-8, nested messages whole. Unknown field numbers are skipped.
-fn parse<'a>(plan: &MessagePlan, bytes: &'a [u8]) -> Result<Parsed<'a>, String> {
+pub(super) fn parse<'a>(plan: &MessagePlan, bytes: &'a [u8]) -> Result<Parsed<'a>, String> {
     let mut entries: Vec<Entry<'a>> = Vec::new();
     let mut at = 0;
     while at < bytes.len() {
@@ -540,14 +536,14 @@ enum Col {
     Map(Box<Col>, Box<Col>, Vec<i32>, Arc<Field>),
 }
 
-struct StructCol {
+pub(super) struct StructCol {
     fields: Fields,
     cols: Vec<Col>,
     valid: Vec<bool>,
 }
 
 impl StructCol {
-    fn new(fields: &Fields) -> Self {
+    pub(super) fn new(fields: &Fields) -> Self {
         Self {
             fields: fields.clone(),
             cols: fields.iter().map(|f| Col::new(f.data_type())).collect(),
@@ -562,7 +558,7 @@ impl StructCol {
         self.valid.push(false);
     }
 
-    fn finish(&mut self) -> StructArray {
+    pub(super) fn finish(&mut self) -> StructArray {
         let columns: Vec<ArrayRef> = self.cols.iter_mut().map(Col::finish).collect();
         let valid = std::mem::take(&mut self.valid);
         let nulls = (!valid.iter().all(|v| *v)).then(|| NullBuffer::from(valid.clone()));
@@ -888,7 +884,7 @@ fn append_one(field: &FieldPlan, raw: Option<Raw<'_>>, col: &mut Col) {
 }
 
 /// Appends a parsed message as one row of `into`.
-fn append_message(plan: &MessagePlan, parsed: &Parsed<'_>, into: &mut StructCol) {
+pub(super) fn append_message(plan: &MessagePlan, parsed: &Parsed<'_>, into: &mut StructCol) {
     for (member, (spec, col)) in plan.members.iter().zip(into.cols.iter_mut()).enumerate() {
         let occurrences = parsed.member(member);
         match spec {
@@ -925,98 +921,9 @@ fn append_message(plan: &MessagePlan, parsed: &Parsed<'_>, into: &mut StructCol)
     into.valid.push(true);
 }
 
-/// Decodes Protobuf records of one message type for one table.
-#[derive(Debug, Clone)]
-pub struct ProtobufDecoder {
-    message: String,
-    plan: Arc<MessagePlan>,
-    table_schema: SchemaRef,
-    extras: Extras,
-}
-
-impl ProtobufDecoder {
-    /// A decoder of `message` records typing `table` (a projection of the
-    /// message's fields when the table declares columns).
-    pub fn new(table: &TableConfig, message: &MessageDescriptor) -> Result<Self, String> {
-        let mut stack = vec![message.full_name().to_string()];
-        let plan = plan_message(message, message.full_name(), &mut stack)?;
-        let comments = field_comments(message);
-        let mut fields: Vec<Field> = plan
-            .fields
-            .iter()
-            .map(|f| {
-                let field = f.as_ref().clone();
-                match comments.get(f.name()) {
-                    Some(text) => field.with_metadata(HashMap::from([(
-                        super::avro::COMMENT.to_string(),
-                        text.clone(),
-                    )])),
-                    None => field,
-                }
-            })
-            .collect();
-        if !table.columns.is_empty() {
-            return Err(format!(
-                "table `{}` declares columns; a Protobuf table takes its columns from message `{}` (omit `columns`)",
-                table.name,
-                message.full_name()
-            ));
-        }
-        let (extras, extra_fields) = Extras::new(table, &fields)?;
-        fields.extend(extra_fields);
-        Ok(Self {
-            message: message.full_name().to_string(),
-            plan: Arc::new(plan),
-            table_schema: Arc::new(Schema::new(fields)),
-            extras,
-        })
-    }
-
-    /// The message's full name.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// The table's Arrow schema: the message's fields, derived, then metadata columns.
-    pub fn table_schema(&self) -> SchemaRef {
-        self.table_schema.clone()
-    }
-
-    /// Decodes `records`, rejecting each one that is not a valid message.
-    pub fn decode(&self, records: &[Record]) -> Decoded {
-        let mut root = StructCol::new(&self.plan.fields);
-        let mut kept = Vec::new();
-        let mut rejected = Vec::new();
-        for (i, record) in records.iter().enumerate() {
-            match parse(&self.plan, &record.payload) {
-                Ok(parsed) => {
-                    append_message(&self.plan, &parsed, &mut root);
-                    kept.push(i);
-                }
-                Err(reason) => {
-                    rejected.push((i, format!("not a valid `{}`: {reason}", self.message)))
-                }
-            }
-        }
-        let batch = (!kept.is_empty()).then(|| {
-            let data = root.finish();
-            let mut columns = data.columns().to_vec();
-            self.extras.append(&mut columns, records, &kept);
-            RecordBatch::try_new(self.table_schema.clone(), columns)
-                .expect("decoded columns match the table schema")
-        });
-        Decoded {
-            batch,
-            kept,
-            rejected,
-            unknown_fields: Default::default(),
-        }
-    }
-}
-
 /// The leading comments of a message's fields, when the descriptor set
 /// carries source info.
-fn field_comments(message: &MessageDescriptor) -> HashMap<String, String> {
+pub(super) fn field_comments(message: &MessageDescriptor) -> HashMap<String, String> {
     let file = message.parent_file_descriptor_proto();
     let Some(info) = &file.source_code_info else {
         return HashMap::new();

@@ -1,6 +1,12 @@
 //! A schema-registry client (Confluent Schema Registry's REST API): schemas
 //! by id, cached for the life of the process (an id never changes its
-//! schema), and a subject's latest version.
+//! schema), and a subject's versions.
+//!
+//! Protobuf schemas are asked for with `format=serialized` (a base64
+//! `FileDescriptorProto`, as Confluent's own deserializers do); a registry
+//! that answers with `.proto` text is read too (see
+//! [`super::protobuf_registry`]). Their references (imported files
+//! registered under their own subjects) come with them.
 //!
 //! An unreachable registry is not bad input: [`RegistryError::Unavailable`]
 //! tells the caller to wait and retry (consumption pauses), while an id or
@@ -30,6 +36,10 @@ pub enum RegistryError {
     /// The registry does not know the id or subject.
     #[error("{0}")]
     NotFound(String),
+    /// The registry's schema cannot be used (it does not parse, or does
+    /// not resolve); its records are dead letters.
+    #[error("{0}")]
+    Invalid(String),
     /// The registry answered something unusable (bad credentials, a schema
     /// of another type, a body that is not JSON).
     #[error("schema registry {url}: {reason}")]
@@ -52,6 +62,32 @@ pub struct Registered {
     pub version: Option<u32>,
 }
 
+/// A schema as the registry holds it, of any type.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// `AVRO`, `PROTOBUF` or `JSON`.
+    pub kind: String,
+    /// The schema text (Protobuf: base64 `FileDescriptorProto` or `.proto` text).
+    pub schema: String,
+    /// The schemas it imports.
+    pub references: Vec<Reference>,
+    /// Its id, when the answer names it.
+    pub id: Option<u32>,
+    /// The subject's version, when looked up by subject.
+    pub version: Option<u32>,
+}
+
+/// An imported schema, registered under its own subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Reference {
+    /// The import path (`rides/common.proto`).
+    pub name: String,
+    /// Its subject.
+    pub subject: String,
+    /// The subject's version.
+    pub version: u32,
+}
+
 /// A client for one registry.
 #[derive(Clone)]
 pub struct Registry {
@@ -59,6 +95,7 @@ pub struct Registry {
     auth: Option<(String, String)>,
     client: reqwest::Client,
     by_id: Arc<Mutex<HashMap<u32, Arc<String>>>>,
+    entries: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -82,6 +119,7 @@ impl Registry {
             auth: config.username.clone().zip(config.password.clone()),
             client,
             by_id: Arc::default(),
+            entries: Arc::default(),
         })
     }
 
@@ -141,6 +179,61 @@ impl Registry {
         })
     }
 
+    /// The Protobuf schema with `id` (serialized form asked for), cached.
+    pub async fn protobuf_by_id(&self, id: u32) -> Result<Arc<Entry>, RegistryError> {
+        self.protobuf_entry(format!("schemas/ids/{id}?format=serialized"))
+            .await
+            .map(|entry| {
+                Arc::new(Entry {
+                    id: Some(id),
+                    ..(*entry).clone()
+                })
+            })
+    }
+
+    /// Version `version` (a number or `latest`) of a Protobuf `subject`;
+    /// numbered versions are cached.
+    pub async fn protobuf_version(
+        &self,
+        subject: &str,
+        version: &str,
+    ) -> Result<Arc<Entry>, RegistryError> {
+        let path = format!(
+            "subjects/{}/versions/{version}?format=serialized",
+            encode(subject)
+        );
+        self.protobuf_entry(path).await.map_err(|e| match e {
+            RegistryError::NotFound(_) => RegistryError::NotFound(format!(
+                "subject `{subject}` version {version} is not in the registry"
+            )),
+            other => other,
+        })
+    }
+
+    /// The whole answer at `path`, which must be a Protobuf schema.
+    async fn protobuf_entry(&self, path: String) -> Result<Arc<Entry>, RegistryError> {
+        let cacheable = !path.contains("/latest");
+        if let Some(found) = self.entries.lock().expect("registry cache lock").get(&path) {
+            return Ok(found.clone());
+        }
+        let body = self.get(&path).await?;
+        let entry = entry_of(&body, &self.base)?;
+        if entry.kind != "PROTOBUF" {
+            return Err(RegistryError::Refused {
+                url: self.base.clone(),
+                reason: format!("{path}: the schema is {}, not PROTOBUF", entry.kind),
+            });
+        }
+        let entry = Arc::new(entry);
+        if cacheable {
+            self.entries
+                .lock()
+                .expect("registry cache lock")
+                .insert(path, entry.clone());
+        }
+        Ok(entry)
+    }
+
     async fn get(&self, path: &str) -> Result<serde_json::Value, RegistryError> {
         let url = format!("{}/{path}", self.base);
         let mut request = self
@@ -198,6 +291,43 @@ fn schema_text(body: &serde_json::Value, url: &str) -> Result<String, RegistryEr
             url: url.to_string(),
             reason: "the answer holds no `schema`".into(),
         })
+}
+
+/// A registry answer as an [`Entry`].
+fn entry_of(body: &serde_json::Value, url: &str) -> Result<Entry, RegistryError> {
+    let schema = body["schema"]
+        .as_str()
+        .ok_or_else(|| RegistryError::Refused {
+            url: url.to_string(),
+            reason: "the answer holds no `schema`".into(),
+        })?
+        .to_string();
+    let references = body["references"]
+        .as_array()
+        .map(|refs| {
+            refs.iter()
+                .map(|r| {
+                    Some(Reference {
+                        name: r["name"].as_str()?.to_string(),
+                        subject: r["subject"].as_str()?.to_string(),
+                        version: u32::try_from(r["version"].as_u64()?).ok()?,
+                    })
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| RegistryError::Refused {
+                    url: url.to_string(),
+                    reason: "a reference without name, subject or version".into(),
+                })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    Ok(Entry {
+        kind: body["schemaType"].as_str().unwrap_or("AVRO").to_string(),
+        schema,
+        references,
+        id: body["id"].as_u64().and_then(|v| u32::try_from(v).ok()),
+        version: body["version"].as_u64().and_then(|v| u32::try_from(v).ok()),
+    })
 }
 
 /// Percent-encodes a path segment (subjects may hold `/`, `:`, spaces).
