@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Independent reader check: Spark reads sluice's Delta tables.
 
-For every table listed in <dir>/manifest.jsonl ({"table": path, "expected_rows": n}),
+For every table listed in <dir>/manifest.jsonl ({"table": path, "expected_rows": n},
+optionally "types": {column: Spark simpleString} and "comments": {column: text}),
 replay the Delta log (JSON commits, and the last classic checkpoint if any,
 read with Spark itself), parse the schema with Spark's own
 `StructType.fromJson(schemaString)`, read every live data file with Spark's
@@ -9,7 +10,9 @@ Parquet reader, and check:
   - the row count equals the expected count,
   - every column Spark infers from the Parquet files has the Delta schema's
     type (timestamps come back as TimestampType, not TimestampNTZ),
-  - every column can be decoded (count of non-nulls per column).
+  - every column can be decoded (count of non-nulls per column),
+  - the listed columns have the listed types and comments (the comment
+    `DESCRIBE TABLE` shows comes from the schema field's metadata).
 Exits non-zero on any mismatch.
 """
 import json
@@ -48,10 +51,25 @@ def live_files(spark, table: Path):
     return metadata, [str(table / unquote(path)) for path in files]
 
 
-def check(spark, table: Path, expected: int) -> list:
+def check_declared(table: Path, schema: StructType, entry: dict) -> list:
+    problems = []
+    fields = {f.name: f for f in schema.fields}
+    for name, wanted in entry.get("types", {}).items():
+        got = fields[name].dataType.simpleString() if name in fields else None
+        if got != wanted:
+            problems.append(f"{table}: column {name} is {got} for Spark, expected {wanted}")
+    for name, wanted in entry.get("comments", {}).items():
+        got = fields[name].metadata.get("comment") if name in fields else None
+        if got != wanted:
+            problems.append(f"{table}: column {name} has comment {got!r} for Spark, expected {wanted!r}")
+    return problems
+
+
+def check(spark, table: Path, expected: int, entry: dict) -> list:
     problems = []
     metadata, files = live_files(spark, table)
     schema = StructType.fromJson(json.loads(metadata["schemaString"]))
+    problems += check_declared(table, schema, entry)
     partitions = set(metadata.get("partitionColumns") or [])
     if not files:
         return [] if expected == 0 else [f"{table}: no live files, expected {expected} rows"]
@@ -91,7 +109,7 @@ def main() -> int:
     spark.sparkContext.setLogLevel("ERROR")
     problems = []
     for entry in entries:
-        problems += check(spark, Path(entry["table"]), int(entry["expected_rows"]))
+        problems += check(spark, Path(entry["table"]), int(entry["expected_rows"]), entry)
     spark.stop()
     for problem in problems:
         print(f"spark: {problem}", file=sys.stderr)

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::CliError;
 use crate::config::Config;
 use crate::demo::broker::{self, EmbeddedKafka};
+use crate::demo::encode::{DemoFormat, Encoder};
 use crate::demo::events::{RideEvents, RIDES_TABLE_COLUMNS};
 use crate::telemetry::stats::IngestStats;
 
@@ -41,13 +42,36 @@ pub struct DemoArgs {
     /// Distinct riders.
     #[arg(long, default_value_t = 20_000)]
     pub users: u64,
+    /// Record encoding: JSON (columns declared in the config), or Avro /
+    /// Protobuf (the table typed from the shipped schema).
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: DemoFormat,
     /// Also write the summary as JSON to this file.
     #[arg(long)]
     pub summary_json: Option<PathBuf>,
 }
 
-/// The demo config: one Kafka source into the `rides` table.
-pub fn demo_config(lake: &str, brokers: &str, topic: &str, flush: Duration) -> String {
+/// The demo table's keys when its schema comes from the source's format.
+const SCHEMA_TYPED_TABLE: &str = r#"key = "user_id"
+partition_by = ["date"]
+derived = [{ name = "date", from = "event_time", transform = "date" }]
+"#;
+
+/// The demo config: one Kafka source into the `rides` table; `format_keys`
+/// are the source's format keys (none for JSON, whose table declares its
+/// columns).
+pub fn demo_config(
+    lake: &str,
+    brokers: &str,
+    topic: &str,
+    flush: Duration,
+    format_keys: &str,
+) -> String {
+    let table = if format_keys.is_empty() {
+        RIDES_TABLE_COLUMNS
+    } else {
+        SCHEMA_TYPED_TABLE
+    };
     format!(
         r#"# Written by `sluice demo`: the config it ran with.
 [lake]
@@ -64,12 +88,13 @@ name = "demo"
 brokers = "{brokers}"
 topics = ["{topic}"]
 group_id = "sluice-demo"
+{format_keys}
 
 [[tables]]
 name = "rides"
 source = "demo"
 metadata_columns = ["source_partition", "source_position", "ingest_time"]
-{RIDES_TABLE_COLUMNS}"#,
+{table}"#,
         flush = humantime::format_duration(flush),
     )
 }
@@ -83,16 +108,24 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
     let lake_text = lake.display().to_string();
     let topic = format!("rides-{}", chrono::Utc::now().format("%Y%m%d%H%M%S"));
     let kafka = EmbeddedKafka::start(&topic, args.partitions).map_err(demo_error)?;
-    let config_text = demo_config(&lake_text, kafka.bootstrap_servers(), &topic, args.flush);
+    let (encoder, format_keys) = Encoder::new(args.format, &lake).map_err(demo_error)?;
+    let config_text = demo_config(
+        &lake_text,
+        kafka.bootstrap_servers(),
+        &topic,
+        args.flush,
+        &format_keys,
+    );
     std::fs::write(lake.join("demo.toml"), &config_text)?;
     let config = Config::parse(&config_text, "demo config")?;
     config.validate()?;
 
     let total = args.rate * args.duration.as_secs().max(1);
     eprintln!(
-        "sluice demo: embedded Kafka at {}, topic {topic} ({} partitions); producing {total} ride events at {}/s into {}",
+        "sluice demo: embedded Kafka at {}, topic {topic} ({} partitions); producing {total} ride events ({:?}) at {}/s into {}",
         kafka.bootstrap_servers(),
         args.partitions,
+        args.format,
         args.rate,
         lake.join("rides").display()
     );
@@ -114,7 +147,8 @@ pub async fn run(args: DemoArgs) -> Result<(), CliError> {
                     std::thread::sleep(wait);
                 }
                 let event = events.next_event();
-                broker::send(&producer, &topic, &event.key, &event.payload)?;
+                let record = encoder.encode(&event.payload, event.valid);
+                broker::send(&producer, &topic, &event.key, &record)?;
                 if !event.valid {
                     malformed.fetch_add(1, Ordering::Relaxed);
                 }

@@ -127,10 +127,17 @@ pub async fn decoder_for(
                 .map_err(|e| problem(format!("{described}: {e}")))?;
             let message = registry_message(&spec, &pool, &file)
                 .map_err(|e| problem(format!("{described}: {e}")))?;
-            protobuf::check_message(&message).map_err(problem)?;
+            let typed_by = |e: String| {
+                let how = match (spec.message, spec.topic_convention) {
+                    (None, None) => " (the file's first message; name another with `message` or `topic_convention`)",
+                    _ => "",
+                };
+                problem(format!("message `{}`{how}: {e}", message.full_name()))
+            };
+            protobuf::check_message(&message).map_err(typed_by)?;
             let decoder = protobuf_decoder::ProtobufDecoder::registry(table, &message, registry)
-                .map_err(problem)?;
-            check_columns(table, &decoder.table_schema()).map_err(problem)?;
+                .map_err(typed_by)?;
+            check_columns(table, &decoder.table_schema()).map_err(typed_by)?;
             tracing::info!(table = %table.name, %subject, schema_id = ?latest.id, version = ?latest.version,
                 message = decoder.message(), "table typed from the registry");
             return Ok(Decoder::Protobuf(Box::new(decoder)));

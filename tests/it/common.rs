@@ -313,13 +313,28 @@ pub fn assert_exactly_once(mut actual: Vec<String>, expected: &[String]) {
 
 /// Registers a table for the Spark check run by `scripts/test` (when enabled).
 pub fn register_for_spark(table: &Path, name: &str, expected_rows: usize) {
+    register_for_spark_with(table, name, expected_rows, serde_json::json!({}));
+}
+
+/// Registers a table for the Spark check with more to check: `types`
+/// (column -> Spark's `simpleString`) and `comments` (column -> comment),
+/// as Spark reads them from the Delta schema.
+pub fn register_for_spark_with(
+    table: &Path,
+    name: &str,
+    expected_rows: usize,
+    checks: serde_json::Value,
+) {
     let Ok(dir) = std::env::var("SLUICE_SPARK_CHECK_DIR") else {
         return;
     };
     let target = Path::new(&dir).join(name);
     let _ = std::fs::remove_dir_all(&target);
     copy_dir(table, &target);
-    let line = serde_json::json!({"table": target, "expected_rows": expected_rows});
+    let mut line = serde_json::json!({"table": target, "expected_rows": expected_rows});
+    if let (Some(line), Some(checks)) = (line.as_object_mut(), checks.as_object()) {
+        line.extend(checks.clone());
+    }
     use std::io::Write;
     let mut manifest = std::fs::OpenOptions::new()
         .create(true)

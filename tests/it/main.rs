@@ -17,6 +17,7 @@ mod layout;
 mod maintenance;
 mod memory;
 mod protobuf;
+mod protobuf_registry;
 mod rebalance;
 mod s3;
 mod serve;

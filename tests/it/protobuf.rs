@@ -202,7 +202,26 @@ async fn the_topic_names_the_message_and_the_table_is_typed_from_it() {
     ] {
         assert!(reasons.contains(reason), "{reason} in {reasons}");
     }
-    register_for_spark(&table, "protobuf_rides", 300);
+    register_for_spark_with(
+        &table,
+        "protobuf_rides",
+        300,
+        serde_json::json!({
+            "types": {
+                "event_time": "timestamp",
+                "distance_mm": "decimal(20,0)",
+                "seats": "bigint",
+                "tip_cents": "bigint",
+                "city": "string",
+                "extra": "string",
+                "photo": "binary",
+                "payment": "struct<card:struct<token:string>,account:bigint>",
+                "attributes": "map<string,bigint>",
+                "stops": "array<int>",
+            },
+            "comments": {"event_id": "Unique id of the event.", "user_id": "The rider."},
+        }),
+    );
 }
 
 #[test]
