@@ -20,7 +20,7 @@
 //!   (`--events` rows in `--files` files, see `bench_table`).
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,6 +34,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::decode::JsonDecoder;
 use crate::demo::broker::{self, EmbeddedKafka};
+use crate::demo::encode::{DemoFormat, Encoder};
 use crate::demo::events::{RideEvents, RIDES_TABLE_COLUMNS};
 use crate::table::writer::writer_properties;
 use crate::telemetry::stats::IngestStats;
@@ -114,6 +115,17 @@ fn rides_config(lake: &str, source: &str) -> Result<Config, CliError> {
     Ok(config)
 }
 
+/// The demo table typed by its source's schema: the demo table's key,
+/// partitioning and derived date.
+fn typed_config(lake: &str, source: &str) -> Result<Config, CliError> {
+    let text = format!(
+        "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"2s\"\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\nkey = \"user_id\"\npartition_by = [\"date\"]\nderived = [{{ name = \"date\", from = \"event_time\", transform = \"date\" }}]"
+    );
+    let config = Config::parse(&text, "bench config")?;
+    config.validate()?;
+    Ok(config)
+}
+
 fn input(args: &BenchArgs) -> Result<PathBuf, CliError> {
     args.input
         .clone()
@@ -142,13 +154,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
             let config = if args.format == "json" {
                 rides_config(&lake, &source)?
             } else {
-                // Typed by the schema: the demo table's key, partitioning and derived date.
-                let text = format!(
-                    "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"2s\"\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\nkey = \"user_id\"\npartition_by = [\"date\"]\nderived = [{{ name = \"date\", from = \"event_time\", transform = \"date\" }}]"
-                );
-                let config = Config::parse(&text, "bench config")?;
-                config.validate()?;
-                config
+                typed_config(&lake, &source)?
             };
             let stats = Arc::new(IngestStats::new());
             let started = Instant::now();
@@ -321,9 +327,18 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
     })
 }
 
+/// `kafka`: the demo events in `--format`, encoded by the producer as the
+/// demo does, through the embedded broker into a local table.
 async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
     let lake = fresh_lake(&args.lake)?;
-    let run = kafka_workers(args, 1, |source| rides_config(&lake, source)).await?;
+    let format = <DemoFormat as clap::ValueEnum>::from_str(&args.format, true)
+        .map_err(|e| CliError::Usage(format!("--format {}: {e}", args.format)))?;
+    let (encoder, keys) = Encoder::new(format, Path::new(&lake)).map_err(CliError::Demo)?;
+    let run = kafka_workers(args, 1, encoder, |source| match format {
+        DemoFormat::Json => rides_config(&lake, source),
+        _ => typed_config(&lake, &format!("{source}\n{keys}")),
+    })
+    .await?;
     Ok(run.measurement)
 }
 
@@ -353,6 +368,7 @@ struct KafkaRun {
 async fn kafka_workers(
     args: &BenchArgs,
     workers: usize,
+    encoder: Encoder,
     config: impl Fn(&str) -> Result<Config, CliError>,
 ) -> Result<KafkaRun, CliError> {
     let topic = "bench";
@@ -394,8 +410,9 @@ async fn kafka_workers(
                 std::thread::sleep(Duration::from_millis(2));
             }
             let event = events.next_event();
-            bytes += event.payload.len() as u64 + 1;
-            broker::send(&producer, topic, &event.key, &event.payload)?;
+            let record = encoder.encode(&event.payload, event.valid);
+            bytes += record.len() as u64;
+            broker::send(&producer, topic, &event.key, &record)?;
         }
         broker::flush(&producer)?;
         Ok(bytes)
@@ -459,7 +476,7 @@ async fn fleet(args: &BenchArgs) -> Result<Measurement, CliError> {
         .clone()
         .ok_or_else(|| CliError::Usage("fleet needs --s3-endpoint".into()))?;
     let prefix = format!("run-{}", uuid::Uuid::new_v4());
-    let run = kafka_workers(args, args.workers, |source| {
+    let run = kafka_workers(args, args.workers, Encoder::Json, |source| {
         let text = format!(
             "[lake]\nroot = \"s3://bench/{prefix}\"\nstorage_options = {{ aws_endpoint = \"{endpoint}\", aws_access_key_id = \"bench\", aws_secret_access_key = \"bench\", aws_region = \"us-east-1\", aws_allow_http = \"true\" }}\n\n[batching]\nmax_latency = \"2s\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}"
         );
