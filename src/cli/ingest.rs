@@ -16,11 +16,20 @@ pub struct IngestArgs {
     /// Validate the config and exit without touching any table.
     #[arg(long)]
     pub check: bool,
+    /// This worker's stable id: its static membership in Kafka consumer
+    /// groups (`group.instance.id`), so a restart takes its partitions back
+    /// without a rebalance. Default: `SLUICE_WORKER_ID`, else the host name.
+    /// Workers running at the same time need distinct ids.
+    #[arg(long)]
+    pub worker_id: Option<String>,
 }
 
 /// Validates the config, then ingests until the sources end or a signal arrives.
 pub async fn run(args: IngestArgs) -> Result<(), CliError> {
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
+    let worker =
+        crate::fleet::identity::worker_id(args.worker_id.as_deref()).map_err(CliError::Usage)?;
+    config.set_worker_id(&worker);
     if args.check {
         println!(
             "config {} is valid: {} source(s), {} table(s)",

@@ -18,11 +18,20 @@ pub struct ServeArgs {
     /// Address for /metrics, /healthz and /readyz (default: `service.listen`).
     #[arg(long)]
     pub listen: Option<String>,
+    /// This worker's stable id: its static membership in Kafka consumer
+    /// groups (`group.instance.id`), so a restart takes its partitions back
+    /// without a rebalance. Default: `SLUICE_WORKER_ID`, else the host name.
+    /// Workers running at the same time need distinct ids.
+    #[arg(long)]
+    pub worker_id: Option<String>,
 }
 
 /// Runs every pipeline and the HTTP endpoints until a signal drains them.
 pub async fn run(args: ServeArgs) -> Result<(), CliError> {
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
+    let worker =
+        crate::fleet::identity::worker_id(args.worker_id.as_deref()).map_err(CliError::Usage)?;
+    config.set_worker_id(&worker);
     let listen = args.listen.unwrap_or_else(|| config.service.listen.clone());
     let listener = tokio::net::TcpListener::bind(&listen)
         .await

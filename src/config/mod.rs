@@ -373,6 +373,11 @@ pub struct KafkaSourceConfig {
     /// `^(?P<env>[^.]+)\.(?P<service>[^.]+)\.(?P<kind>[^.]+)\.(?P<file>[^.]+)\.(?P<message>[^.]+)$`.
     #[serde(default)]
     pub topic_convention: Option<String>,
+    /// The static member id (`group.instance.id`) this process joins the
+    /// group with: set from the worker id by `sluice ingest` and `serve`
+    /// (see [`Config::set_worker_id`]), never read from the file.
+    #[serde(skip)]
+    pub instance_id: Option<String>,
 }
 
 /// A Kinesis data stream.
@@ -430,6 +435,19 @@ pub struct FileSourceConfig {
 }
 
 impl Config {
+    /// Makes every Kafka source of this process a static group member
+    /// named after `worker` (see [`crate::fleet::identity`]), unless its
+    /// properties set `group.instance.id` themselves.
+    pub fn set_worker_id(&mut self, worker: &str) {
+        for source in &mut self.sources {
+            if let SourceConfig::Kafka(k) = source {
+                if !k.properties.contains_key("group.instance.id") {
+                    k.instance_id = Some(crate::fleet::identity::instance_id(worker, &k.name));
+                }
+            }
+        }
+    }
+
     /// Reads, interpolates `${ENV}` references, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -8,7 +8,7 @@ use std::path::Path;
 
 use prost_reflect::prost::Message;
 use prost_reflect::prost_types::FileDescriptorSet;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, Value as Proto};
+use prost_reflect::{DescriptorPool, MessageDescriptor};
 use serde_json::Value;
 
 /// The Avro schema of the demo events.
@@ -94,7 +94,11 @@ impl Encoder {
                 avro_value(schema, &value, &mut out);
                 out
             }
-            Encoder::Protobuf(message) => proto_message(message, &value).encode_to_vec(),
+            Encoder::Protobuf(message) => {
+                let mut out = Vec::with_capacity(json.len() / 2);
+                proto_message(message, &value, &mut out);
+                out
+            }
         }
     }
 }
@@ -167,50 +171,72 @@ fn avro_value(schema: &Value, value: &Value, out: &mut Vec<u8>) {
     }
 }
 
-/// `value` as a message of `descriptor` (the subset the demo message uses).
-fn proto_message(descriptor: &MessageDescriptor, value: &Value) -> DynamicMessage {
-    let mut message = DynamicMessage::new(descriptor.clone());
+fn varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn tag(out: &mut Vec<u8>, number: u32, wire: u64) {
+    varint(out, (u64::from(number) << 3) | wire);
+}
+
+fn length_delimited(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    tag(out, number, 2);
+    varint(out, bytes.len() as u64);
+    out.extend_from_slice(bytes);
+}
+
+/// Appends `value` as a message of `descriptor` in the wire format (the
+/// field kinds the demo message uses; null fields are left unset).
+fn proto_message(descriptor: &MessageDescriptor, value: &Value, out: &mut Vec<u8>) {
     for field in descriptor.fields() {
         let v = &value[field.name()];
-        if v.is_null() {
-            continue;
-        }
-        let proto = match field.kind() {
-            prost_reflect::Kind::String if field.is_list() => Proto::List(
-                v.as_array()
-                    .map(|items| {
-                        items
-                            .iter()
-                            .map(|i| Proto::String(i.as_str().unwrap_or_default().into()))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-            ),
-            prost_reflect::Kind::String => Proto::String(v.as_str().unwrap_or_default().into()),
-            prost_reflect::Kind::Double => Proto::F64(v.as_f64().unwrap_or_default()),
-            prost_reflect::Kind::Int32 => Proto::I32(v.as_i64().unwrap_or_default() as i32),
+        let number = field.number();
+        match field.kind() {
+            _ if v.is_null() => {}
+            prost_reflect::Kind::String if field.is_list() => {
+                for item in v.as_array().into_iter().flatten() {
+                    length_delimited(out, number, item.as_str().unwrap_or_default().as_bytes());
+                }
+            }
+            prost_reflect::Kind::String => {
+                length_delimited(out, number, v.as_str().unwrap_or_default().as_bytes())
+            }
+            prost_reflect::Kind::Double => {
+                tag(out, number, 1);
+                out.extend_from_slice(&v.as_f64().unwrap_or_default().to_le_bytes());
+            }
+            prost_reflect::Kind::Int32 => {
+                tag(out, number, 0);
+                varint(out, v.as_i64().unwrap_or_default() as u64);
+            }
             prost_reflect::Kind::Message(m) if m.full_name() == "google.protobuf.Timestamp" => {
                 let micros = micros(v);
-                let mut ts = DynamicMessage::new(m);
-                ts.set_field_by_name("seconds", Proto::I64(micros.div_euclid(1_000_000)));
-                ts.set_field_by_name(
-                    "nanos",
-                    Proto::I32((micros.rem_euclid(1_000_000) * 1000) as i32),
-                );
-                Proto::Message(ts)
+                let mut inner = Vec::with_capacity(12);
+                tag(&mut inner, 1, 0);
+                varint(&mut inner, micros.div_euclid(1_000_000) as u64);
+                tag(&mut inner, 2, 0);
+                varint(&mut inner, (micros.rem_euclid(1_000_000) * 1000) as u64);
+                length_delimited(out, number, &inner);
             }
-            prost_reflect::Kind::Message(m) => Proto::Message(proto_message(&m, v)),
+            prost_reflect::Kind::Message(m) => {
+                let mut inner = Vec::with_capacity(32);
+                proto_message(&m, v, &mut inner);
+                length_delimited(out, number, &inner);
+            }
             other => unreachable!("the demo message has no {other:?}"),
-        };
-        message.set_field(&field, proto);
+        }
     }
-    message
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::demo::events::RideEvents;
+    use prost_reflect::DynamicMessage;
 
     #[test]
     fn binary_demo_events_hold_the_json_values() {
@@ -227,8 +253,35 @@ mod tests {
             let json: Value = serde_json::from_slice(&event.payload).unwrap();
             let bytes = proto.encode(&event.payload, true);
             let back = DynamicMessage::decode(descriptor.clone(), bytes.as_slice()).unwrap();
-            let user = back.get_field_by_name("user_id").unwrap();
-            assert_eq!(user.as_str(), json["user_id"].as_str());
+            let text = |name: &str| {
+                back.get_field_by_name(name)
+                    .unwrap()
+                    .as_str()
+                    .map(str::to_string)
+            };
+            assert_eq!(text("user_id").as_deref(), json["user_id"].as_str());
+            assert_eq!(text("event_type").as_deref(), json["event_type"].as_str());
+            let lat = back
+                .get_field_by_name("pickup")
+                .unwrap()
+                .as_message()
+                .unwrap()
+                .get_field_by_name("lat")
+                .unwrap()
+                .as_f64();
+            assert_eq!(lat, json["pickup"]["lat"].as_f64());
+            let tags = back.get_field_by_name("tags").unwrap();
+            assert_eq!(
+                tags.as_list().unwrap().len(),
+                json["tags"].as_array().unwrap().len()
+            );
+            assert_eq!(back.has_field_by_name("rating"), !json["rating"].is_null());
+            if let Some(rating) = json["rating"].as_i64() {
+                assert_eq!(
+                    back.get_field_by_name("rating").unwrap().as_i32(),
+                    Some(rating as i32)
+                );
+            }
             let seconds = back
                 .get_field_by_name("event_time")
                 .unwrap()

@@ -1,3 +1,4 @@
 //! Coordination across a fleet of identical workers.
 
+pub mod identity;
 pub mod lease;

@@ -11,6 +11,13 @@
 //! worker that misses that window is fenced at commit time instead (see
 //! `table::commit`).
 //!
+//! Groups rebalance incrementally (`cooperative-sticky`, see
+//! [`GROUP_DEFAULTS`]): a rebalance revokes only the partitions that move,
+//! and the others keep consuming. A revocation commits everything the
+//! pipeline holds (its open files mix partitions), which covers the revoked
+//! ones. `sluice ingest` and `serve` join as static members named by the
+//! worker id (see [`crate::fleet::identity`]).
+//!
 //! Backpressure: each record is charged to the memory budget before it is
 //! handed on; while the budget is spent the thread stops polling for records.
 
@@ -40,6 +47,23 @@ pub const RESERVED_PROPERTIES: &[&str] = &[
     "group.id",
     "enable.auto.commit",
     "enable.auto.offset.store",
+];
+
+/// Group settings for micro-batches; a source's `properties` override them.
+///
+/// - `cooperative-sticky`: a rebalance moves only the partitions that change
+///   owner; the others keep consuming and committing.
+/// - `session.timeout.ms` 30 s: a worker killed without leaving (or a static
+///   member restarting) holds its partitions this long before they move; a
+///   restart within it takes them back without any rebalance.
+/// - `max.poll.interval.ms` 10 min: the consumer thread polls continuously,
+///   but a revocation waits for the pipeline's commit (up to the shutdown
+///   grace), and a slow object store must not make the member leave.
+pub const GROUP_DEFAULTS: &[(&str, &str)] = &[
+    ("partition.assignment.strategy", "cooperative-sticky"),
+    ("session.timeout.ms", "30000"),
+    ("heartbeat.interval.ms", "3000"),
+    ("max.poll.interval.ms", "600000"),
 ];
 
 /// Records handed to the pipeline in one event at most.
@@ -248,6 +272,12 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
         .set("client.id", format!("sluice-{}", config.name))
         // High watermarks for lag metrics (see `stats`).
         .set("statistics.interval.ms", "5000");
+    for (key, value) in GROUP_DEFAULTS {
+        client.set(*key, *value);
+    }
+    if let Some(id) = &config.instance_id {
+        client.set("group.instance.id", id);
+    }
     // If a recorded offset has left the broker's retention, resume from the
     // oldest retained record rather than silently jumping to the end.
     let reset = match config.start_from {
@@ -314,6 +344,12 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
     let mut oldest: Option<Instant> = None;
     let mut seeks = Vec::new();
     while !ctx.shared.stop.load(Ordering::Relaxed) {
+        if ctx.tx.is_closed() {
+            // The pipeline is gone (it failed or was dropped): leave the
+            // group so the partitions move on rather than idle here.
+            tracing::warn!(source = %ctx.source_name, "pipeline gone; leaving the group");
+            return;
+        }
         apply_seeks(&consumer, &ctx, &mut seeks);
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {

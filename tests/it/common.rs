@@ -463,3 +463,13 @@ pub fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// Logs to the test's output when `SLUICE_TEST_LOG` is set (e.g. `sluice=debug`).
+pub fn test_log() {
+    if let Ok(filter) = std::env::var("SLUICE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
+}

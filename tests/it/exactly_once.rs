@@ -7,6 +7,7 @@ use crate::common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_before_commit_then_restarted_commits_everything_once() {
+    test_log();
     let lake = Lake::new();
     let kafka = kafka("eo-before", 4);
     let expected = produce(&kafka, "eo-before", "b", 3000, 0);
