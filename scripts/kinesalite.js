@@ -8,3 +8,12 @@ server.listen(0, '127.0.0.1', (err) => {
   console.log(`listening ${server.address().port}`);
 });
 process.on('SIGTERM', () => process.exit(0));
+// SIGUSR2 moves kinesalite's clock 25 hours ahead: every record put so far
+// is then older than the stream's retention (24 hours, the least Kinesis
+// allows) and kinesalite trims it, as Kinesis would after a long outage.
+let shift = 0;
+const realNow = Date.now;
+Date.now = () => realNow() + shift;
+process.on('SIGUSR2', () => {
+  shift += 25 * 3600 * 1000;
+});

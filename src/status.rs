@@ -66,6 +66,9 @@ pub struct PartitionStatus {
     pub schema_ids: std::collections::BTreeSet<u32>,
     /// Registry schema ids whose records were dead-lettered.
     pub refused_schema_ids: std::collections::BTreeSet<u32>,
+    /// Records lost to the stream's retention before they were read
+    /// (Kinesis `on_trimmed = "skip"`), as the commits noted them.
+    pub trimmed: Vec<String>,
 }
 
 /// Reads the status of the table at `url`.
@@ -137,6 +140,10 @@ pub async fn table_status(
             entry.suppressed += range.suppressed;
             entry.schema_ids.extend(&range.schema_ids);
             entry.refused_schema_ids.extend(&range.refused_schema_ids);
+            if !range.trimmed.is_empty() {
+                entry.contiguous = false;
+                entry.trimmed.extend(range.trimmed.iter().cloned());
+            }
             if range.received != range.committed + range.dead_lettered + range.suppressed {
                 entry.counts_add_up = false;
             }

@@ -60,6 +60,8 @@ pub fn render(s: &TableStatus) -> String {
     for p in &s.partitions {
         let check = if p.contiguous && p.counts_add_up {
             "ok".to_string()
+        } else if p.gaps.is_empty() && p.counts_add_up {
+            "GAPS (records trimmed, below)".to_string()
         } else {
             format!("GAPS {:?} counts_ok={}", p.gaps, p.counts_add_up)
         };
@@ -72,6 +74,9 @@ pub fn render(s: &TableStatus) -> String {
             p.committed,
             p.dead_lettered
         ));
+        for note in &p.trimmed {
+            out.push_str(&format!("{:<45} lost: {note}\n", ""));
+        }
         if !p.schema_ids.is_empty() || !p.refused_schema_ids.is_empty() {
             out.push_str(&format!(
                 "{:<45} schema ids {:?}, refused {:?}\n",

@@ -407,6 +407,24 @@ pub struct KinesisSourceConfig {
     /// shards move after at most twice this.
     #[serde(default = "default_shard_lease_ttl")]
     pub lease_ttl: Span,
+    /// What a shard reader does when the table's recorded position has
+    /// been trimmed from the stream (the worker was away longer than the
+    /// stream's retention): `fail` (the default) stops the pipeline naming
+    /// the shard and the lost range; `skip` resumes at the oldest retained
+    /// record and records the gap in the commit lineage.
+    #[serde(default)]
+    pub on_trimmed: OnTrimmed,
+}
+
+/// What a Kinesis shard reader does when its recorded position is trimmed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnTrimmed {
+    /// Stop the pipeline with an error naming the shard and the lost range.
+    #[default]
+    Fail,
+    /// Resume at the oldest retained record; the gap shows in the lineage.
+    Skip,
 }
 
 fn default_shard_lease_ttl() -> Span {

@@ -54,8 +54,13 @@ pub struct TableConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ColumnConfig {
-    /// Column name, as in the JSON records.
+    /// Column name; also the records' field name unless `field` is set.
     pub name: String,
+    /// The records' field name when it differs from the column name (a
+    /// field such as `@timestamp` or `user-id`, whose name Spark and
+    /// BigQuery do not take as a column name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
     /// Spark/Delta SQL type: `string`, `long`, `double`, `timestamp`, `array<..>`, ...
     #[serde(rename = "type")]
     pub type_name: String,
@@ -65,6 +70,13 @@ pub struct ColumnConfig {
     /// For `timestamp` columns: the unit of numeric epoch values.
     #[serde(default)]
     pub epoch_unit: EpochUnit,
+}
+
+impl ColumnConfig {
+    /// The records' field this column is read from.
+    pub fn field(&self) -> &str {
+        self.field.as_deref().unwrap_or(&self.name)
+    }
 }
 
 /// What a JSON table does with fields it does not declare.

@@ -298,6 +298,30 @@ pub(crate) fn table_problems(table: &TableConfig, schema_typed: bool) -> Vec<Pro
             add(format!("columns[{j}].name"), "must not be empty".into());
             continue;
         }
+        if let Some(reason) = crate::table::names::name_problem(&column.name) {
+            add(
+                format!("columns[{j}].name"),
+                format!(
+                    "`{}` cannot be a column name Spark and BigQuery read without column mapping ({reason}); name the column and keep the records' field: `{{ name = \"...\", field = \"{}\", ... }}`",
+                    column.name,
+                    column.field()
+                ),
+            );
+        }
+        if let Some(other) = table
+            .columns
+            .iter()
+            .take(j)
+            .find(|c| c.name != column.name && c.name.eq_ignore_ascii_case(&column.name))
+        {
+            add(
+                format!("columns[{j}].name"),
+                format!(
+                    "`{}` and `{}` are one column to readers that ignore case (Spark, BigQuery)",
+                    column.name, other.name
+                ),
+            );
+        }
         match parse_type(&column.type_name) {
             Ok(ty) => {
                 if types.insert(column.name.as_str(), ty).is_some() {

@@ -106,7 +106,7 @@ impl JsonDecoder {
             } else {
                 ty.clone()
             };
-            decode_fields.push(Field::new(&column.name, decode_ty, column.nullable));
+            decode_fields.push(Field::new(column.field(), decode_ty, column.nullable));
             table_fields.push(Field::new(&column.name, ty, column.nullable));
         }
         let (extras, extra_fields) =
@@ -121,7 +121,13 @@ impl JsonDecoder {
             table_schema: Arc::new(Schema::new(table_fields)),
             timestamps,
             extras,
-            known: Arc::new(table.columns.iter().map(|c| c.name.clone()).collect()),
+            known: Arc::new(
+                table
+                    .columns
+                    .iter()
+                    .map(|c| c.field().to_string())
+                    .collect(),
+            ),
         };
         decoder
             .raw_decoder(1)
@@ -176,9 +182,17 @@ impl JsonDecoder {
         }
     }
 
-    /// Whether the table declares a column named `name`.
+    /// Whether the table declares a field named `name`.
     pub fn knows(&self, name: &str) -> bool {
         self.known.contains(name)
+    }
+
+    /// Whether a column of the table has `name` when case is ignored.
+    pub fn knows_ignoring_case(&self, name: &str) -> bool {
+        self.table_schema
+            .fields()
+            .iter()
+            .any(|f| f.name().eq_ignore_ascii_case(name))
     }
 
     /// Counts, per name, the top-level fields of `records` the table lacks.
@@ -309,6 +323,7 @@ mod tests {
     fn column(name: &str, type_name: &str) -> ColumnConfig {
         ColumnConfig {
             name: name.into(),
+            field: None,
             type_name: type_name.into(),
             nullable: true,
             epoch_unit: EpochUnit::Auto,

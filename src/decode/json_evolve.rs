@@ -47,7 +47,11 @@ impl EvolvingJson {
         let mut added: Vec<ColumnConfig> = Vec::new();
         for record in records {
             for key in top_level_keys(&record.payload) {
-                if decoder.knows(&key) || added.iter().any(|c| c.name == key) || !plain_name(&key) {
+                if decoder.knows(&key)
+                    || !plain_name(&key)
+                    || decoder.knows_ignoring_case(&key)
+                    || added.iter().any(|c| c.name.eq_ignore_ascii_case(&key))
+                {
                     continue;
                 }
                 let Some(type_name) = value_of(&record.payload, &key).and_then(|v| infer(&v))
@@ -56,6 +60,7 @@ impl EvolvingJson {
                 };
                 added.push(ColumnConfig {
                     name: key,
+                    field: None,
                     type_name,
                     nullable: true,
                     epoch_unit: EpochUnit::Auto,
@@ -88,13 +93,10 @@ impl EvolvingJson {
     }
 }
 
-/// Letters, digits and underscores, not starting with a digit.
+/// A name a column can take (see [`crate::table::names`]); fields with
+/// other names stay unknown and are counted, never added.
 fn plain_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    crate::table::names::name_problem(name).is_none()
 }
 
 /// The column type a JSON value suggests.
@@ -133,5 +135,6 @@ mod tests {
         );
         assert_eq!(infer(&json!(null)), None);
         assert!(plain_name("tip_2") && !plain_name("2x") && !plain_name("a-b"));
+        assert!(!plain_name("_TABLE_SUFFIX"));
     }
 }

@@ -89,7 +89,25 @@ impl Decoder {
 /// with backoff, while the registry is unavailable; `stop` ends the wait)
 /// or the schema file, and checks the table's key, partition and Z-order
 /// columns against it.
+/// Every column name of the table, at every depth, must be one Spark and
+/// BigQuery read without column mapping ([`crate::table::names`]).
 pub async fn decoder_for(
+    table: &TableConfig,
+    source: &SourceConfig,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Decoder, DecoderError> {
+    let decoder = build_decoder(table, source, stop).await?;
+    crate::table::names::check(decoder.table_schema().fields()).map_err(|reason| {
+        DecoderError::Schema {
+            table: table.name.clone(),
+            source_name: source.format_spec().source.to_string(),
+            reason,
+        }
+    })?;
+    Ok(decoder)
+}
+
+async fn build_decoder(
     table: &TableConfig,
     source: &SourceConfig,
     stop: &tokio_util::sync::CancellationToken,

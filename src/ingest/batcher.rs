@@ -78,6 +78,9 @@ pub struct Batch {
     bytes: u64,
     charged: usize,
     unknown_fields: BTreeMap<String, u64>,
+    /// Notes of records lost before a partition's next records, kept until
+    /// a commit covering the partition carries them.
+    trimmed: BTreeMap<Arc<PartitionId>, BTreeSet<String>>,
 }
 
 impl Batch {
@@ -123,6 +126,14 @@ impl Batch {
     /// Fields the batch's records held that the table did not have.
     pub fn unknown_fields(&self) -> BTreeMap<String, u64> {
         self.unknown_fields.clone()
+    }
+
+    /// Notes that records of `partition` were lost before its next ones.
+    pub fn note_trimmed(&mut self, partition: &Arc<PartitionId>, detail: String) {
+        self.trimmed
+            .entry(partition.clone())
+            .or_default()
+            .insert(detail);
     }
 
     /// Counts a rejected record of `partition`.
@@ -212,6 +223,11 @@ impl Batch {
                 suppressed: s.suppressed,
                 schema_ids: s.schema_ids.iter().copied().collect(),
                 refused_schema_ids: s.refused_schema_ids.iter().copied().collect(),
+                trimmed: self
+                    .trimmed
+                    .get(p)
+                    .map(|notes| notes.iter().cloned().collect())
+                    .unwrap_or_default(),
             })
             .collect()
     }
@@ -220,7 +236,11 @@ impl Batch {
     pub fn take(&mut self) -> (BTreeMap<Arc<PartitionId>, Span>, usize) {
         let spans = std::mem::take(&mut self.spans);
         let charged = self.charged;
+        let mut trimmed = std::mem::take(&mut self.trimmed);
+        // Notes whose partition this batch did not cover wait for the next.
+        trimmed.retain(|p, _| !spans.contains_key(p));
         *self = Batch::default();
+        self.trimmed = trimmed;
         (spans, charged)
     }
 }

@@ -269,6 +269,11 @@ impl Pipeline {
                     state.awaiting_seek = false;
                 }
             }
+            SourceEvent::Trimmed { partition, detail } => {
+                tracing::warn!(table = %self.parts.name, %partition, %detail,
+                    "records lost to the stream's retention; the gap is recorded in the next commit's lineage");
+                self.batch.note_trimmed(&partition, detail);
+            }
             SourceEvent::End | SourceEvent::Failed(_) => {}
         }
         Ok(())
@@ -692,6 +697,7 @@ impl Pipeline {
                     suppressed: 0,
                     schema_ids: Vec::new(),
                     refused_schema_ids: Vec::new(),
+                    trimmed: Vec::new(),
                 });
             }
             if updates.is_empty() {

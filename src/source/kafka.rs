@@ -288,6 +288,10 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
     for (key, value) in &config.properties {
         client.set(key, value);
     }
+    // `"group.instance.id" = ""` turns static membership off.
+    if client.get("group.instance.id") == Some("") {
+        client.remove("group.instance.id");
+    }
     client
         .set("bootstrap.servers", &config.brokers)
         .set("group.id", &config.group_id)

@@ -91,6 +91,16 @@ pub enum SourceEvent {
     /// A seek requested by the pipeline took effect: records after this
     /// event start at the requested position.
     Reseeked(Arc<PartitionId>),
+    /// Records of a partition were lost before they could be read (a
+    /// Kinesis shard trimmed past the recorded position); `detail` says
+    /// which. The next commit covering the partition records it in its
+    /// lineage, so the partition no longer reads as contiguous.
+    Trimmed {
+        /// The partition.
+        partition: Arc<PartitionId>,
+        /// What was lost, for people.
+        detail: String,
+    },
     /// A finite source (files) has sent everything.
     End,
     /// The source cannot go on (a file it cannot read): what was sent

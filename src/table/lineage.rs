@@ -60,4 +60,10 @@ pub struct PartitionRange {
     /// registry, or changing the table's schema in a way readers cannot take).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub refused_schema_ids: Vec<u32>,
+    /// Records lost before this commit's first position could be read (a
+    /// Kinesis shard trimmed past the recorded position, with
+    /// `on_trimmed = "skip"`): what was lost, for people. A range with a
+    /// note breaks the partition's contiguity.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trimmed: Vec<String>,
 }

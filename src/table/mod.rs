@@ -10,6 +10,7 @@ pub mod dead_letter;
 pub mod lineage;
 #[cfg(unix)]
 pub mod local_store;
+pub mod names;
 pub mod schema;
 pub mod writer;
 

@@ -160,6 +160,7 @@ async fn a_failed_seek_after_a_fenced_batch_is_retried_not_skipped() {
             suppressed: 0,
             schema_ids: Vec::new(),
             refused_schema_ids: Vec::new(),
+            trimmed: Vec::new(),
         }],
         unknown_fields: Default::default(),
     };

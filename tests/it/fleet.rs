@@ -87,7 +87,8 @@ source = ["k", "ks"]
     victim.child.wait().unwrap();
     orders.extend(put_events(&kinesis_client, "fleet", "b", 50, 6, 6).await);
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let restarted = ServeProcess::start(&config_path);
+    // Restarted under its id, it rejoins the group as the member it was.
+    let restarted = ServeProcess::start_as(&config_path, &victim.worker);
     restarted.wait_ready();
     workers.push(restarted);
     let good = producing.await.unwrap();

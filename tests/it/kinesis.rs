@@ -59,6 +59,18 @@ impl Kinesalite {
         }
     }
 
+    /// Moves kinesalite's clock 25 hours ahead (`scripts/kinesalite.js`):
+    /// every record put so far is then past the stream's retention, and
+    /// kinesalite trims it as Kinesis would.
+    pub async fn age_past_retention(&self) {
+        let status = Command::new("kill")
+            .args(["-USR2", &self.child.id().to_string()])
+            .status()
+            .expect("signal kinesalite");
+        assert!(status.success());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
     pub fn client(&self) -> Client {
         let config = aws_sdk_kinesis::Config::builder()
             .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())

@@ -13,6 +13,7 @@ mod fencing;
 mod fleet;
 mod format_files;
 mod kinesis;
+mod kinesis_trimmed;
 mod layout;
 mod maintenance;
 mod memory;

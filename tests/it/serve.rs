@@ -94,14 +94,26 @@ pub fn value(samples: &[(String, f64)], series: &str) -> Option<f64> {
 pub struct ServeProcess {
     pub child: std::process::Child,
     pub address: String,
+    /// The worker id it runs with.
+    pub worker: String,
 }
 
 impl ServeProcess {
+    /// A worker with an id of its own (workers on one host need distinct
+    /// ids: the id is the Kafka static member id).
     pub fn start(config: &std::path::Path) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::start_as(config, &format!("worker-{}-{n}", std::process::id()))
+    }
+
+    /// A worker with id `worker` (the same id as a stopped worker takes its
+    /// place in the Kafka group).
+    pub fn start_as(config: &std::path::Path, worker: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(["-q", "serve", "--config"])
             .arg(config)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", "127.0.0.1:0", "--worker-id", worker])
             .stdout(Stdio::piped())
             .spawn()
             .expect("start sluice serve");
@@ -115,7 +127,11 @@ impl ServeProcess {
             .next()
             .expect("listening line")
             .to_string();
-        Self { child, address }
+        Self {
+            child,
+            address,
+            worker: worker.to_string(),
+        }
     }
 
     pub fn wait_ready(&self) {
@@ -180,7 +196,9 @@ source = "k"
         brokers = kafka.bootstrap_servers(),
     );
     std::fs::write(&config_path, config).unwrap();
-    let ServeProcess { mut child, address } = ServeProcess::start(&config_path);
+    let ServeProcess {
+        mut child, address, ..
+    } = ServeProcess::start(&config_path);
 
     assert_eq!(get(&address, "/healthz").unwrap().0, 200);
     wait_until(Duration::from_secs(30), "ready", || {

@@ -441,6 +441,7 @@ impl Coordinator {
             shared: shared.clone(),
             recorded,
             start_from,
+            on_trimmed: self.parts.config.on_trimmed,
             tx: self.parts.tx.clone(),
             budget: self.parts.budget.clone(),
             stats: self.parts.stats.clone(),

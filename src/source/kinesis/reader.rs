@@ -11,6 +11,16 @@
 //! second when the shard is idle, backs off exponentially when throttled,
 //! and re-opens an expired iterator where it left off. When the shard is
 //! closed and read to its end, it records the last ordinal and finishes.
+//!
+//! Retention gaps: before it opens after a position the table recorded, the
+//! reader asks for the shard's oldest retained record. If that record comes
+//! after the recorded one, the recorded record has been trimmed (the worker
+//! was away longer than the stream's retention) and the records between
+//! them may be gone; Kinesis itself would just return the first retained
+//! one, or empty reads, without a word. `on_trimmed = "fail"` stops the
+//! pipeline naming the shard and the range; `"skip"` resumes at the oldest
+//! retained record and sends [`SourceEvent::Trimmed`], which the next
+//! commit records in its lineage.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -25,7 +35,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::positions::{PositionError, ShardPositions};
-use crate::config::StartFrom;
+use crate::config::{OnTrimmed, StartFrom};
 use crate::ingest::budget::MemoryBudget;
 use crate::source::{PartitionId, Record, SourceEvent};
 use crate::telemetry::stats::IngestStats;
@@ -40,6 +50,13 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 /// How often a reader at the end of a closed shard looks for a re-seek.
 const SEEK_POLL: Duration = Duration::from_millis(200);
+/// `GetRecords` calls spent looking for a shard's oldest retained record
+/// (Kinesis may answer empty reads before it reaches one).
+const PROBE_CALLS: usize = 20;
+/// Records asked for per probing call: only the first is used, but a server
+/// may count records past the retention against the limit before dropping
+/// them (kinesalite does), so a call asking for one can come back empty.
+const PROBE_LIMIT: i32 = 100;
 
 /// What the pipeline and the coordinator share with a shard's reader.
 pub struct ShardShared {
@@ -91,6 +108,8 @@ pub struct Reader {
     pub recorded: Option<i64>,
     /// Where a never-read shard starts.
     pub start_from: StartFrom,
+    /// What to do when the recorded position has been trimmed.
+    pub on_trimmed: OnTrimmed,
     /// The pipeline.
     pub tx: mpsc::Sender<SourceEvent>,
     /// The worker's memory budget.
@@ -107,6 +126,28 @@ enum Failure {
     Other(String),
 }
 
+enum OpenError {
+    /// The table's recorded record (`after`) is older than the shard's
+    /// oldest retained one (`first`).
+    Trimmed {
+        after: String,
+        first: String,
+    },
+    Other(String),
+}
+
+impl From<String> for OpenError {
+    fn from(error: String) -> Self {
+        OpenError::Other(error)
+    }
+}
+
+/// Whether Kinesis sequence number `a` comes after `b` (both decimal).
+fn sequence_after(a: &str, b: &str) -> bool {
+    let (a, b) = (a.trim_start_matches('0'), b.trim_start_matches('0'));
+    (a.len(), a) > (b.len(), b)
+}
+
 impl Reader {
     fn shard(&self) -> &str {
         &self.shared.partition.partition
@@ -114,21 +155,23 @@ impl Reader {
 
     /// An iterator whose first record is ordinal `next`; the flag says
     /// whether ordinal 0 is anchored (known) already.
-    async fn open(&self, next: i64) -> Result<(String, bool), String> {
+    async fn open(&self, next: i64) -> Result<(String, bool), OpenError> {
         let request = self
             .client
             .get_shard_iterator()
             .stream_name(&self.stream)
             .shard_id(self.shard());
         let (request, anchored) = if next > 0 {
-            let before = match self.shared.sequence_of(next - 1) {
-                Some(seq) => Some(seq),
-                None => self
-                    .shared
-                    .positions
-                    .sequence(next - 1)
-                    .await
-                    .map_err(|e| e.to_string())?,
+            let (before, recorded) = match self.shared.sequence_of(next - 1) {
+                Some(seq) => (Some(seq), false),
+                None => (
+                    self.shared
+                        .positions
+                        .sequence(next - 1)
+                        .await
+                        .map_err(|e| e.to_string())?,
+                    true,
+                ),
             };
             let before = before.ok_or_else(|| {
                 format!(
@@ -137,6 +180,17 @@ impl Reader {
                     self.shared.partition
                 )
             })?;
+            if recorded {
+                // Read long ago (by this worker or another): it may be gone.
+                if let Some(first) = self.oldest_retained().await? {
+                    if sequence_after(&first, &before) {
+                        return Err(OpenError::Trimmed {
+                            after: before,
+                            first,
+                        });
+                    }
+                }
+            }
             let request = request
                 .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                 .starting_sequence_number(before);
@@ -170,8 +224,112 @@ impl Reader {
             .map_err(|e| DisplayErrorContext(e).to_string())?;
         let iterator = answer
             .shard_iterator()
-            .ok_or("GetShardIterator returned no iterator")?;
+            .ok_or("GetShardIterator returned no iterator".to_string())?;
         Ok((iterator.to_string(), anchored))
+    }
+
+    /// An iterator at `sequence`.
+    async fn open_at(&self, sequence: &str) -> Result<String, String> {
+        let answer = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(self.shard())
+            .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
+            .starting_sequence_number(sequence)
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        answer
+            .shard_iterator()
+            .map(str::to_string)
+            .ok_or_else(|| "GetShardIterator returned no iterator".to_string())
+    }
+
+    /// The sequence number of the shard's oldest retained record (`None`
+    /// when the shard holds none, or none was found within a few reads).
+    async fn oldest_retained(&self) -> Result<Option<String>, String> {
+        let answer = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(self.shard())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        let mut iterator = answer
+            .shard_iterator()
+            .ok_or("GetShardIterator returned no iterator")?
+            .to_string();
+        for call in 0..PROBE_CALLS {
+            let output = self
+                .client
+                .get_records()
+                .shard_iterator(&iterator)
+                .limit(PROBE_LIMIT)
+                .send()
+                .await
+                .map_err(|e| DisplayErrorContext(e).to_string())?;
+            if let Some(record) = output.records().first() {
+                return Ok(Some(record.sequence_number().to_string()));
+            }
+            // At the tip (nothing behind) after a few reads: the shard is empty.
+            match output.next_shard_iterator() {
+                Some(following) if call < 2 || output.millis_behind_latest() != Some(0) => {
+                    iterator = following.to_string()
+                }
+                _ => return Ok(None),
+            }
+            if !self.pause(MIN_CALL_GAP).await {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// What to do about a trimmed position: `fail` tells the pipeline and
+    /// stops (`None`); `skip` notes the gap and opens at the oldest retained
+    /// record (`Err` if that cannot be opened now).
+    async fn trimmed(
+        &self,
+        next: i64,
+        after: &str,
+        first: &str,
+    ) -> Option<Result<(String, bool), String>> {
+        let range = format!(
+            "the records after sequence number {after} (ordinal {}, the table's position) and before {first} (the oldest the stream retains)",
+            next - 1
+        );
+        match self.on_trimmed {
+            OnTrimmed::Fail => {
+                let message = format!(
+                    "shard {}: the table's position is older than the stream's retention; {range} may be lost. Set `on_trimmed = \"skip\"` on the source to resume at the oldest retained record and record the gap",
+                    self.shared.partition
+                );
+                tracing::error!(shard = %self.shared.partition, after, first, "recorded position trimmed from the stream");
+                let _ = self.tx.send(SourceEvent::Failed(message)).await;
+                None
+            }
+            OnTrimmed::Skip => {
+                let iterator = match self.open_at(first).await {
+                    Ok(iterator) => iterator,
+                    Err(error) => return Some(Err(error)),
+                };
+                let detail =
+                    format!("{range} were trimmed by the stream's retention before they were read");
+                let event = SourceEvent::Trimmed {
+                    partition: self.shared.partition.clone(),
+                    detail,
+                };
+                if self.tx.send(event).await.is_err() {
+                    return None;
+                }
+                tracing::warn!(shard = %self.shared.partition, after, first, next,
+                    "recorded position trimmed from the stream; resuming at the oldest retained record (on_trimmed = skip)");
+                Some(Ok((iterator, true)))
+            }
+        }
     }
 
     /// Sleeps for `wait` unless stopped first; false when stopped.
@@ -186,12 +344,17 @@ impl Reader {
     async fn open_retrying(&self, next: i64) -> Option<(String, bool)> {
         let mut backoff = Duration::from_millis(500);
         loop {
-            match self.open(next).await {
+            let error = match self.open(next).await {
                 Ok(opened) => return Some(opened),
-                Err(error) => {
-                    tracing::warn!(shard = %self.shared.partition, next, %error, "cannot open a shard iterator; retrying");
+                Err(OpenError::Trimmed { after, first }) => {
+                    match self.trimmed(next, &after, &first).await? {
+                        Ok(opened) => return Some(opened),
+                        Err(error) => error,
+                    }
                 }
-            }
+                Err(OpenError::Other(error)) => error,
+            };
+            tracing::warn!(shard = %self.shared.partition, next, %error, "cannot open a shard iterator; retrying");
             if !self.pause(backoff).await {
                 return None;
             }

@@ -1,0 +1,147 @@
+//! A worker away longer than a Kinesis stream's retention finds its
+//! recorded position trimmed (kinesalite's clock is moved a day ahead, and
+//! kinesalite drops the records older than the retention). With
+//! `on_trimmed = "fail"` the pipeline stops naming the shard and the lost
+//! range and writes nothing; with `"skip"` it resumes at the oldest
+//! retained record, every retained record lands once, and `sluice status`
+//! shows the partition as not contiguous, with the gap.
+
+use std::time::Duration;
+
+use crate::common::*;
+use crate::kinesis::{create_stream, put_events, Kinesalite};
+
+fn config(
+    lake: &Lake,
+    kinesis: &Kinesalite,
+    stream: &str,
+    on_trimmed: &str,
+) -> sluice::config::Config {
+    parse_valid(&format!(
+        r#"
+[lake]
+root = "{root}"
+[batching]
+max_latency = "300ms"
+[maintenance]
+enabled = false
+[erasure]
+enabled = false
+{source}on_trimmed = "{on_trimmed}"
+[[tables]]
+name = "orders"
+source = "k"
+{EVENT_COLUMNS}
+"#,
+        root = lake.root(),
+        source = kinesis.source("k", stream),
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trimmed_position_fails_or_skips_with_the_gap_in_the_lineage() {
+    test_log();
+    let kinesis = Kinesalite::start();
+    let client = kinesis.client();
+    let stream = "trimmed";
+    create_stream(&client, stream, 1).await;
+    let mut expected = put_events(&client, stream, "read", 5, 2, 0).await;
+    let lake = Lake::new();
+    let table = lake.table("orders");
+
+    // The first run reads and commits the first records.
+    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
+    let url = loop {
+        if let Ok(url) = sluice::table::resolve_existing(table.to_str().unwrap()) {
+            break url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop().await;
+
+    // While no worker runs, more records arrive, and a day passes: they
+    // and the committed ones are trimmed. Then new records arrive.
+    let lost = put_events(&client, stream, "lost", 5, 2, 2).await;
+    kinesis.age_past_retention().await;
+    let retained = put_events(&client, stream, "kept", 5, 2, 4).await;
+
+    // `fail`: the pipeline stops, naming the shard and the range.
+    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
+    let ended = tokio::time::timeout(Duration::from_secs(60), running.task)
+        .await
+        .expect("the pipeline stops by itself")
+        .unwrap();
+    let error = ended
+        .expect_err("a trimmed position fails the pipeline")
+        .to_string();
+    assert!(
+        error.contains("shardId-000000000000")
+            && error.contains("older than the stream's retention")
+            && error.contains("may be lost")
+            && error.contains("on_trimmed = \"skip\""),
+        "{error}"
+    );
+    assert_eq!(
+        strings(&kernel_read(&table).await, "event_id").len(),
+        expected.len()
+    );
+
+    // `skip`: resumes at the oldest retained record, and says so.
+    let running = Running::start(&config(&lake, &kinesis, stream, "skip"));
+    expected.extend(retained);
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop().await;
+    let ids = strings(&kernel_read(&table).await, "event_id");
+    assert!(
+        lost.iter().all(|id| !ids.contains(id)),
+        "trimmed records cannot be read"
+    );
+    assert_exactly_once(ids, &expected);
+
+    let status = sluice::status::table_status(&url, &Default::default(), 1)
+        .await
+        .unwrap();
+    let shard = &status.partitions[0];
+    assert!(!shard.contiguous, "{shard:?}");
+    assert_eq!(shard.trimmed.len(), 1, "{shard:?}");
+    assert!(
+        shard.trimmed[0].contains("trimmed by the stream's retention before they were read"),
+        "{shard:?}"
+    );
+    let text = sluice::cli::status::render(&status);
+    assert!(
+        text.contains("lost: the records after sequence number"),
+        "{text}"
+    );
+
+    // A later run starts after a retained record: no new gap.
+    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
+    let more = put_events(&client, stream, "later", 5, 1, 6).await;
+    expected.extend(more);
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop().await;
+    let status = sluice::status::table_status(&url, &Default::default(), 1)
+        .await
+        .unwrap();
+    assert_eq!(status.partitions[0].trimmed.len(), 1);
+    assert_exactly_once(strings(&kernel_read(&table).await, "event_id"), &expected);
+}
