@@ -23,4 +23,6 @@ mod rebalance;
 mod s3;
 mod serve;
 mod signals;
+mod soak;
+mod tansu;
 mod zorder;
