@@ -1,14 +1,21 @@
-"""A rolling restart of a three-worker fleet on an independent Kafka broker.
+"""Restarts of a three-worker fleet on an independent Kafka broker.
 
 Usage: bench_roll.py SLUICE TANSU WORKDIR RUNS RATE
 
-For each run and each group setting, on a fresh tansu broker (in-memory,
-127.0.0.1) and a fresh local lake: a topic of 6 partitions, three `sluice
-serve` workers, a producer (confluent-kafka, librdkafka) at RATE events/s.
-After a 15 s warm-up every worker is restarted in turn (SIGTERM, wait for
-the exit, start it again under the same worker id, wait for /readyz, next);
-15 s after the roll the producer stops and the fleet drains. Then, from the
-table's own log (commit timestamps and sluice's lineage per partition):
+For each run, each way of restarting and each group setting, on a fresh
+tansu broker (in-memory, 127.0.0.1) and a fresh local lake: a topic of 6
+partitions, three `sluice serve` workers, a producer (confluent-kafka,
+librdkafka) at RATE events/s. After a 15 s warm-up every worker is
+restarted in turn and the next one only once the restarted one holds
+partitions again:
+
+  roll  SIGTERM (the worker drains and commits), wait for the exit, start
+        it again under the same worker id (a rolling deploy);
+  kill  SIGKILL, start it again under the same worker id (a crash loop).
+
+15 s after the last restart the producer stops and the fleet drains. Then,
+from the table's own log (commit timestamps and sluice's lineage per
+partition):
 
 - the longest gap between two commits of one partition that overlaps the
   roll (max over partitions, and the median of the partitions' longest);
@@ -64,9 +71,11 @@ def get(address, path):
 class Worker:
     def __init__(self, sluice, config, worker_id):
         self.worker_id = worker_id
+        logs = os.environ.get("SLUICE_ROLL_LOGS")
+        stderr = open(Path(logs) / f"{worker_id}.log", "a") if logs else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [sluice, "-q", "serve", "--config", str(config), "--listen", "127.0.0.1:0", "--worker-id", worker_id],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
         first = self.proc.stdout.readline()
         self.address = first.strip().rsplit("http://", 1)[-1]
 
@@ -80,6 +89,25 @@ class Worker:
     def terminate(self):
         self.proc.send_signal(signal.SIGTERM)
         self.proc.wait(timeout=120)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def held_partitions(self):
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/metrics", timeout=2) as answer:
+                text = answer.read().decode()
+        except Exception:
+            return 0
+        return sum(1 for line in text.splitlines() if line.startswith("sluice_partition_committed_position{"))
+
+    def wait_for_partitions(self, limit=180):
+        deadline = time.time() + limit
+        while self.held_partitions() == 0:
+            if time.time() > deadline:
+                raise RuntimeError(f"{self.worker_id} got no partitions in {limit} s")
+            time.sleep(0.1)
 
 
 def produce(bootstrap, rate, stop, sent):
@@ -160,7 +188,7 @@ def commits(table):
     return out
 
 
-def one_run(sluice, tansu, work, setting, rate):
+def one_run(sluice, tansu, work, setting, rate, how):
     port = free_port()
     bootstrap = f"127.0.0.1:{port}"
     broker = subprocess.Popen([tansu, "broker", "--listener-url", f"tcp://{bootstrap}", "--advertised-listener-url",
@@ -217,10 +245,17 @@ columns = [
         producer.start()
         time.sleep(WARMUP)
         roll_start = time.time()
+        rejoins = []
         for i, w in enumerate(workers):
-            w.terminate()
+            if how == "roll":
+                w.terminate()
+            else:
+                w.kill()
+            restarted = time.time()
             workers[i] = Worker(sluice, config, w.worker_id)
             workers[i].wait_ready()
+            workers[i].wait_for_partitions()
+            rejoins.append(time.time() - restarted)
         roll_end = time.time()
         time.sleep(AFTER)
         stop.set()
@@ -258,6 +293,8 @@ columns = [
     during = sum(sum(c.values()) for t, c in history if start_ms <= t <= end_ms)
     return {
         "setting": setting,
+        "how": how,
+        "rejoin_seconds": statistics.median(rejoins),
         "sent": sent[0],
         "delivered": sent[1],
         "failed": sent[2],
@@ -274,31 +311,36 @@ def main():
     work.mkdir(parents=True, exist_ok=True)
     results = []
     only = os.environ.get("SLUICE_ROLL_ONLY")
+    hows = os.environ.get("SLUICE_ROLL_HOW", "roll,kill").split(",")
     for run in range(runs):
-        for setting in [s for s in SETTINGS if not only or s == only]:
-            print(f"run {run + 1}/{runs}: {setting}", file=sys.stderr)
-            result = one_run(sluice, tansu, work, setting, rate)
-            print(json.dumps(result), file=sys.stderr)
-            results.append(result)
+        for how in hows:
+            for setting in [s for s in SETTINGS if not only or s == only]:
+                print(f"run {run + 1}/{runs}: {how}, {setting}", file=sys.stderr)
+                result = one_run(sluice, tansu, work, setting, rate, how)
+                print(json.dumps(result), file=sys.stderr)
+                results.append(result)
     print(f"rate {rate:.0f} events/s, 3 workers, 6 partitions, medians of {runs} run(s)")
-    print(f"{'setting':<8} {'roll s':>7} {'longest gap s':>14} {'median partition longest gap s':>31} "
-          f"{'events/s during roll':>21} {'all committed':>14}")
-    summary = {}
-    for setting in SETTINGS:
-        rows = [r for r in results if r["setting"] == setting]
-        if not rows:
-            continue
-        med = {k: statistics.median(r[k] for r in rows)
-               for k in ("roll_seconds", "longest_gap", "median_longest_gap", "events_per_second_during_roll")}
-        summary[setting] = med
-        complete = all(r["committed"] == r["delivered"] and r["failed"] == 0 for r in rows)
-        print(f"{setting:<8} {med['roll_seconds']:>7.1f} {med['longest_gap']:>14.1f} {med['median_longest_gap']:>31.1f} "
-              f"{med['events_per_second_during_roll']:>21.0f} {str(complete):>14}")
-    if len(summary) < 2:
-        return
-    eager, static = summary["eager"], summary["static"]
-    print(f"static/eager: longest gap {static['longest_gap'] / max(eager['longest_gap'], 1e-9):.2f}x, "
-          f"events/s during the roll {static['events_per_second_during_roll'] / max(eager['events_per_second_during_roll'], 1e-9):.2f}x")
+    print(f"{'restart':<8} {'setting':<8} {'all 3 s':>8} {'rejoin s':>9} {'longest gap s':>14} "
+          f"{'median partition longest gap s':>31} {'events/s during':>16} {'all committed':>14}")
+    for how in hows:
+        summary = {}
+        for setting in SETTINGS:
+            rows = [r for r in results if r["setting"] == setting and r["how"] == how]
+            if not rows:
+                continue
+            med = {k: statistics.median(r[k] for r in rows)
+                   for k in ("roll_seconds", "rejoin_seconds", "longest_gap", "median_longest_gap",
+                             "events_per_second_during_roll")}
+            summary[setting] = med
+            complete = all(r["committed"] == r["delivered"] and r["failed"] == 0 for r in rows)
+            print(f"{how:<8} {setting:<8} {med['roll_seconds']:>8.1f} {med['rejoin_seconds']:>9.1f} "
+                  f"{med['longest_gap']:>14.1f} {med['median_longest_gap']:>31.1f} "
+                  f"{med['events_per_second_during_roll']:>16.0f} {str(complete):>14}")
+        if len(summary) == 2:
+            eager, static = summary["eager"], summary["static"]
+            print(f"{how}: static/eager longest gap {static['longest_gap'] / max(eager['longest_gap'], 1e-9):.2f}x, "
+                  f"events/s during the restarts "
+                  f"{static['events_per_second_during_roll'] / max(eager['events_per_second_during_roll'], 1e-9):.2f}x")
 
 
 if __name__ == "__main__":

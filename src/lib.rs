@@ -14,6 +14,7 @@
 //! - [`maintain`]: compaction, Z-order, checkpoints and log cleanup,
 //!   vacuum, and the background loop that runs them.
 //! - [`status`]: what a table holds and whether its committed ranges add up.
+//! - [`check`]: whether BigQuery and Spark can read a Delta table.
 //! - [`demo`]: an in-process Kafka broker and a ride-hailing event generator.
 //! - [`fleet`]: object-store leases shared by the workers of a fleet.
 //! - [`telemetry`]: logs and counters.
@@ -21,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod decode;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 mod bench_table;
+pub mod check;
 pub mod checkpoint;
 pub mod compact;
 pub mod demo;
@@ -68,6 +69,8 @@ pub enum Command {
     Zorder(zorder::ZOrderArgs),
     /// Write a checkpoint and delete expired log files.
     Checkpoint(checkpoint::CheckpointArgs),
+    /// Whether BigQuery and Spark can read a Delta table (exit 1 if not).
+    Check(check::CheckArgs),
     /// Delete removed and orphaned data files past the retention.
     Vacuum(vacuum::VacuumArgs),
     /// GDPR erasure by subject key: request, apply, verify, status, receipt.
@@ -106,6 +109,19 @@ pub enum CliError {
     /// Writing output failed.
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// The command ran and found what it was asked to look for (`check`).
+    #[error("{0}")]
+    Findings(String),
+}
+
+impl CliError {
+    /// The process's exit status: 1 for findings, 2 for failures.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Findings(_) => 1,
+            _ => 2,
+        }
+    }
 }
 
 /// Runs the parsed command.
@@ -118,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Compact(args) => compact::run(args).await,
         Command::Zorder(args) => zorder::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args).await,
+        Command::Check(args) => check::run(args).await,
         Command::Vacuum(args) => vacuum::run(args).await,
         Command::Forget(args) => forget::run(args).await,
         Command::Generate(args) => generate::run(args),

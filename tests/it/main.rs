@@ -1,6 +1,7 @@
 //! Integration tests, one module per capability.
 
 mod avro;
+mod check;
 mod common;
 mod config_errors;
 mod dead_letters;

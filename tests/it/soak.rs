@@ -149,7 +149,15 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
         if !requested && started.elapsed() >= run / 2 {
             sluice(
                 &config_path,
-                &["forget", "request", "--key", &format!("user_id={ERASED}"), "--all", "--reason", "soak"],
+                &[
+                    "forget",
+                    "request",
+                    "--key",
+                    &format!("user_id={ERASED}"),
+                    "--all",
+                    "--reason",
+                    "soak",
+                ],
             );
             requested = true;
         }
@@ -168,7 +176,15 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
     if !requested {
         sluice(
             &config_path,
-            &["forget", "request", "--key", &format!("user_id={ERASED}"), "--all", "--reason", "soak"],
+            &[
+                "forget",
+                "request",
+                "--key",
+                &format!("user_id={ERASED}"),
+                "--all",
+                "--reason",
+                "soak",
+            ],
         );
     }
     stop.store(true, Ordering::Relaxed);
@@ -185,7 +201,10 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
     let ids = loop {
         let batches = kernel_read(&table).await;
         let ids = strings(&batches, "event_id");
-        let erased_left = strings(&batches, "user_id").iter().filter(|u| *u == ERASED).count();
+        let erased_left = strings(&batches, "user_id")
+            .iter()
+            .filter(|u| *u == ERASED)
+            .count();
         if ids.len() == expected.len() && erased_left == 0 {
             break ids;
         }
@@ -206,8 +225,15 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
     assert_exactly_once(ids, &expected);
 
     let url = sluice::table::resolve_existing(table.to_str().unwrap()).unwrap();
-    let status = sluice::status::table_status(&url, &no_options(), 1 << 20).await.unwrap();
-    assert_eq!(status.partitions.len(), PARTITIONS as usize, "{:?}", status.partitions);
+    let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        status.partitions.len(),
+        PARTITIONS as usize,
+        "{:?}",
+        status.partitions
+    );
     for p in &status.partitions {
         assert!(p.contiguous && p.counts_add_up, "{p:?}");
     }
@@ -216,7 +242,10 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
     let requests = crate::erasure::ledger_requests(&config).await;
     assert_eq!(requests.len(), 1);
     assert!(
-        matches!(requests[0].state(), State::Deleted | State::Purged | State::Verified),
+        matches!(
+            requests[0].state(),
+            State::Deleted | State::Purged | State::Verified
+        ),
         "{:?}",
         requests[0].state()
     );

@@ -20,9 +20,11 @@ pub struct Tansu {
 }
 
 fn binary() -> PathBuf {
-    let path = std::env::var("SLUICE_TANSU").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice-tansu/bin/tansu")
-    });
+    let path = std::env::var("SLUICE_TANSU")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/sluice-tansu/bin/tansu")
+        });
     assert!(
         path.exists(),
         "no tansu at {}: run scripts/test, which builds it (or set SLUICE_TANSU)",
@@ -40,7 +42,13 @@ impl Tansu {
             .port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(binary())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/", "--silent"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -49,7 +57,10 @@ impl Tansu {
         let bootstrap = format!("127.0.0.1:{port}");
         let started = Instant::now();
         while TcpStream::connect(&bootstrap).is_err() {
-            assert!(started.elapsed() < Duration::from_secs(30), "tansu never listened");
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "tansu never listened"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, bootstrap }
@@ -135,7 +146,10 @@ async fn tansu_skips_the_rest_of_a_batch_fetched_from_its_middle() {
         consumer.assign(&assignment).unwrap();
         let started = Instant::now();
         loop {
-            assert!(started.elapsed() < Duration::from_secs(20), "nothing served");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nothing served"
+            );
             if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
                 return message.offset();
             }
