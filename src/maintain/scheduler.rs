@@ -48,6 +48,8 @@ pub struct MaintenanceLoop {
     zorder_by: Vec<String>,
     leases: Leases,
     last_vacuum: Option<Instant>,
+    /// Whether the table passed `check --for bigquery` last round.
+    bigquery_ok: Option<bool>,
 }
 
 impl MaintenanceLoop {
@@ -78,6 +80,7 @@ impl MaintenanceLoop {
             zorder_by,
             leases,
             last_vacuum: None,
+            bigquery_ok: None,
         })
     }
 
@@ -118,6 +121,7 @@ impl MaintenanceLoop {
     pub async fn round(&mut self) -> Result<RoundReport, MaintainError> {
         let mut report = RoundReport::default();
         let mut table = self.open().await?;
+        self.watch_bigquery(&table).await;
         let groups = live_files_by_partition(&table, &[])?;
         let now_ms = chrono::Utc::now().timestamp_millis();
         for (partition, files) in groups {
@@ -209,6 +213,35 @@ impl MaintenanceLoop {
             self.last_vacuum = Some(Instant::now());
         }
         Ok(report)
+    }
+
+    /// `check --for bigquery` without reading footers: a warning when the
+    /// table stops passing (e.g. too much JSON since the last checkpoint),
+    /// a metric every round it fails, a line when it passes again.
+    async fn watch_bigquery(&mut self, table: &DeltaTable) {
+        let report = match crate::check::check(table, &[crate::check::Target::Bigquery], 0).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::debug!(table = %self.name, %error, "cannot check the table for BigQuery");
+                return;
+            }
+        };
+        let ok = !report.fails();
+        if !ok {
+            crate::telemetry::metrics::bigquery_check_failed(&self.name);
+            if self.bigquery_ok != Some(false) {
+                let errors: Vec<String> = report
+                    .findings
+                    .iter()
+                    .filter(|f| f.severity == crate::check::Severity::Error)
+                    .map(|f| format!("{}: {}", f.code, f.message))
+                    .collect();
+                tracing::warn!(table = %self.name, ?errors, "the table no longer passes `sluice check --for bigquery`");
+            }
+        } else if self.bigquery_ok == Some(false) {
+            tracing::info!(table = %self.name, "the table passes `sluice check --for bigquery` again");
+        }
+        self.bigquery_ok = Some(ok);
     }
 
     async fn open(&self) -> Result<DeltaTable, MaintainError> {

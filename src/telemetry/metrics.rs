@@ -31,7 +31,7 @@ pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Ato
 static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
 
 /// The rare events counted in [`EVENTS`]: (metric, label name, help).
-const EVENT_METRICS: [(&str, &str, &str); 5] = [
+const EVENT_METRICS: [(&str, &str, &str); 6] = [
     (
         "sluice_erasure_purges_held_total",
         "table",
@@ -56,6 +56,11 @@ const EVENT_METRICS: [(&str, &str, &str); 5] = [
         "sluice_kafka_seek_failures_total",
         "partition",
         "Kafka seeks to a table's position that failed and are retried (the partition's records are discarded meanwhile).",
+    ),
+    (
+        "sluice_bigquery_check_failures_total",
+        "table",
+        "Maintenance rounds that found the table failing `sluice check --for bigquery` (see the warning in the log).",
     ),
 ];
 
@@ -90,6 +95,11 @@ pub fn schema_refused(table: &str) {
 /// A Kafka seek of `partition` failed.
 pub fn seek_failed(partition: &str) {
     count_event(EVENT_METRICS[4].0, partition);
+}
+
+/// A maintenance round found `table` failing `check --for bigquery`.
+pub fn bigquery_check_failed(table: &str) {
+    count_event(EVENT_METRICS[5].0, table);
 }
 
 /// (kind, table, outcome) -> (runs, seconds).

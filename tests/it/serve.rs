@@ -24,7 +24,7 @@ fn get(address: &str, path: &str) -> Option<(u16, String)> {
 /// Parses Prometheus text strictly: every sample belongs to a family
 /// declared by `# HELP` and `# TYPE`, names and labels are well formed, and
 /// values are numbers. Returns `(name{labels}, value)` pairs.
-fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
+pub fn parse_prometheus(text: &str) -> Vec<(String, f64)> {
     let mut declared = std::collections::HashSet::new();
     let mut samples = Vec::new();
     let name_ok = |n: &str| {
