@@ -5,7 +5,9 @@
 //! `table::commit::commit_with_schema`). Names that are not letters,
 //! digits and underscores (what Spark and BigQuery read without column
 //! mapping) are not added, only counted. Later values of another type are
-//! coerced like any declared column, or reject their record.
+//! coerced like any declared column, or reject their record. After a
+//! restart the columns added before are taken from the table
+//! ([`EvolvingJson::adopt`]), not inferred again.
 
 use std::sync::{Arc, RwLock};
 
@@ -29,6 +31,48 @@ impl EvolvingJson {
         Ok(Self {
             current: Arc::new(RwLock::new((table.clone(), Arc::new(decoder)))),
         })
+    }
+
+    /// Takes the columns an earlier run added from the table's schema, so
+    /// a restarted pipeline decodes them with the types they have (a field
+    /// first seen as `1.5` stays a double when the next run's first value
+    /// is `2`). Returns the names adopted.
+    pub fn adopt(&self, table_schema: &arrow::datatypes::Schema) -> Vec<String> {
+        let mut current = self.current.write().expect("json schema lock");
+        let mut table = current.0.clone();
+        let mut adopted = Vec::new();
+        for field in table_schema.fields() {
+            if current
+                .1
+                .table_schema()
+                .field_with_name(field.name())
+                .is_ok()
+            {
+                continue;
+            }
+            let Some(type_name) = config_type(field.data_type()) else {
+                continue;
+            };
+            adopted.push(field.name().clone());
+            table.columns.push(ColumnConfig {
+                name: field.name().clone(),
+                field: None,
+                type_name,
+                nullable: true,
+                epoch_unit: EpochUnit::Auto,
+            });
+        }
+        if adopted.is_empty() {
+            return adopted;
+        }
+        match JsonDecoder::new(&table) {
+            Ok(grown) => *current = (table, Arc::new(grown)),
+            Err(error) => {
+                tracing::warn!(table = %table.name, %error, "cannot take the added columns from the table");
+                adopted.clear();
+            }
+        }
+        adopted
     }
 
     fn decoder(&self) -> Arc<JsonDecoder> {
@@ -99,6 +143,25 @@ fn plain_name(name: &str) -> bool {
     crate::table::names::name_problem(name).is_none()
 }
 
+/// The config type of a column this module could have added.
+fn config_type(ty: &arrow::datatypes::DataType) -> Option<String> {
+    use arrow::datatypes::DataType;
+    match ty {
+        DataType::Utf8 => Some("string".into()),
+        DataType::Int64 => Some("long".into()),
+        DataType::Float64 => Some("double".into()),
+        DataType::Boolean => Some("boolean".into()),
+        DataType::Struct(fields) => {
+            let members: Option<Vec<String>> = fields
+                .iter()
+                .map(|f| Some(format!("{}:{}", f.name(), config_type(f.data_type())?)))
+                .collect();
+            Some(format!("struct<{}>", members?.join(",")))
+        }
+        _ => None,
+    }
+}
+
 /// The column type a JSON value suggests.
 fn infer(value: &Value) -> Option<String> {
     match value {
@@ -136,5 +199,18 @@ mod tests {
         assert_eq!(infer(&json!(null)), None);
         assert!(plain_name("tip_2") && !plain_name("2x") && !plain_name("a-b"));
         assert!(!plain_name("_TABLE_SUFFIX"));
+        let nested = arrow::datatypes::DataType::Struct(
+            vec![arrow::datatypes::Field::new(
+                "rating",
+                arrow::datatypes::DataType::Float64,
+                true,
+            )]
+            .into(),
+        );
+        assert_eq!(
+            config_type(&nested).as_deref(),
+            Some("struct<rating:double>")
+        );
+        assert_eq!(config_type(&arrow::datatypes::DataType::Date32), None);
     }
 }

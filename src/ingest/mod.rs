@@ -276,6 +276,14 @@ async fn start_table(
         &table::table_properties(Some(&table_config.key), &table_config.properties),
     )
     .await?;
+    if let Decoder::JsonEvolving(evolving) = &decoder {
+        if let Ok(snapshot) = table.snapshot() {
+            let adopted = evolving.adopt(&snapshot.snapshot().arrow_schema());
+            if !adopted.is_empty() {
+                tracing::info!(table = %table_config.name, ?adopted, "columns added by earlier runs taken from the table");
+            }
+        }
+    }
     let dead_table = dead_letter::open(
         &dead_url,
         options,

@@ -148,3 +148,27 @@ async fn add_columns_grows_the_table_in_the_commit_of_the_first_rows() {
     );
     register_for_spark(&table, "json_evolved", 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_keeps_the_types_of_the_columns_added_before() {
+    let lake = Lake::new();
+    lines(&lake, "a.ndjson", 0, 150, |n| format!(r#","tip":{n}.5"#));
+    let config = table_config(&lake, "evolve = \"add_columns\"");
+    ingest_to_end(&config).await;
+    // The next run's first value of `tip` is an integer: it stays a double.
+    lines(&lake, "b.ndjson", 150, 300, |_| r#","tip":2"#.to_string());
+    ingest_to_end(&config).await;
+    let batches = kernel_read(&lake.table("events")).await;
+    let expected: Vec<String> = (0..300).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(strings(&batches, "event_id"), &expected);
+    let mut twos = 0;
+    for batch in &batches {
+        let tip = batch.column_by_name("tip").unwrap();
+        assert_eq!(tip.data_type(), &DataType::Float64);
+        let tip = tip.as_primitive::<arrow::datatypes::Float64Type>();
+        twos += (0..tip.len())
+            .filter(|&i| tip.is_valid(i) && tip.value(i) == 2.0)
+            .count();
+    }
+    assert_eq!(twos, 150);
+}
