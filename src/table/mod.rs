@@ -69,13 +69,16 @@ impl TableError {
 }
 
 /// Registers the object stores sluice can write to besides local disk
-/// (`s3://`, and S3-compatible stores through an endpoint override), and
+/// (`s3://`, and S3-compatible stores through an endpoint override; Azure
+/// Blob Storage and Data Lake Storage as `az://container/path`,
+/// `abfss://container@account.dfs.core.windows.net/path`), and
 /// local disk's own ([`local_store`]: listing the log from a version does
 /// not stat every log file).
 pub fn register_object_stores() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         deltalake::aws::register_handlers(None);
+        deltalake::azure::register_handlers(None);
         #[cfg(unix)]
         deltalake::logstore::object_store_factories().insert(
             Url::parse("file://").expect("valid url"),
@@ -86,7 +89,10 @@ pub fn register_object_stores() {
 
 /// Checks that the lake root can be listed with its storage options, within
 /// 20 seconds: an unreachable endpoint or missing credentials stop startup
-/// with an error naming the keys, before anything is written.
+/// with an error naming the keys, before anything is written. Then that the
+/// store honours create-only writes (a second create of one object must
+/// fail): commits, Kinesis position sidecars and leases depend on them, and
+/// a store that overwrites instead is refused rather than used unsafely.
 pub async fn preflight(
     root: &str,
     storage_options: &BTreeMap<String, String>,
@@ -113,9 +119,48 @@ pub async fn preflight(
     use futures::StreamExt;
     let listing = async { store.list(None).next().await.transpose() };
     match tokio::time::timeout(std::time::Duration::from_secs(20), listing).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(problem(e.to_string())),
-        Err(_) => Err(problem("no answer within 20s".into())),
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(problem(e.to_string())),
+        Err(_) => return Err(problem("no answer within 20s".into())),
+    }
+    create_only_probe(store.as_ref())
+        .await
+        .map_err(|reason| TableError::Location {
+            location: root.to_string(),
+            reason,
+        })
+}
+
+/// Creates one object twice with `PutMode::Create`: the second must fail.
+async fn create_only_probe(store: &dyn object_store::ObjectStore) -> Result<(), String> {
+    use object_store::{ObjectStoreExt as _, PutMode, PutOptions};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let probe =
+        object_store::path::Path::from(format!("_sluice_probe/{}-{nanos}", std::process::id()));
+    let create = || PutOptions {
+        mode: PutMode::Create,
+        ..Default::default()
+    };
+    let unsafe_store = |what: String| {
+        format!("the store cannot do create-only writes ({what}); sluice's commits, Kinesis position sidecars and leases need them, so it will not write here")
+    };
+    store
+        .put_opts(&probe, "1".into(), create())
+        .await
+        .map_err(|e| unsafe_store(format!("a create-only write failed: {e}")))?;
+    let second = store.put_opts(&probe, "2".into(), create()).await;
+    let _ = store.delete(&probe).await;
+    match second {
+        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+        Ok(_) => Err(unsafe_store(
+            "a second create of the same object overwrote it".into(),
+        )),
+        Err(e) => Err(unsafe_store(format!(
+            "a second create of the same object failed with {e}, not `already exists`"
+        ))),
     }
 }
 

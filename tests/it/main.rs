@@ -1,6 +1,7 @@
 //! Integration tests, one module per capability.
 
 mod avro;
+mod azure;
 mod check;
 mod common;
 mod config_errors;
