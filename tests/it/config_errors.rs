@@ -196,6 +196,7 @@ fn the_readme_example_config_is_valid() {
         "KAFKA_PASSWORD",
         "AWS_KEY",
         "AWS_SECRET",
+        "AZURE_KEY",
     ] {
         std::env::set_var(name, "x");
     }
