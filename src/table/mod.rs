@@ -11,6 +11,7 @@ pub mod lineage;
 #[cfg(unix)]
 pub mod local_store;
 pub mod names;
+pub mod probe;
 pub mod schema;
 pub mod writer;
 
@@ -123,45 +124,12 @@ pub async fn preflight(
         Ok(Err(e)) => return Err(problem(e.to_string())),
         Err(_) => return Err(problem("no answer within 20s".into())),
     }
-    create_only_probe(store.as_ref())
+    probe::create_only(store.as_ref())
         .await
         .map_err(|reason| TableError::Location {
             location: root.to_string(),
             reason,
         })
-}
-
-/// Creates one object twice with `PutMode::Create`: the second must fail.
-async fn create_only_probe(store: &dyn object_store::ObjectStore) -> Result<(), String> {
-    use object_store::{ObjectStoreExt as _, PutMode, PutOptions};
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let probe =
-        object_store::path::Path::from(format!("_sluice_probe/{}-{nanos}", std::process::id()));
-    let create = || PutOptions {
-        mode: PutMode::Create,
-        ..Default::default()
-    };
-    let unsafe_store = |what: String| {
-        format!("the store cannot do create-only writes ({what}); sluice's commits, Kinesis position sidecars and leases need them, so it will not write here")
-    };
-    store
-        .put_opts(&probe, "1".into(), create())
-        .await
-        .map_err(|e| unsafe_store(format!("a create-only write failed: {e}")))?;
-    let second = store.put_opts(&probe, "2".into(), create()).await;
-    let _ = store.delete(&probe).await;
-    match second {
-        Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-        Ok(_) => Err(unsafe_store(
-            "a second create of the same object overwrote it".into(),
-        )),
-        Err(e) => Err(unsafe_store(format!(
-            "a second create of the same object failed with {e}, not `already exists`"
-        ))),
-    }
 }
 
 /// Turns a config location (a local path or a URL) into a table URL,
