@@ -136,6 +136,12 @@ impl Batch {
             .insert(detail);
     }
 
+    /// Drops the notes of `partition` (it was revoked, or assigned afresh:
+    /// its reader sends them again if they still hold).
+    pub fn forget_trimmed(&mut self, partition: &Arc<PartitionId>) {
+        self.trimmed.remove(partition);
+    }
+
     /// Counts a rejected record of `partition`.
     pub fn add_dead(&mut self, partition: &Arc<PartitionId>) {
         if let Some(span) = self.spans.get_mut(partition) {

@@ -238,6 +238,7 @@ impl Pipeline {
         match event {
             SourceEvent::Assigned(assignments) => {
                 for a in assignments {
+                    self.batch.forget_trimmed(&a.partition);
                     self.parts.stats.partition_assigned(
                         &self.parts.name,
                         &a.partition.app_id(),
@@ -256,6 +257,7 @@ impl Pipeline {
             SourceEvent::Revoked { partitions, done } => {
                 let result = self.flush(FlushReason::Rebalance).await;
                 for p in &partitions {
+                    self.batch.forget_trimmed(p);
                     self.states.remove(p);
                     self.parts.stats.partition_revoked(&p.app_id());
                 }

@@ -145,3 +145,78 @@ async fn a_trimmed_position_fails_or_skips_with_the_gap_in_the_lineage() {
     assert_eq!(status.partitions[0].trimmed.len(), 1);
     assert_exactly_once(strings(&kernel_read(&table).await, "event_id"), &expected);
 }
+
+/// The shard retains nothing at all: the table's record is gone all the
+/// same. Sidecars a worker wrote for ordinals it never committed (it died
+/// between the two) name other records once `skip` renumbers the shard,
+/// and must not stop it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_that_retains_nothing_is_a_gap_and_stale_sidecars_do_not_block_skip() {
+    let kinesis = Kinesalite::start();
+    let client = kinesis.client();
+    let stream = "emptied";
+    create_stream(&client, stream, 1).await;
+    let mut expected = put_events(&client, stream, "read", 5, 2, 0).await;
+    let lake = Lake::new();
+    let table = lake.table("orders");
+    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
+    let url = loop {
+        if let Ok(url) = sluice::table::resolve_existing(table.to_str().unwrap()) {
+            break url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop().await;
+    kinesis.age_past_retention().await;
+
+    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
+    let error = tokio::time::timeout(Duration::from_secs(60), running.task)
+        .await
+        .expect("the pipeline stops by itself")
+        .unwrap()
+        .expect_err("nothing retained is a trimmed position too")
+        .to_string();
+    assert!(error.contains("the shard retains none now"), "{error}");
+
+    // Sidecars for ordinals past the table's position, as a worker that died
+    // between writing them and committing would leave.
+    let positions = std::fs::read_dir(table.join("_sluice_positions"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    for ordinal in 10..60 {
+        std::fs::write(positions.join(format!("{ordinal:020}")), "4968").unwrap();
+    }
+    let running = Running::start(&config(&lake, &kinesis, stream, "skip"));
+    expected.extend(put_events(&client, stream, "new", 5, 4, 2).await);
+    wait_for_rows(
+        &url,
+        &no_options(),
+        expected.len() as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    running.stop().await;
+    assert_exactly_once(strings(&kernel_read(&table).await, "event_id"), &expected);
+    let status = sluice::status::table_status(&url, &Default::default(), 1)
+        .await
+        .unwrap();
+    let shard = &status.partitions[0];
+    assert!(!shard.contiguous, "{shard:?}");
+    // Whether the new records arrived before the reader looked decides which
+    // of the two forms the note takes; both name the table's position.
+    assert!(
+        shard.trimmed[0].contains("(ordinal 9, the table's position")
+            && shard.trimmed[0].contains("trimmed by the stream's retention"),
+        "{shard:?}"
+    );
+}

@@ -126,6 +126,36 @@ impl ShardPositions {
         self.create(&self.ordinal_path(ordinal), sequence).await
     }
 
+    /// Deletes the sidecars of ordinals from `first` on: written for records
+    /// that a renumbering (after a retention gap) gives other ordinals, by
+    /// a worker that died between a sidecar and its commit.
+    pub async fn forget_from(&self, first: i64) -> Result<usize, PositionError> {
+        use futures::TryStreamExt;
+        let dir = Path::from(self.dir.as_str());
+        let error = |source| PositionError::Store {
+            path: dir.to_string(),
+            source,
+        };
+        let objects: Vec<_> = self
+            .store
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(error)?;
+        let mut deleted = 0;
+        for meta in objects {
+            let ordinal = meta
+                .location
+                .filename()
+                .and_then(|name| name.parse::<i64>().ok());
+            if ordinal.is_some_and(|o| o >= first) {
+                self.store.delete(&meta.location).await.map_err(error)?;
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+
     /// The last ordinal of the closed shard (-1: it had none), once read to its end.
     pub async fn end(&self) -> Result<Option<i64>, PositionError> {
         Ok(self

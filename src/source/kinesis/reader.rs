@@ -128,12 +128,20 @@ enum Failure {
 
 enum OpenError {
     /// The table's recorded record (`after`) is older than the shard's
-    /// oldest retained one (`first`).
+    /// oldest retained one (`first`; `None`: the shard retains none).
     Trimmed {
         after: String,
-        first: String,
+        first: Option<String>,
     },
     Other(String),
+}
+
+/// What a look for the shard's oldest retained record found.
+enum Oldest {
+    /// Its sequence number.
+    Found(String),
+    /// The shard retains no record (read to its tip).
+    Empty,
 }
 
 impl From<String> for OpenError {
@@ -182,12 +190,19 @@ impl Reader {
             })?;
             if recorded {
                 // Read long ago (by this worker or another): it may be gone.
-                if let Some(first) = self.oldest_retained().await? {
-                    if sequence_after(&first, &before) {
+                match self.oldest_retained().await? {
+                    Oldest::Found(first) if sequence_after(&first, &before) => {
                         return Err(OpenError::Trimmed {
                             after: before,
-                            first,
-                        });
+                            first: Some(first),
+                        })
+                    }
+                    Oldest::Found(_) => {}
+                    Oldest::Empty => {
+                        return Err(OpenError::Trimmed {
+                            after: before,
+                            first: None,
+                        })
                     }
                 }
             }
@@ -228,6 +243,23 @@ impl Reader {
         Ok((iterator.to_string(), anchored))
     }
 
+    /// An iterator at the shard's oldest retained record.
+    async fn open_trim_horizon(&self) -> Result<String, String> {
+        let answer = self
+            .client
+            .get_shard_iterator()
+            .stream_name(&self.stream)
+            .shard_id(self.shard())
+            .shard_iterator_type(ShardIteratorType::TrimHorizon)
+            .send()
+            .await
+            .map_err(|e| DisplayErrorContext(e).to_string())?;
+        answer
+            .shard_iterator()
+            .map(str::to_string)
+            .ok_or_else(|| "GetShardIterator returned no iterator".to_string())
+    }
+
     /// An iterator at `sequence`.
     async fn open_at(&self, sequence: &str) -> Result<String, String> {
         let answer = self
@@ -246,9 +278,9 @@ impl Reader {
             .ok_or_else(|| "GetShardIterator returned no iterator".to_string())
     }
 
-    /// The sequence number of the shard's oldest retained record (`None`
-    /// when the shard holds none, or none was found within a few reads).
-    async fn oldest_retained(&self) -> Result<Option<String>, String> {
+    /// The shard's oldest retained record; an error (retried) when a few
+    /// reads neither found one nor reached the shard's tip.
+    async fn oldest_retained(&self) -> Result<Oldest, String> {
         let answer = self
             .client
             .get_shard_iterator()
@@ -272,20 +304,22 @@ impl Reader {
                 .await
                 .map_err(|e| DisplayErrorContext(e).to_string())?;
             if let Some(record) = output.records().first() {
-                return Ok(Some(record.sequence_number().to_string()));
+                return Ok(Oldest::Found(record.sequence_number().to_string()));
             }
             // At the tip (nothing behind) after a few reads: the shard is empty.
             match output.next_shard_iterator() {
                 Some(following) if call < 2 || output.millis_behind_latest() != Some(0) => {
                     iterator = following.to_string()
                 }
-                _ => return Ok(None),
+                _ => return Ok(Oldest::Empty),
             }
             if !self.pause(MIN_CALL_GAP).await {
-                return Ok(None);
+                return Err("stopped while looking for the oldest retained record".into());
             }
         }
-        Ok(None)
+        Err(format!(
+            "no retained record found within {PROBE_CALLS} reads from the trim horizon, nor the shard's tip"
+        ))
     }
 
     /// What to do about a trimmed position: `fail` tells the pipeline and
@@ -295,24 +329,39 @@ impl Reader {
         &self,
         next: i64,
         after: &str,
-        first: &str,
+        first: Option<&str>,
     ) -> Option<Result<(String, bool), String>> {
-        let range = format!(
-            "the records after sequence number {after} (ordinal {}, the table's position) and before {first} (the oldest the stream retains)",
-            next - 1
-        );
+        let range = match first {
+            Some(first) => format!(
+                "the records after sequence number {after} (ordinal {}, the table's position) and before {first} (the oldest the stream retains)",
+                next - 1
+            ),
+            None => format!(
+                "the records after sequence number {after} (ordinal {}, the table's position; the shard retains none now)",
+                next - 1
+            ),
+        };
         match self.on_trimmed {
             OnTrimmed::Fail => {
                 let message = format!(
                     "shard {}: the table's position is older than the stream's retention; {range} may be lost. Set `on_trimmed = \"skip\"` on the source to resume at the oldest retained record and record the gap",
                     self.shared.partition
                 );
-                tracing::error!(shard = %self.shared.partition, after, first, "recorded position trimmed from the stream");
+                tracing::error!(shard = %self.shared.partition, after, ?first, "recorded position trimmed from the stream");
                 let _ = self.tx.send(SourceEvent::Failed(message)).await;
                 None
             }
             OnTrimmed::Skip => {
-                let iterator = match self.open_at(first).await {
+                // Ordinals from `next` on now name other records: sidecars a
+                // worker wrote for them before dying uncommitted must go.
+                if let Err(error) = self.shared.positions.forget_from(next).await {
+                    return Some(Err(error.to_string()));
+                }
+                let opened = match first {
+                    Some(first) => self.open_at(first).await,
+                    None => self.open_trim_horizon().await,
+                };
+                let iterator = match opened {
                     Ok(iterator) => iterator,
                     Err(error) => return Some(Err(error)),
                 };
@@ -325,7 +374,7 @@ impl Reader {
                 if self.tx.send(event).await.is_err() {
                     return None;
                 }
-                tracing::warn!(shard = %self.shared.partition, after, first, next,
+                tracing::warn!(shard = %self.shared.partition, after, ?first, next,
                     "recorded position trimmed from the stream; resuming at the oldest retained record (on_trimmed = skip)");
                 Some(Ok((iterator, true)))
             }
@@ -347,7 +396,7 @@ impl Reader {
             let error = match self.open(next).await {
                 Ok(opened) => return Some(opened),
                 Err(OpenError::Trimmed { after, first }) => {
-                    match self.trimmed(next, &after, &first).await? {
+                    match self.trimmed(next, &after, first.as_deref()).await? {
                         Ok(opened) => return Some(opened),
                         Err(error) => error,
                     }
