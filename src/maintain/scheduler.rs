@@ -236,7 +236,7 @@ impl MaintenanceLoop {
                     .filter(|f| f.severity == crate::check::Severity::Error)
                     .map(|f| format!("{}: {}", f.code, f.message))
                     .collect();
-                tracing::warn!(table = %self.name, ?errors, "the table no longer passes `sluice check --for bigquery`");
+                tracing::warn!(table = %self.name, ?errors, "the table does not pass `sluice check --for bigquery` (BigQuery would fail to read it)");
             }
         } else if self.bigquery_ok == Some(false) {
             tracing::info!(table = %self.name, "the table passes `sluice check --for bigquery` again");
