@@ -15,9 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
-use delta_kernel::engine::arrow_data::ArrowEngineData;
-use delta_kernel::{Engine, Snapshot};
-use delta_kernel_default_engine::DefaultEngineBuilder;
 use sluice::config::Config;
 use sluice::erase::ledger::State;
 
@@ -160,25 +157,7 @@ async fn kernel_read_azure(azurite: &Azurite, url: &str) -> Vec<RecordBatch> {
         .with_allow_http(true)
         .build()
         .unwrap();
-    let url = url.to_string();
-    tokio::task::spawn_blocking(move || {
-        let engine: Arc<dyn Engine> = Arc::new(DefaultEngineBuilder::new(Arc::new(store)).build());
-        let snapshot = Snapshot::builder_for(url.as_str())
-            .build(engine.as_ref())
-            .expect("snapshot");
-        let scan = snapshot.scan_builder().build().expect("scan");
-        scan.execute(engine.clone())
-            .expect("execute")
-            .map(|data| {
-                ArrowEngineData::try_from_engine_data(data.expect("data"))
-                    .expect("arrow")
-                    .record_batch()
-                    .clone()
-            })
-            .collect()
-    })
-    .await
-    .unwrap()
+    crate::s3::kernel_read_store(Arc::new(store), url).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

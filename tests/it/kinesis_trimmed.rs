@@ -38,6 +38,33 @@ source = "k"
     ))
 }
 
+/// A first run with `fail` that commits the `rows` records already put;
+/// the table's URL.
+async fn first_run(lake: &Lake, kinesis: &Kinesalite, stream: &str, rows: usize) -> url::Url {
+    let table = lake.table("orders");
+    let running = Running::start(&config(lake, kinesis, stream, "fail"));
+    let url = loop {
+        if let Ok(url) = sluice::table::resolve_existing(table.to_str().unwrap()) {
+            break url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_for_rows(&url, &no_options(), rows as u64, Duration::from_secs(60)).await;
+    running.stop().await;
+    url
+}
+
+/// A run with `fail` that must stop by itself with an error; the error.
+async fn failed_run(lake: &Lake, kinesis: &Kinesalite, stream: &str) -> String {
+    let running = Running::start(&config(lake, kinesis, stream, "fail"));
+    tokio::time::timeout(Duration::from_secs(60), running.task)
+        .await
+        .expect("the pipeline stops by itself")
+        .unwrap()
+        .expect_err("a trimmed position fails the pipeline")
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trimmed_position_fails_or_skips_with_the_gap_in_the_lineage() {
     test_log();
@@ -50,21 +77,7 @@ async fn a_trimmed_position_fails_or_skips_with_the_gap_in_the_lineage() {
     let table = lake.table("orders");
 
     // The first run reads and commits the first records.
-    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
-    let url = loop {
-        if let Ok(url) = sluice::table::resolve_existing(table.to_str().unwrap()) {
-            break url;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    wait_for_rows(
-        &url,
-        &no_options(),
-        expected.len() as u64,
-        Duration::from_secs(60),
-    )
-    .await;
-    running.stop().await;
+    let url = first_run(&lake, &kinesis, stream, expected.len()).await;
 
     // While no worker runs, more records arrive, and a day passes: they
     // and the committed ones are trimmed. Then new records arrive.
@@ -73,14 +86,7 @@ async fn a_trimmed_position_fails_or_skips_with_the_gap_in_the_lineage() {
     let retained = put_events(&client, stream, "kept", 5, 2, 4).await;
 
     // `fail`: the pipeline stops, naming the shard and the range.
-    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
-    let ended = tokio::time::timeout(Duration::from_secs(60), running.task)
-        .await
-        .expect("the pipeline stops by itself")
-        .unwrap();
-    let error = ended
-        .expect_err("a trimmed position fails the pipeline")
-        .to_string();
+    let error = failed_run(&lake, &kinesis, stream).await;
     assert!(
         error.contains("shardId-000000000000")
             && error.contains("older than the stream's retention")
@@ -159,30 +165,10 @@ async fn a_shard_that_retains_nothing_is_a_gap_and_stale_sidecars_do_not_block_s
     let mut expected = put_events(&client, stream, "read", 5, 2, 0).await;
     let lake = Lake::new();
     let table = lake.table("orders");
-    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
-    let url = loop {
-        if let Ok(url) = sluice::table::resolve_existing(table.to_str().unwrap()) {
-            break url;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    wait_for_rows(
-        &url,
-        &no_options(),
-        expected.len() as u64,
-        Duration::from_secs(60),
-    )
-    .await;
-    running.stop().await;
+    let url = first_run(&lake, &kinesis, stream, expected.len()).await;
     kinesis.age_past_retention().await;
 
-    let running = Running::start(&config(&lake, &kinesis, stream, "fail"));
-    let error = tokio::time::timeout(Duration::from_secs(60), running.task)
-        .await
-        .expect("the pipeline stops by itself")
-        .unwrap()
-        .expect_err("nothing retained is a trimmed position too")
-        .to_string();
+    let error = failed_run(&lake, &kinesis, stream).await;
     assert!(error.contains("the shard retains none now"), "{error}");
 
     // Sidecars for ordinals past the table's position, as a worker that died

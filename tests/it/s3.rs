@@ -134,9 +134,17 @@ pub async fn kernel_read_s3(moto: &Moto, bucket: &str, url: &str) -> Vec<RecordB
         .with_allow_http(true)
         .build()
         .unwrap();
+    kernel_read_store(Arc::new(store), url).await
+}
+
+/// Every row of the table at `url`, read by `delta_kernel` over `store`.
+pub async fn kernel_read_store(
+    store: Arc<dyn object_store::ObjectStore>,
+    url: &str,
+) -> Vec<RecordBatch> {
     let url = url.to_string();
     tokio::task::spawn_blocking(move || {
-        let engine: Arc<dyn Engine> = Arc::new(DefaultEngineBuilder::new(Arc::new(store)).build());
+        let engine: Arc<dyn Engine> = Arc::new(DefaultEngineBuilder::new(store).build());
         let snapshot = Snapshot::builder_for(url.as_str())
             .build(engine.as_ref())
             .expect("snapshot");

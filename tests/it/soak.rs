@@ -101,20 +101,27 @@ fn produce_steadily(tansu: &Tansu, rate: f64, stop: Arc<AtomicBool>) -> Vec<(Str
     sent
 }
 
-fn sluice(config: &Path, args: &[&str]) -> String {
+/// Files an erasure request for the erased user from the CLI, as the
+/// privacy team would.
+fn request_erasure(config: &Path) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("-q")
-        .args(args)
-        .arg("--config")
+        .args(["-q", "forget", "--config"])
         .arg(config)
+        .args([
+            "request",
+            "--key",
+            &format!("user_id={ERASED}"),
+            "--all",
+            "--reason",
+            "soak",
+        ])
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "sluice {args:?}: {}",
+        "sluice forget request: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    String::from_utf8_lossy(&output.stdout).to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,18 +154,7 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
     while started.elapsed() < run {
         tokio::time::sleep(kill_every.min(run.saturating_sub(started.elapsed()))).await;
         if !requested && started.elapsed() >= run / 2 {
-            sluice(
-                &config_path,
-                &[
-                    "forget",
-                    "request",
-                    "--key",
-                    &format!("user_id={ERASED}"),
-                    "--all",
-                    "--reason",
-                    "soak",
-                ],
-            );
+            request_erasure(&config_path);
             requested = true;
         }
         if started.elapsed() >= run {
@@ -174,18 +170,7 @@ async fn workers_killed_every_few_seconds_on_tansu_stay_exactly_once() {
         workers.insert(slot, restarted);
     }
     if !requested {
-        sluice(
-            &config_path,
-            &[
-                "forget",
-                "request",
-                "--key",
-                &format!("user_id={ERASED}"),
-                "--all",
-                "--reason",
-                "soak",
-            ],
-        );
+        request_erasure(&config_path);
     }
     stop.store(true, Ordering::Relaxed);
     let sent = producing.await.unwrap();

@@ -243,32 +243,19 @@ impl Reader {
         Ok((iterator.to_string(), anchored))
     }
 
-    /// An iterator at the shard's oldest retained record.
-    async fn open_trim_horizon(&self) -> Result<String, String> {
+    /// An iterator of `kind`, at `sequence` for the kinds that take one.
+    async fn open_iterator(
+        &self,
+        kind: ShardIteratorType,
+        sequence: Option<&str>,
+    ) -> Result<String, String> {
         let answer = self
             .client
             .get_shard_iterator()
             .stream_name(&self.stream)
             .shard_id(self.shard())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .map_err(|e| DisplayErrorContext(e).to_string())?;
-        answer
-            .shard_iterator()
-            .map(str::to_string)
-            .ok_or_else(|| "GetShardIterator returned no iterator".to_string())
-    }
-
-    /// An iterator at `sequence`.
-    async fn open_at(&self, sequence: &str) -> Result<String, String> {
-        let answer = self
-            .client
-            .get_shard_iterator()
-            .stream_name(&self.stream)
-            .shard_id(self.shard())
-            .shard_iterator_type(ShardIteratorType::AtSequenceNumber)
-            .starting_sequence_number(sequence)
+            .shard_iterator_type(kind)
+            .set_starting_sequence_number(sequence.map(str::to_string))
             .send()
             .await
             .map_err(|e| DisplayErrorContext(e).to_string())?;
@@ -281,19 +268,9 @@ impl Reader {
     /// The shard's oldest retained record; an error (retried) when a few
     /// reads neither found one nor reached the shard's tip.
     async fn oldest_retained(&self) -> Result<Oldest, String> {
-        let answer = self
-            .client
-            .get_shard_iterator()
-            .stream_name(&self.stream)
-            .shard_id(self.shard())
-            .shard_iterator_type(ShardIteratorType::TrimHorizon)
-            .send()
-            .await
-            .map_err(|e| DisplayErrorContext(e).to_string())?;
-        let mut iterator = answer
-            .shard_iterator()
-            .ok_or("GetShardIterator returned no iterator")?
-            .to_string();
+        let mut iterator = self
+            .open_iterator(ShardIteratorType::TrimHorizon, None)
+            .await?;
         for call in 0..PROBE_CALLS {
             let output = self
                 .client
@@ -358,8 +335,14 @@ impl Reader {
                     return Some(Err(error.to_string()));
                 }
                 let opened = match first {
-                    Some(first) => self.open_at(first).await,
-                    None => self.open_trim_horizon().await,
+                    Some(first) => {
+                        self.open_iterator(ShardIteratorType::AtSequenceNumber, Some(first))
+                            .await
+                    }
+                    None => {
+                        self.open_iterator(ShardIteratorType::TrimHorizon, None)
+                            .await
+                    }
                 };
                 let iterator = match opened {
                     Ok(iterator) => iterator,
