@@ -242,10 +242,6 @@ async fn an_azure_table_is_exactly_once_through_a_crash_and_erasure_purges_it() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_on_azure_land_exactly_one_commit() {
-    use arrow::datatypes::{DataType, Field, Schema};
-    use sluice::table::commit::{commit_with_positions, CommitError, PositionUpdate};
-    use sluice::table::lineage::{CommitKind, CommitLineage};
-
     let azurite = Azurite::start();
     azurite.container("lake");
     let options = azurite.options();
@@ -254,51 +250,7 @@ async fn racing_writers_on_azure_land_exactly_one_commit() {
         "abfss://lake@{ACCOUNT}.dfs.core.windows.net/race"
     ))
     .unwrap();
-    let schema = Schema::new(vec![Field::new("id", DataType::Utf8, true)]);
-    let open = || sluice::table::open_or_create(&url, &options, "race", &schema, &[], &[]);
-    open().await.unwrap();
-    let lineage = CommitLineage {
-        kind: CommitKind::Data,
-        worker: "test".into(),
-        partitions: vec![],
-        unknown_fields: Default::default(),
-    };
-    for round in 0..3i64 {
-        let prev = if round == 0 { None } else { Some(round * 100) };
-        let mut tasks = Vec::new();
-        for worker in 0..4 {
-            let mut table = open().await.unwrap();
-            let lineage = lineage.clone();
-            tasks.push(tokio::spawn(async move {
-                let update = PositionUpdate {
-                    app_id: "sluice/k/t/0".into(),
-                    prev,
-                    last: (round + 1) * 100,
-                };
-                commit_with_positions(
-                    &mut table,
-                    vec![],
-                    &[update],
-                    &lineage,
-                    &format!("w{worker}"),
-                    1,
-                )
-                .await
-            }));
-        }
-        let mut landed = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => landed += 1,
-                Err(CommitError::Stale { .. }) => {}
-                Err(other) => panic!("unexpected error {other}"),
-            }
-        }
-        assert_eq!(
-            landed, 1,
-            "round {round}: exactly one racing writer may land"
-        );
-    }
+    crate::fencing::race_rounds(&url, &options, 3).await;
     // The preflight's create-only probe passes on Azurite.
     sluice::table::preflight(url.as_str(), &options)
         .await

@@ -28,10 +28,57 @@ fn update(prev: Option<i64>, last: i64) -> PositionUpdate {
 
 async fn table(lake: &Lake) -> deltalake::DeltaTable {
     let url = resolve_location(&lake.table("fenced").display().to_string()).unwrap();
+    open_at(&url, &no_options()).await
+}
+
+async fn open_at(
+    url: &url::Url,
+    options: &std::collections::BTreeMap<String, String>,
+) -> deltalake::DeltaTable {
     let schema = Schema::new(vec![Field::new("id", DataType::Utf8, true)]);
-    open_or_create(&url, &no_options(), "fenced", &schema, &[], &[])
+    open_or_create(url, options, "fenced", &schema, &[], &[])
         .await
         .unwrap()
+}
+
+/// `rounds` rounds of four writers committing the same next range of one
+/// partition to the table at `url`: exactly one lands in each.
+pub async fn race_rounds(
+    url: &url::Url,
+    options: &std::collections::BTreeMap<String, String>,
+    rounds: i64,
+) {
+    open_at(url, options).await;
+    for round in 0..rounds {
+        let prev = if round == 0 { None } else { Some(round * 100) };
+        let mut tasks = Vec::new();
+        for worker in 0..4 {
+            let mut t = open_at(url, options).await;
+            tasks.push(tokio::spawn(async move {
+                commit_with_positions(
+                    &mut t,
+                    vec![],
+                    &[update(prev, (round + 1) * 100)],
+                    &lineage(),
+                    &format!("w{worker}"),
+                    1,
+                )
+                .await
+            }));
+        }
+        let mut landed = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => landed += 1,
+                Err(CommitError::Stale { .. }) => {}
+                Err(other) => panic!("unexpected error {other}"),
+            }
+        }
+        assert_eq!(
+            landed, 1,
+            "round {round}: exactly one racing writer may land"
+        );
+    }
 }
 
 #[tokio::test]
@@ -85,37 +132,8 @@ async fn a_commit_from_a_stale_position_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_of_one_partition_land_exactly_one_commit() {
     let lake = Lake::new();
-    table(&lake).await;
-    for round in 0..5 {
-        let prev = if round == 0 { None } else { Some(round * 100) };
-        let mut tasks = Vec::new();
-        for worker in 0..4 {
-            let mut t = table(&lake).await;
-            tasks.push(tokio::spawn(async move {
-                commit_with_positions(
-                    &mut t,
-                    vec![],
-                    &[update(prev, (round + 1) * 100)],
-                    &lineage(),
-                    &format!("w{worker}"),
-                    1,
-                )
-                .await
-            }));
-        }
-        let mut landed = 0;
-        for task in tasks {
-            match task.await.unwrap() {
-                Ok(_) => landed += 1,
-                Err(CommitError::Stale { .. }) => {}
-                Err(other) => panic!("unexpected error {other}"),
-            }
-        }
-        assert_eq!(
-            landed, 1,
-            "round {round}: exactly one racing writer may land"
-        );
-    }
+    let url = resolve_location(&lake.table("fenced").display().to_string()).unwrap();
+    race_rounds(&url, &no_options(), 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
