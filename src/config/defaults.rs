@@ -22,6 +22,16 @@ pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 pub const ROW_GROUP_BYTES: usize = 64 << 20;
 /// zstd level for data files.
 pub const ZSTD_LEVEL: i32 = 3;
+/// Rows of a writer's first chunk sampled to find columns that go without a
+/// Parquet dictionary.
+pub const DICTIONARY_SAMPLE_ROWS: usize = 8192;
+/// Fewest non-null values in that sample to judge a column by.
+pub const DICTIONARY_SAMPLE_MIN: usize = 1024;
+/// A column whose sample holds more than this share of values that occur in
+/// it once goes without one (a column of 5,000 distinct values sampled 5,000
+/// times has about 37% such values; ids, coordinates and event times nearly
+/// 100%).
+pub const DICTIONARY_MAX_UNIQUE_SHARE: f64 = 0.8;
 /// Files below this size count as small in `status`.
 pub const SMALL_FILE_BYTES: u64 = 32 << 20;
 /// How often the maintenance loop looks at each table.

@@ -127,8 +127,54 @@ struct FieldPlan {
     name: String,
     plan: Plan,
     list: bool,
-    map: Option<(Box<FieldPlan>, Box<FieldPlan>)>,
+    /// A map's entry message (key = 1, value = 2).
+    map: Option<Arc<MessagePlan>>,
     presence: bool,
+}
+
+impl FieldPlan {
+    /// A map's key and value fields.
+    fn map_parts(&self) -> Option<(&FieldPlan, &FieldPlan)> {
+        let entry = self.map.as_ref()?;
+        match &entry.members[..] {
+            [Member::Field(key), Member::Field(value)] => Some((key, value)),
+            _ => unreachable!("map entries hold a key and a value"),
+        }
+    }
+}
+
+/// Field number -> (member index, index within a oneof): a table indexed by
+/// number for the usual small numbers, a hash map beyond.
+#[derive(Debug, Default)]
+struct FieldNumbers {
+    dense: Vec<Option<(u32, u32)>>,
+    sparse: HashMap<u32, (u32, u32)>,
+}
+
+impl FieldNumbers {
+    /// Numbers below this are looked up by index.
+    const DENSE: u32 = 1024;
+
+    fn insert(&mut self, number: u32, at: (usize, usize)) {
+        let at = (at.0 as u32, at.1 as u32);
+        if number < Self::DENSE {
+            let index = number as usize;
+            if self.dense.len() <= index {
+                self.dense.resize(index + 1, None);
+            }
+            self.dense[index] = Some(at);
+        } else {
+            self.sparse.insert(number, at);
+        }
+    }
+
+    fn get(&self, number: u32) -> Option<(u32, u32)> {
+        if number < Self::DENSE {
+            self.dense.get(number as usize).copied().flatten()
+        } else {
+            self.sparse.get(&number).copied()
+        }
+    }
 }
 
 /// A column of a message: a field, or a oneof grouping several.
@@ -142,8 +188,7 @@ enum Member {
 #[derive(Debug)]
 pub(super) struct MessagePlan {
     members: Vec<Member>,
-    /// Field number -> (member index, index within a oneof).
-    by_number: HashMap<u32, (usize, usize)>,
+    by_number: FieldNumbers,
     pub(super) fields: Fields,
 }
 
@@ -185,7 +230,7 @@ fn plan_type(plan: &Plan) -> DataType {
 }
 
 fn field_type(field: &FieldPlan) -> DataType {
-    if let Some((key, value)) = &field.map {
+    if let Some((key, value)) = field.map_parts() {
         let entries = Fields::from(vec![
             Field::new("key", plan_type(&key.plan), false),
             Field::new("value", plan_type(&value.plan), true),
@@ -214,10 +259,9 @@ fn plan_field(
         let Kind::Message(entry) = &kind else {
             unreachable!("maps are messages")
         };
-        Some((
-            Box::new(plan_field(&entry.map_entry_key_field(), &here, stack)?),
-            Box::new(plan_field(&entry.map_entry_value_field(), &here, stack)?),
-        ))
+        let key = plan_field(&entry.map_entry_key_field(), &here, stack)?;
+        let value = plan_field(&entry.map_entry_value_field(), &here, stack)?;
+        Some(Arc::new(entry_plan(key, value)))
     } else {
         None
     };
@@ -268,7 +312,7 @@ pub(super) fn plan_message(
     stack: &mut Vec<String>,
 ) -> Result<MessagePlan, String> {
     let mut members: Vec<Member> = Vec::new();
-    let mut by_number = HashMap::new();
+    let mut by_number = FieldNumbers::default();
     let mut oneof_index: HashMap<String, usize> = HashMap::new();
     for field in message.fields() {
         let plan = plan_field(&field, path, stack)?;
@@ -387,7 +431,7 @@ fn wire_type(plan: &Plan) -> u64 {
 /// Reads and checks a message: every field's wire type and length, strings'
 /// UTF-8, nested messages whole. Unknown field numbers are skipped.
 pub(super) fn parse<'a>(plan: &MessagePlan, bytes: &'a [u8]) -> Result<Parsed<'a>, String> {
-    let mut entries: Vec<Entry<'a>> = Vec::new();
+    let mut entries: Vec<Entry<'a>> = Vec::with_capacity(plan.members.len());
     let mut at = 0;
     while at < bytes.len() {
         let tag = read_varint(bytes, &mut at)?;
@@ -413,9 +457,10 @@ pub(super) fn parse<'a>(plan: &MessagePlan, bytes: &'a [u8]) -> Result<Parsed<'a
                 ))
             }
         };
-        let Some(&(member, within)) = plan.by_number.get(&number) else {
+        let Some((member, within)) = plan.by_number.get(number) else {
             continue;
         };
+        let (member, within) = (member as usize, within as usize);
         let field = match &plan.members[member] {
             Member::Field(f) => f,
             Member::Oneof(_, fs) => &fs[within],
@@ -469,9 +514,8 @@ fn check_value(field: &FieldPlan, raw: Raw<'_>) -> Result<(), String> {
             .map(|_| ())
             .map_err(|_| format!("field `{}`: invalid UTF-8", field.name))
     };
-    if let Some((key, value)) = &field.map {
-        let entry = entry_plan(key, value);
-        let parsed = parse(&entry, bytes).map_err(|e| format!("field `{}`: {e}", field.name))?;
+    if let (Some(entry), Some((key, value))) = (&field.map, field.map_parts()) {
+        let parsed = parse(entry, bytes).map_err(|e| format!("field `{}`: {e}", field.name))?;
         for (member, plan) in [(0usize, key), (1, value)] {
             for (_, _, v) in parsed.member(member) {
                 check_value(plan, *v)?;
@@ -512,10 +556,13 @@ fn check_value(field: &FieldPlan, raw: Raw<'_>) -> Result<(), String> {
 }
 
 /// The plan of a map entry message (key = 1, value = 2).
-fn entry_plan(key: &FieldPlan, value: &FieldPlan) -> MessagePlan {
+fn entry_plan(key: FieldPlan, value: FieldPlan) -> MessagePlan {
+    let mut by_number = FieldNumbers::default();
+    by_number.insert(1, (0, 0));
+    by_number.insert(2, (1, 0));
     MessagePlan {
-        members: vec![Member::Field(key.clone()), Member::Field(value.clone())],
-        by_number: HashMap::from([(1, (0, 0)), (2, (1, 0))]),
+        members: vec![Member::Field(key), Member::Field(value)],
+        by_number,
         fields: Fields::empty(),
     }
 }
@@ -835,14 +882,13 @@ fn append_scalar(col: &mut Col, kind: &Kind, raw: Option<Raw<'_>>) {
 
 /// Appends a field's value(s), or its default or null when absent.
 fn append_field(field: &FieldPlan, values: &[Entry<'_>], col: &mut Col) {
-    if let Some((key, value)) = &field.map {
+    if let (Some(entry), Some((key, value))) = (&field.map, field.map_parts()) {
         let Col::Map(keys, vals, offsets, _) = col else {
             unreachable!("map column")
         };
-        let entry = entry_plan(key, value);
         for (_, _, raw) in values {
             let Raw::Bytes(bytes) = raw else { continue };
-            let parsed = parse(&entry, bytes).expect("checked before appending");
+            let parsed = parse(entry, bytes).expect("checked before appending");
             let last = |m: usize| parsed.member(m).last().map(|(_, _, v)| *v);
             append_one(key, last(0), keys);
             append_one(value, last(1), vals);

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 
+use bytes::Bytes;
 use serde_json::Value;
 
 /// The magic bytes of an object container file.
@@ -23,6 +24,7 @@ pub struct Container<R> {
     pub schema: String,
     codec: String,
     sync: [u8; 16],
+    plan: Plan,
     reader: R,
 }
 
@@ -119,16 +121,22 @@ impl<R: Read> Container<R> {
                 "codec `{codec}` is not supported (null, deflate, snappy, zstandard are)"
             ));
         }
+        let plan = serde_json::from_str(&schema)
+            .map_err(|e| e.to_string())
+            .and_then(|json| Plan::compile(&json))
+            .map_err(|e| format!("the header's schema: {e}"))?;
         Ok(Self {
             schema,
             codec,
             sync,
+            plan,
             reader,
         })
     }
 
-    /// The datums of the next block, or `None` at the end of the file.
-    pub fn next_block(&mut self) -> Result<Option<Vec<Vec<u8>>>, String> {
+    /// The datums of the next block (slices of one buffer), or `None` at the
+    /// end of the file.
+    pub fn next_block(&mut self) -> Result<Option<Vec<Bytes>>, String> {
         let Some(count) = read_long(&mut self.reader)? else {
             return Ok(None);
         };
@@ -140,17 +148,15 @@ impl<R: Read> Container<R> {
         if read_exact(&mut self.reader, 16)? != self.sync {
             return Err("a block does not end with the file's sync marker".into());
         }
-        let data = self.decompress(data)?;
-        let schema: Value = serde_json::from_str(&self.schema).map_err(|e| e.to_string())?;
-        let mut walker = Walker::new(&schema);
+        let data = Bytes::from(self.decompress(data)?);
         let mut datums = Vec::with_capacity(count as usize);
         let mut at = 0;
         for n in 0..count {
             let start = at;
-            walker
-                .skip(&schema, &data, &mut at)
+            self.plan
+                .skip(self.plan.root, &data, &mut at)
                 .map_err(|e| format!("datum {n} of a block: {e}"))?;
-            datums.push(data[start..at].to_vec());
+            datums.push(data.slice(start..at));
         }
         if at != data.len() {
             return Err("bytes left over after a block's datums".into());
@@ -185,63 +191,87 @@ impl<R: Read> Container<R> {
     }
 }
 
-/// Walks Avro binary along a schema, resolving named types.
-struct Walker<'s> {
-    named: HashMap<String, &'s Value>,
+/// What one schema node's bytes hold, compiled once from the writer schema
+/// (named types resolved) so a datum is walked without looking at JSON.
+#[derive(Debug)]
+enum Step {
+    /// `null`: no bytes.
+    Nothing,
+    /// `boolean`, `float`, `double`, `fixed`: this many bytes.
+    Width(usize),
+    /// `int`, `long`, an enum's index: one zigzag varint.
+    Varint,
+    /// `bytes`, `string`: a length, then that many bytes.
+    Sized,
+    /// A record's fields, in order.
+    Record(Vec<usize>),
+    /// A union's branches: an index, then that branch.
+    Union(Vec<usize>),
+    /// Blocks of items.
+    Array(usize),
+    /// Blocks of string keys and values.
+    Map(usize),
 }
 
-impl<'s> Walker<'s> {
-    fn new(schema: &'s Value) -> Self {
+/// A writer schema as steps; steps refer to each other by index, so a
+/// recursive record refers back to itself.
+#[derive(Debug)]
+struct Plan {
+    steps: Vec<Step>,
+    root: usize,
+}
+
+impl Plan {
+    fn compile(schema: &Value) -> Result<Self, String> {
         let mut named = HashMap::new();
         collect_named(schema, None, &mut named);
-        Self { named }
+        let mut compiler = Compiler {
+            named,
+            indices: HashMap::new(),
+            steps: Vec::new(),
+        };
+        let root = compiler.compile(schema)?;
+        Ok(Self {
+            steps: compiler.steps,
+            root,
+        })
     }
 
-    fn skip(&mut self, schema: &'s Value, data: &[u8], at: &mut usize) -> Result<(), String> {
-        match schema {
-            Value::String(name) => self.skip_named(name, data, at),
-            Value::Array(branches) => {
-                let index = zigzag_long(data, at)?;
-                let branch = usize::try_from(index)
+    /// Moves `at` past one datum of step `index`.
+    fn skip(&self, index: usize, data: &[u8], at: &mut usize) -> Result<(), String> {
+        match &self.steps[index] {
+            Step::Nothing => Ok(()),
+            Step::Width(width) => take(data, at, *width).map(|_| ()),
+            Step::Varint => zigzag_long(data, at).map(|_| ()),
+            Step::Sized => {
+                let len = zigzag_long(data, at)?;
+                let len = usize::try_from(len).map_err(|_| "a negative length".to_string())?;
+                take(data, at, len).map(|_| ())
+            }
+            Step::Record(fields) => fields.iter().try_for_each(|&field| self.skip(field, data, at)),
+            Step::Union(branches) => {
+                let branch = zigzag_long(data, at)?;
+                let step = usize::try_from(branch)
                     .ok()
                     .and_then(|i| branches.get(i))
-                    .ok_or_else(|| format!("union branch {index} out of range"))?;
-                self.skip(branch, data, at)
+                    .ok_or_else(|| format!("union branch {branch} out of range"))?;
+                self.skip(*step, data, at)
             }
-            Value::Object(o) => match o.get("type").and_then(Value::as_str).unwrap_or("") {
-                "record" | "error" => {
-                    for field in o
-                        .get("fields")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        self.skip(&field["type"], data, at)?;
-                    }
-                    Ok(())
-                }
-                "enum" => zigzag_long(data, at).map(|_| ()),
-                "fixed" => {
-                    let size = o.get("size").and_then(Value::as_u64).unwrap_or(0) as usize;
-                    take(data, at, size).map(|_| ())
-                }
-                "array" => self.skip_blocks(data, at, |w, d, a| w.skip(&o["items"], d, a)),
-                "map" => self.skip_blocks(data, at, |w, d, a| {
-                    let len = zigzag_long(d, a)? as usize;
-                    take(d, a, len)?;
-                    w.skip(&o["values"], d, a)
-                }),
-                primitive => self.skip_named(primitive, data, at),
-            },
-            _ => Err("a schema that is neither a name, a union nor an object".into()),
+            Step::Array(items) => self.skip_blocks(data, at, |d, a| self.skip(*items, d, a)),
+            Step::Map(values) => self.skip_blocks(data, at, |d, a| {
+                let len = zigzag_long(d, a)?;
+                let len = usize::try_from(len).map_err(|_| "a negative length".to_string())?;
+                take(d, a, len)?;
+                self.skip(*values, d, a)
+            }),
         }
     }
 
     fn skip_blocks(
-        &mut self,
+        &self,
         data: &[u8],
         at: &mut usize,
-        mut item: impl FnMut(&mut Self, &[u8], &mut usize) -> Result<(), String>,
+        mut item: impl FnMut(&[u8], &mut usize) -> Result<(), String>,
     ) -> Result<(), String> {
         loop {
             let mut count = zigzag_long(data, at)?;
@@ -253,38 +283,107 @@ impl<'s> Walker<'s> {
                 zigzag_long(data, at)?;
             }
             for _ in 0..count {
-                item(self, data, at)?;
+                item(data, at)?;
             }
         }
     }
+}
 
-    fn skip_named(&mut self, name: &str, data: &[u8], at: &mut usize) -> Result<(), String> {
-        match name {
-            "null" => Ok(()),
-            "boolean" => take(data, at, 1).map(|_| ()),
-            "int" | "long" => zigzag_long(data, at).map(|_| ()),
-            "float" => take(data, at, 4).map(|_| ()),
-            "double" => take(data, at, 8).map(|_| ()),
-            "bytes" | "string" => {
-                let len = zigzag_long(data, at)?;
-                let len = usize::try_from(len).map_err(|_| "a negative length".to_string())?;
-                take(data, at, len).map(|_| ())
+/// Turns schema JSON into steps.
+struct Compiler<'s> {
+    named: HashMap<String, &'s Value>,
+    /// Named types already compiled (or being compiled), by full name.
+    indices: HashMap<String, usize>,
+    steps: Vec<Step>,
+}
+
+impl<'s> Compiler<'s> {
+    fn push(&mut self, step: Step) -> usize {
+        self.steps.push(step);
+        self.steps.len() - 1
+    }
+
+    fn compile(&mut self, schema: &'s Value) -> Result<usize, String> {
+        match schema {
+            Value::String(name) => self.compile_named(name),
+            Value::Array(branches) => {
+                let branches = branches
+                    .iter()
+                    .map(|branch| self.compile(branch))
+                    .collect::<Result<_, _>>()?;
+                Ok(self.push(Step::Union(branches)))
             }
+            Value::Object(o) => match o.get("type").and_then(Value::as_str).unwrap_or("") {
+                kind @ ("record" | "error" | "enum" | "fixed") => {
+                    // Reserve the index first: the fields may refer back to it.
+                    let index = self.push(Step::Nothing);
+                    if let Some(full) = self.full_name(schema) {
+                        self.indices.insert(full, index);
+                    }
+                    self.steps[index] = match kind {
+                        "enum" => Step::Varint,
+                        "fixed" => {
+                            Step::Width(o.get("size").and_then(Value::as_u64).unwrap_or(0) as usize)
+                        }
+                        _ => Step::Record(
+                            o.get("fields")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                                .map(|field| self.compile(&field["type"]))
+                                .collect::<Result<_, _>>()?,
+                        ),
+                    };
+                    Ok(index)
+                }
+                "array" => {
+                    let items = self.compile(&o["items"])?;
+                    Ok(self.push(Step::Array(items)))
+                }
+                "map" => {
+                    let values = self.compile(&o["values"])?;
+                    Ok(self.push(Step::Map(values)))
+                }
+                primitive => self.compile_named(primitive),
+            },
+            _ => Err("a schema that is neither a name, a union nor an object".into()),
+        }
+    }
+
+    fn compile_named(&mut self, name: &str) -> Result<usize, String> {
+        let step = match name {
+            "null" => Step::Nothing,
+            "boolean" => Step::Width(1),
+            "int" | "long" => Step::Varint,
+            "float" => Step::Width(4),
+            "double" => Step::Width(8),
+            "bytes" | "string" => Step::Sized,
             other => {
-                let schema = self
+                let (full, schema) = self
                     .named
-                    .get(other)
+                    .get_key_value(other)
                     .or_else(|| {
                         self.named
                             .iter()
                             .find(|(full, _)| full.rsplit('.').next() == Some(other))
-                            .map(|(_, s)| s)
                     })
-                    .copied()
+                    .map(|(full, schema)| (full.clone(), *schema))
                     .ok_or_else(|| format!("unknown type `{other}`"))?;
-                self.skip(schema, data, at)
+                return match self.indices.get(&full) {
+                    Some(&index) => Ok(index),
+                    None => self.compile(schema),
+                };
             }
-        }
+        };
+        Ok(self.push(step))
+    }
+
+    /// The full name `collect_named` filed this named type under.
+    fn full_name(&self, schema: &Value) -> Option<String> {
+        self.named
+            .iter()
+            .find(|(_, named)| std::ptr::eq(**named, schema))
+            .map(|(full, _)| full.clone())
     }
 }
 
@@ -330,5 +429,69 @@ fn collect_named<'s>(
             }
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn long(value: i64) -> Vec<u8> {
+        let mut zigzag = ((value << 1) ^ (value >> 63)) as u64;
+        let mut out = Vec::new();
+        loop {
+            let byte = (zigzag & 0x7f) as u8;
+            zigzag >>= 7;
+            if zigzag == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    #[test]
+    fn named_types_are_resolved_once_including_recursive_ones() {
+        // A linked list of points; the second field names the record by its
+        // short name, the `next` field by its full one.
+        let schema: Value = serde_json::json!({
+            "type": "record", "name": "Node", "namespace": "geo",
+            "fields": [
+                {"name": "at", "type": {"type": "record", "name": "Point",
+                    "fields": [{"name": "lat", "type": "double"}]}},
+                {"name": "also", "type": "Point"},
+                {"name": "labels", "type": {"type": "map", "values": "string"}},
+                {"name": "next", "type": ["null", "geo.Node"]}
+            ]
+        });
+        let plan = Plan::compile(&schema).unwrap();
+        let mut datum = Vec::new();
+        for node in 0..3 {
+            datum.extend_from_slice(&[0u8; 16]); // at, also
+            datum.extend(long(1)); // one map entry
+            datum.extend(long(1));
+            datum.push(b'k');
+            datum.extend(long(2));
+            datum.extend_from_slice(b"vv");
+            datum.extend(long(0)); // end of map
+            datum.extend(long(if node < 2 { 1 } else { 0 })); // next: a node, then null
+        }
+        let trailing = datum.len();
+        datum.push(0xff);
+        let mut at = 0;
+        plan.skip(plan.root, &datum, &mut at).unwrap();
+        assert_eq!(at, trailing);
+
+        let mut at = 0;
+        let err = plan.skip(plan.root, &datum[..20], &mut at).unwrap_err();
+        assert!(err.contains("ends"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_type_is_refused_when_the_plan_is_made() {
+        let schema = serde_json::json!({"type": "record", "name": "R",
+            "fields": [{"name": "x", "type": "Missing"}]});
+        let err = Plan::compile(&schema).unwrap_err();
+        assert!(err.contains("unknown type `Missing`"), "{err}");
     }
 }

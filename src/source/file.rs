@@ -335,7 +335,7 @@ impl Reader {
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let mut number: i64 = -1;
         let mut chunk = Vec::with_capacity(CHUNK_RECORDS);
-        let emit = |payload: &[u8],
+        let emit = |payload: Bytes,
                     number: i64,
                     chunk: &mut Vec<Record>|
          -> Result<Option<FileOutcome>, String> {
@@ -345,7 +345,7 @@ impl Reader {
             let record = Record {
                 partition: partition.clone(),
                 position: number,
-                payload: Bytes::copy_from_slice(payload),
+                payload,
                 timestamp_ms: None,
             };
             if !self
@@ -372,7 +372,7 @@ impl Reader {
                 {
                     for datum in datums {
                         number += 1;
-                        if let Some(outcome) = emit(&datum, number, &mut chunk)? {
+                        if let Some(outcome) = emit(datum, number, &mut chunk)? {
                             return Ok(Some(outcome));
                         }
                     }
@@ -410,7 +410,7 @@ impl Reader {
                         .read_exact(&mut message)
                         .map_err(|_| format!("{name}: record {}: ends early", number + 1))?;
                     number += 1;
-                    if let Some(outcome) = emit(&message, number, &mut chunk)? {
+                    if let Some(outcome) = emit(Bytes::copy_from_slice(&message), number, &mut chunk)? {
                         return Ok(Some(outcome));
                     }
                 }

@@ -14,12 +14,18 @@ use deltalake::parquet::schema::types::ColumnPath;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 
-use arrow::array::RecordBatch;
+use arrow::array::{ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::DataType;
 
 use crate::config::defaults;
 
 /// Parquet settings for sluice's data files.
 pub fn writer_properties(key_column: Option<&str>) -> WriterProperties {
+    properties(key_column, &[])
+}
+
+/// Parquet settings with dictionary encoding off for `plain` columns.
+fn properties(key_column: Option<&str>, plain: &[ColumnPath]) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
             ZstdLevel::try_new(defaults::ZSTD_LEVEL).expect("valid zstd level"),
@@ -33,12 +39,86 @@ pub fn writer_properties(key_column: Option<&str>) -> WriterProperties {
             .set_column_bloom_filter_enabled(path.clone(), true)
             .set_column_bloom_filter_fpp(path, defaults::KEY_BLOOM_FPP);
     }
+    for path in plain {
+        builder = builder.set_column_dictionary_enabled(path.clone(), false);
+    }
     builder.build()
 }
 
+/// The columns of `batch` (top level and inside structs) whose values
+/// barely repeat: most values of a sample of its rows occur in it once.
+/// A dictionary does not shrink such a column (ids, measurements, event
+/// times) but interning every value costs more than the rest of its
+/// encoding, so their files are written without one. Columns with fewer than
+/// [`defaults::DICTIONARY_SAMPLE_MIN`] non-null values in the sample, lists,
+/// maps and booleans keep the dictionary.
+pub fn distinct_columns(batch: &RecordBatch) -> Vec<ColumnPath> {
+    let mut found = Vec::new();
+    let rows = batch.num_rows().min(defaults::DICTIONARY_SAMPLE_ROWS);
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        collect_distinct(vec![field.name().clone()], &column.slice(0, rows), &mut found);
+    }
+    found
+}
+
+fn collect_distinct(path: Vec<String>, column: &ArrayRef, found: &mut Vec<ColumnPath>) {
+    let unique = match column.data_type() {
+        DataType::Struct(_) => {
+            let strukt = column.as_struct();
+            for (field, child) in strukt.fields().iter().zip(strukt.columns()) {
+                let mut child_path = path.clone();
+                child_path.push(field.name().clone());
+                collect_distinct(child_path, child, found);
+            }
+            return;
+        }
+        DataType::Utf8 => once_share(column.as_string::<i32>().iter().flatten().map(str::as_bytes)),
+        DataType::LargeUtf8 => once_share(column.as_string::<i64>().iter().flatten().map(str::as_bytes)),
+        DataType::Binary => once_share(column.as_binary::<i32>().iter().flatten()),
+        DataType::LargeBinary => once_share(column.as_binary::<i64>().iter().flatten()),
+        data_type => match data_type.primitive_width() {
+            Some(width) => {
+                let data = column.to_data();
+                let values = &data.buffers()[0].as_slice()
+                    [data.offset() * width..(data.offset() + data.len()) * width];
+                once_share(
+                    values
+                        .chunks_exact(width)
+                        .enumerate()
+                        .filter(|(row, _)| data.is_valid(*row))
+                        .map(|(_, value)| value),
+                )
+            }
+            None => None,
+        },
+    };
+    if unique.is_some_and(|share| share > defaults::DICTIONARY_MAX_UNIQUE_SHARE) {
+        found.push(ColumnPath::new(path));
+    }
+}
+
+/// The share of `values` that occur once among them, or `None` for too few
+/// values to judge.
+fn once_share<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<f64> {
+    let mut counts = std::collections::HashMap::<&[u8], u32>::new();
+    let mut total = 0usize;
+    for value in values {
+        *counts.entry(value).or_default() += 1;
+        total += 1;
+    }
+    let once = counts.values().filter(|&&count| count == 1).count();
+    (total >= defaults::DICTIONARY_SAMPLE_MIN).then(|| once as f64 / total as f64)
+}
+
 /// Writes a table's buffered rows as Parquet files.
+///
+/// The first chunk of at least [`defaults::DICTIONARY_SAMPLE_MIN`] rows it
+/// writes decides which columns go without a dictionary
+/// ([`distinct_columns`]) in the files it opens from then on.
 pub struct TableWriter {
-    inner: RecordBatchWriter,
+    inner: Option<RecordBatchWriter>,
+    key_column: Option<String>,
+    profiled: bool,
     rows: usize,
 }
 
@@ -52,7 +132,7 @@ impl TableWriter {
         let inner = RecordBatchWriter::for_table(table)?
             .with_writer_properties(writer_properties(key_column))
             .with_target_file_size(target_file_size);
-        Ok(Self { inner, rows: 0 })
+        Ok(Self::wrap(inner, key_column))
     }
 
     /// A writer of files in `schema` (a schema the table is about to take:
@@ -73,18 +153,40 @@ impl TableWriter {
         )?
         .with_writer_properties(writer_properties(key_column))
         .with_target_file_size(target_file_size);
-        Ok(Self { inner, rows: 0 })
+        Ok(Self::wrap(inner, key_column))
+    }
+
+    fn wrap(inner: RecordBatchWriter, key_column: Option<&str>) -> Self {
+        Self {
+            inner: Some(inner),
+            key_column: key_column.map(str::to_owned),
+            profiled: false,
+            rows: 0,
+        }
+    }
+
+    fn inner(&mut self) -> &mut RecordBatchWriter {
+        self.inner.as_mut().expect("the writer is only taken to be replaced")
     }
 
     /// Streams rows into the open files.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
+        if !self.profiled && batch.num_rows() >= defaults::DICTIONARY_SAMPLE_MIN {
+            self.profiled = true;
+            let plain = distinct_columns(&batch);
+            if !plain.is_empty() {
+                let props = properties(self.key_column.as_deref(), &plain);
+                let inner = self.inner.take().expect("the writer is only taken to be replaced");
+                self.inner = Some(inner.with_writer_properties(props));
+            }
+        }
         self.rows += batch.num_rows();
-        self.inner.write(batch).await
+        self.inner().write(batch).await
     }
 
     /// The schema of the files it writes.
     pub fn arrow_schema(&self) -> arrow::datatypes::SchemaRef {
-        self.inner.arrow_schema()
+        self.inner.as_ref().expect("the writer is only taken to be replaced").arrow_schema()
     }
 
     /// Rows written since the last flush.
@@ -94,18 +196,63 @@ impl TableWriter {
 
     /// Encoded bytes written since the last flush.
     pub fn encoded_bytes(&self) -> usize {
-        self.inner.buffer_len()
+        self.inner.as_ref().expect("the writer is only taken to be replaced").buffer_len()
     }
 
     /// Finishes the open files and returns their `add` actions.
     pub async fn finish(&mut self) -> Result<Vec<Add>, DeltaTableError> {
         self.rows = 0;
-        self.inner.flush().await
+        self.inner().flush().await
     }
 
     /// Abandons the open files (already-finished ones become orphans for vacuum).
     pub fn abort(&mut self) {
         self.rows = 0;
-        self.inner.reset();
+        self.inner().reset();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Float64Array, Int64Array, StringArray, StructArray};
+    use arrow::datatypes::{Field, Fields};
+    use std::sync::Arc;
+
+    #[test]
+    fn columns_whose_values_barely_repeat_go_without_a_dictionary() {
+        let rows = 8192;
+        let ids = StringArray::from_iter_values((0..rows).map(|n| format!("e-{n}")));
+        let cities = StringArray::from_iter_values((0..rows).map(|n| format!("c-{}", n % 12)));
+        // 5,000 drivers over 8,192 rows: most repeat.
+        let drivers = StringArray::from_iter_values((0..rows).map(|n| format!("d-{}", n * 7 % 5000)));
+        let times = Int64Array::from_iter_values((0..rows as i64).map(|n| 1_700_000_000_000 + n));
+        let lat = Arc::new(Float64Array::from_iter_values((0..rows).map(|n| n as f64 / 3.0)));
+        let pickup = StructArray::new(
+            Fields::from(vec![Field::new("lat", DataType::Float64, false)]),
+            vec![lat],
+            None,
+        );
+        // Mostly null: too few values to judge.
+        let notes = StringArray::from_iter((0..rows).map(|n| (n < 100).then(|| format!("n-{n}"))));
+        let batch = RecordBatch::try_from_iter([
+            ("event_id", Arc::new(ids) as ArrayRef),
+            ("city", Arc::new(cities)),
+            ("driver_id", Arc::new(drivers)),
+            ("event_time", Arc::new(times)),
+            ("pickup", Arc::new(pickup)),
+            ("note", Arc::new(notes)),
+        ])
+        .unwrap();
+        let plain: Vec<String> = distinct_columns(&batch)
+            .iter()
+            .map(ColumnPath::string)
+            .collect();
+        assert_eq!(plain, ["event_id", "event_time", "pickup.lat"]);
+
+        let props = properties(Some("event_id"), &distinct_columns(&batch));
+        assert!(!props.dictionary_enabled(&ColumnPath::from("event_id")));
+        assert!(props.dictionary_enabled(&ColumnPath::from("city")));
+        assert!(props.bloom_filter_properties(&ColumnPath::from("event_id")).is_some());
     }
 }
