@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use arrow::array::{
     ArrayRef, BinaryBuilder, BooleanBuilder, Decimal128Builder, Float32Builder, Float64Builder,
-    Int32Builder, Int64Builder, ListArray, MapArray, StringBuilder, StructArray,
+    Int32Builder, Int64Builder, ListArray, MapArray, StringArray, StructArray,
     TimestampMicrosecondBuilder,
 };
 use arrow::buffer::{NullBuffer, OffsetBuffer};
@@ -575,7 +575,9 @@ enum Col {
     Dec(Decimal128Builder),
     F32(Float32Builder),
     F64(Float64Builder),
-    Str(StringBuilder),
+    /// UTF-8 checked when the message was parsed; the array checks the
+    /// whole buffer once when it is finished.
+    Str(BinaryBuilder),
     Bin(BinaryBuilder),
     Ts(TimestampMicrosecondBuilder),
     Struct(StructCol),
@@ -627,7 +629,7 @@ impl Col {
             }
             DataType::Float32 => Col::F32(Float32Builder::new()),
             DataType::Float64 => Col::F64(Float64Builder::new()),
-            DataType::Utf8 => Col::Str(StringBuilder::new()),
+            DataType::Utf8 => Col::Str(BinaryBuilder::new()),
             DataType::Binary => Col::Bin(BinaryBuilder::new()),
             DataType::Timestamp(..) => {
                 Col::Ts(TimestampMicrosecondBuilder::new().with_data_type(timestamp_type()))
@@ -678,7 +680,9 @@ impl Col {
             Col::Dec(b) => Arc::new(b.finish()),
             Col::F32(b) => Arc::new(b.finish()),
             Col::F64(b) => Arc::new(b.finish()),
-            Col::Str(b) => Arc::new(b.finish()),
+            Col::Str(b) => Arc::new(
+                StringArray::try_from_binary(b.finish()).expect("UTF-8 checked when parsed"),
+            ),
             Col::Bin(b) => Arc::new(b.finish()),
             Col::Ts(b) => Arc::new(b.finish()),
             Col::Struct(s) => Arc::new(s.finish()),
@@ -715,7 +719,7 @@ fn append_value(col: &mut Col, plan: &Plan, raw: Raw<'_>) {
             let number = v as i32;
             match e.get_value(number) {
                 Some(value) => b.append_value(value.name()),
-                None => b.append_value(number.to_string()),
+                None => b.append_value(number.to_string().as_bytes()),
             }
         }
         (Plan::Timestamp, Col::Ts(b)) => {
@@ -736,7 +740,7 @@ fn append_value(col: &mut Col, plan: &Plan, raw: Raw<'_>) {
             let Raw::Bytes(bytes) = raw else {
                 unreachable!("checked wire type")
             };
-            b.append_value(well_known_json(name, bytes).to_string());
+            b.append_value(well_known_json(name, bytes).to_string().as_bytes());
         }
         (Plan::Message(m), Col::Struct(s)) => {
             let Raw::Bytes(bytes) = raw else {
@@ -873,7 +877,7 @@ fn append_scalar(col: &mut Col, kind: &Kind, raw: Option<Raw<'_>>) {
         (Kind::Float, Col::F32(b)) => b.append_value(f32::from_bits(fixed32())),
         (Kind::Double, Col::F64(b)) => b.append_value(f64::from_bits(fixed64())),
         (Kind::String, Col::Str(b)) => {
-            b.append_value(std::str::from_utf8(bytes()).expect("checked UTF-8"))
+            b.append_value(bytes())
         }
         (Kind::Bytes, Col::Bin(b)) => b.append_value(bytes()),
         _ => unreachable!("columns are built from the plans"),
