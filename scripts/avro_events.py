@@ -35,7 +35,8 @@ V1 = {
         {"name": "fare", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
         {"name": "city", "type": {"type": "enum", "name": "City", "symbols": ["LON", "PAR", "NYC"]}},
         {"name": "pickup", "type": {"type": "record", "name": "Point", "fields": [
-            {"name": "lat", "type": "double"}, {"name": "lon", "type": "double"}]}},
+            {"name": "lat", "type": "double", "doc": "Latitude of the pickup"},
+            {"name": "lon", "type": "double"}]}},
         {"name": "tags", "type": {"type": "array", "items": "string"}},
         {"name": "attributes", "type": {"type": "map", "values": "long"}},
         {"name": "rating", "type": ["null", "int"], "default": None},

@@ -59,7 +59,13 @@ def check_declared(table: Path, schema: StructType, entry: dict) -> list:
         if got != wanted:
             problems.append(f"{table}: column {name} is {got} for Spark, expected {wanted}")
     for name, wanted in entry.get("comments", {}).items():
-        got = fields[name].metadata.get("comment") if name in fields else None
+        # A dotted name is a field of a struct column.
+        field, *inner = name.split(".")
+        found = fields.get(field)
+        for part in inner:
+            nested = {f.name: f for f in found.dataType.fields} if found and isinstance(found.dataType, StructType) else {}
+            found = nested.get(part)
+        got = found.metadata.get("comment") if found else None
         if got != wanted:
             problems.append(f"{table}: column {name} has comment {got!r} for Spark, expected {wanted!r}")
     return problems

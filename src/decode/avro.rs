@@ -94,18 +94,21 @@ impl TableSchema {
             .build_decoder()
             .map_err(|e| format!("not a usable Avro schema: {e}"))?
             .schema();
-        let docs = field_docs(&json);
-        let fields = raw
-            .fields()
-            .iter()
-            .map(|f| {
-                let mut field = delta_field(f, f.name())?;
-                if let Some(doc) = docs.get(f.name()) {
-                    field = field.with_metadata(HashMap::from([(COMMENT.into(), doc.clone())]));
-                }
-                Ok(field)
-            })
-            .collect::<Result<Vec<_>, String>>()?;
+        let mut named = HashMap::new();
+        collect_records(&json, None, &mut named);
+        let DataType::Struct(columns) = documented(
+            DataType::Struct(
+                raw.fields()
+                    .iter()
+                    .map(|f| delta_field(f, f.name()))
+                    .collect::<Result<Fields, String>>()?,
+            ),
+            &json,
+            &named,
+        ) else {
+            unreachable!("a record stays a struct")
+        };
+        let fields = columns.iter().map(|f| f.as_ref().clone()).collect();
         Ok(Self {
             avro: Arc::new(text.to_string()),
             raw,
@@ -114,19 +117,137 @@ impl TableSchema {
     }
 }
 
-/// The `doc` of each top-level field.
-fn field_docs(record: &serde_json::Value) -> HashMap<String, String> {
-    record["fields"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|f| {
-            Some((
-                f["name"].as_str()?.to_string(),
-                f["doc"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
+/// Every record type of a schema by its name and full name (namespaces are
+/// inherited from the enclosing record, as Avro defines).
+fn collect_records<'s>(
+    schema: &'s serde_json::Value,
+    namespace: Option<&str>,
+    out: &mut HashMap<String, &'s serde_json::Value>,
+) {
+    match schema {
+        serde_json::Value::Array(branches) => branches
+            .iter()
+            .for_each(|b| collect_records(b, namespace, out)),
+        serde_json::Value::Object(o) => {
+            let space = o.get("namespace").and_then(|n| n.as_str()).or(namespace);
+            if o.get("type").and_then(|t| t.as_str()) == Some("record") {
+                if let Some(name) = o.get("name").and_then(|n| n.as_str()) {
+                    let (full, short) = match (name.rsplit_once('.'), space) {
+                        (Some((_, short)), _) => (name.to_string(), short),
+                        (None, Some(space)) if !space.is_empty() => {
+                            (format!("{space}.{name}"), name)
+                        }
+                        (None, _) => (name.to_string(), name),
+                    };
+                    out.insert(full, schema);
+                    out.entry(short.to_string()).or_insert(schema);
+                }
+            }
+            for field in o
+                .get("fields")
+                .and_then(|f| f.as_array())
+                .into_iter()
+                .flatten()
+            {
+                collect_records(&field["type"], space, out);
+            }
+            for key in ["items", "values", "type"] {
+                if let Some(inner @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) =
+                    o.get(key)
+                {
+                    collect_records(inner, space, out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `ty` (the Delta type of Avro type `avro`) with each record field's `doc`
+/// as its column comment, at any depth: inside nullable unions, arrays and
+/// map values too.
+fn documented(
+    ty: DataType,
+    avro: &serde_json::Value,
+    named: &HashMap<String, &serde_json::Value>,
+) -> DataType {
+    use serde_json::Value;
+    let avro = match avro {
+        Value::String(name) => match named.get(name.as_str()) {
+            Some(record) => *record,
+            None => return ty,
+        },
+        Value::Array(branches) => {
+            let mut kept = branches.iter().filter(|b| b.as_str() != Some("null"));
+            return match (kept.next(), kept.next()) {
+                (Some(only), None) => documented(ty, only, named),
+                _ => ty,
+            };
+        }
+        other => other,
+    };
+    match (ty, avro["type"].as_str()) {
+        (DataType::Struct(fields), Some("record")) => {
+            let avro_fields = avro["fields"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            DataType::Struct(
+                fields
+                    .iter()
+                    .map(|field| {
+                        let Some(spec) = avro_fields
+                            .iter()
+                            .find(|f| f["name"] == field.name().as_str())
+                        else {
+                            return field.as_ref().clone();
+                        };
+                        let mut out = field.as_ref().clone().with_data_type(documented(
+                            field.data_type().clone(),
+                            &spec["type"],
+                            named,
+                        ));
+                        if let Some(doc) = spec["doc"].as_str() {
+                            out = out
+                                .with_metadata(HashMap::from([(COMMENT.into(), doc.to_string())]));
+                        }
+                        out
+                    })
+                    .collect::<Fields>(),
+            )
+        }
+        (DataType::List(item), Some("array")) => {
+            DataType::List(Arc::new(item.as_ref().clone().with_data_type(documented(
+                item.data_type().clone(),
+                &avro["items"],
+                named,
+            ))))
+        }
+        (DataType::Map(entries, sorted), Some("map")) => {
+            let DataType::Struct(kv) = entries.data_type() else {
+                return DataType::Map(entries, sorted);
+            };
+            let value = kv[1].as_ref().clone();
+            let value = value.clone().with_data_type(documented(
+                value.data_type().clone(),
+                &avro["values"],
+                named,
+            ));
+            DataType::Map(
+                Arc::new(
+                    entries
+                        .as_ref()
+                        .clone()
+                        .with_data_type(DataType::Struct(Fields::from(vec![
+                            kv[0].as_ref().clone(),
+                            value,
+                        ]))),
+                ),
+                sorted,
+            )
+        }
+        (ty, _) => ty,
+    }
 }
 
 /// The Delta-readable field for an `arrow-avro` field; `path` names it in errors.
@@ -803,6 +924,48 @@ mod tests {
         assert!(matches!(types[6].1, DataType::List(_)));
         assert!(matches!(types[7].1, DataType::Map(_, false)));
         assert_eq!(schema.fields[0].metadata()[COMMENT], "the ride");
+    }
+
+    #[test]
+    fn docs_of_nested_fields_become_their_comments() {
+        let schema = TableSchema::from_avro(
+            r#"{"type":"record","name":"Ride","namespace":"demo","fields":[
+                {"name":"pickup","type":["null",{"type":"record","name":"Point","fields":[
+                    {"name":"lat","type":"double","doc":"Latitude"}]}]},
+                {"name":"dropoff","type":"demo.Point"},
+                {"name":"stops","type":{"type":"array","items":"Point"}},
+                {"name":"legs","type":{"type":"map","values":{"type":"record","name":"Leg",
+                    "fields":[{"name":"km","type":"double","doc":"Length"}]}}}
+            ]}"#,
+        )
+        .unwrap();
+        let comment = |ty: &DataType| -> String {
+            let DataType::Struct(fields) = ty else {
+                panic!("a struct: {ty:?}")
+            };
+            fields[0].metadata()[COMMENT].clone()
+        };
+        assert_eq!(comment(schema.fields[0].data_type()), "Latitude");
+        assert_eq!(
+            comment(schema.fields[1].data_type()),
+            "Latitude",
+            "by full name"
+        );
+        let DataType::List(item) = schema.fields[2].data_type() else {
+            panic!("a list")
+        };
+        assert_eq!(
+            comment(item.data_type()),
+            "Latitude",
+            "by short name, in an array"
+        );
+        let DataType::Map(entries, _) = schema.fields[3].data_type() else {
+            panic!("a map")
+        };
+        let DataType::Struct(kv) = entries.data_type() else {
+            panic!("entries")
+        };
+        assert_eq!(comment(kv[1].data_type()), "Length", "in map values");
     }
 
     #[test]

@@ -339,18 +339,25 @@ pub(super) fn plan_message(
             }
         }
     }
+    let comments = field_comments(message);
+    let column = |f: &FieldPlan| {
+        let field = Field::new(&f.name, field_type(f), true);
+        match comments.get(&f.name) {
+            Some(text) => field.with_metadata(HashMap::from([(
+                super::avro::COMMENT.to_string(),
+                text.clone(),
+            )])),
+            None => field,
+        }
+    };
     let fields = Fields::from(
         members
             .iter()
             .map(|m| match m {
-                Member::Field(f) => Field::new(&f.name, field_type(f), true),
+                Member::Field(f) => column(f),
                 Member::Oneof(name, fs) => Field::new(
                     name,
-                    DataType::Struct(Fields::from(
-                        fs.iter()
-                            .map(|f| Field::new(&f.name, field_type(f), true))
-                            .collect::<Vec<_>>(),
-                    )),
+                    DataType::Struct(Fields::from(fs.iter().map(column).collect::<Vec<_>>())),
                     true,
                 ),
             })
@@ -876,9 +883,7 @@ fn append_scalar(col: &mut Col, kind: &Kind, raw: Option<Raw<'_>>) {
         (Kind::Fixed64, Col::Dec(b)) => b.append_value(i128::from(fixed64())),
         (Kind::Float, Col::F32(b)) => b.append_value(f32::from_bits(fixed32())),
         (Kind::Double, Col::F64(b)) => b.append_value(f64::from_bits(fixed64())),
-        (Kind::String, Col::Str(b)) => {
-            b.append_value(bytes())
-        }
+        (Kind::String, Col::Str(b)) => b.append_value(bytes()),
         (Kind::Bytes, Col::Bin(b)) => b.append_value(bytes()),
         _ => unreachable!("columns are built from the plans"),
     }
@@ -973,7 +978,7 @@ pub(super) fn append_message(plan: &MessagePlan, parsed: &Parsed<'_>, into: &mut
 
 /// The leading comments of a message's fields, when the descriptor set
 /// carries source info.
-pub(super) fn field_comments(message: &MessageDescriptor) -> HashMap<String, String> {
+fn field_comments(message: &MessageDescriptor) -> HashMap<String, String> {
     let file = message.parent_file_descriptor_proto();
     let Some(info) = &file.source_code_info else {
         return HashMap::new();

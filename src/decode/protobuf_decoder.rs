@@ -21,9 +21,7 @@ use prost_reflect::MessageDescriptor;
 use tokio_util::sync::CancellationToken;
 
 use super::columns::Extras;
-use super::protobuf::{
-    append_message, field_comments, parse, plan_message, MessagePlan, StructCol,
-};
+use super::protobuf::{append_message, parse, plan_message, MessagePlan, StructCol};
 use super::protobuf_registry::{header, message_at, pool_of};
 use super::registry::{Registry, RegistryError};
 use super::Decoded;
@@ -88,21 +86,8 @@ impl ProtobufDecoder {
         }
         let mut stack = vec![message.full_name().to_string()];
         let plan = plan_message(message, message.full_name(), &mut stack)?;
-        let comments = field_comments(message);
-        let data: Fields = plan
-            .fields
-            .iter()
-            .map(|f| {
-                let field = f.as_ref().clone();
-                match comments.get(f.name()) {
-                    Some(text) => field.with_metadata(HashMap::from([(
-                        super::avro::COMMENT.to_string(),
-                        text.clone(),
-                    )])),
-                    None => field,
-                }
-            })
-            .collect();
+        // Field comments (at every depth) are in the plan's fields.
+        let data: Fields = plan.fields.clone();
         let data_vec: Vec<Field> = data.iter().map(|f| f.as_ref().clone()).collect();
         let (extras, extra_fields) = Extras::new(table, &data_vec)?;
         Ok(Self {

@@ -248,7 +248,9 @@ impl Plan {
                 let len = usize::try_from(len).map_err(|_| "a negative length".to_string())?;
                 take(data, at, len).map(|_| ())
             }
-            Step::Record(fields) => fields.iter().try_for_each(|&field| self.skip(field, data, at)),
+            Step::Record(fields) => fields
+                .iter()
+                .try_for_each(|&field| self.skip(field, data, at)),
             Step::Union(branches) => {
                 let branch = zigzag_long(data, at)?;
                 let step = usize::try_from(branch)

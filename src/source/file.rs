@@ -410,7 +410,9 @@ impl Reader {
                         .read_exact(&mut message)
                         .map_err(|_| format!("{name}: record {}: ends early", number + 1))?;
                     number += 1;
-                    if let Some(outcome) = emit(Bytes::copy_from_slice(&message), number, &mut chunk)? {
+                    if let Some(outcome) =
+                        emit(Bytes::copy_from_slice(&message), number, &mut chunk)?
+                    {
                         return Ok(Some(outcome));
                     }
                 }

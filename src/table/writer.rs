@@ -56,7 +56,11 @@ pub fn distinct_columns(batch: &RecordBatch) -> Vec<ColumnPath> {
     let mut found = Vec::new();
     let rows = batch.num_rows().min(defaults::DICTIONARY_SAMPLE_ROWS);
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
-        collect_distinct(vec![field.name().clone()], &column.slice(0, rows), &mut found);
+        collect_distinct(
+            vec![field.name().clone()],
+            &column.slice(0, rows),
+            &mut found,
+        );
     }
     found
 }
@@ -72,8 +76,20 @@ fn collect_distinct(path: Vec<String>, column: &ArrayRef, found: &mut Vec<Column
             }
             return;
         }
-        DataType::Utf8 => once_share(column.as_string::<i32>().iter().flatten().map(str::as_bytes)),
-        DataType::LargeUtf8 => once_share(column.as_string::<i64>().iter().flatten().map(str::as_bytes)),
+        DataType::Utf8 => once_share(
+            column
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .map(str::as_bytes),
+        ),
+        DataType::LargeUtf8 => once_share(
+            column
+                .as_string::<i64>()
+                .iter()
+                .flatten()
+                .map(str::as_bytes),
+        ),
         DataType::Binary => once_share(column.as_binary::<i32>().iter().flatten()),
         DataType::LargeBinary => once_share(column.as_binary::<i64>().iter().flatten()),
         data_type => match data_type.primitive_width() {
@@ -166,7 +182,9 @@ impl TableWriter {
     }
 
     fn inner(&mut self) -> &mut RecordBatchWriter {
-        self.inner.as_mut().expect("the writer is only taken to be replaced")
+        self.inner
+            .as_mut()
+            .expect("the writer is only taken to be replaced")
     }
 
     /// Streams rows into the open files.
@@ -176,7 +194,10 @@ impl TableWriter {
             let plain = distinct_columns(&batch);
             if !plain.is_empty() {
                 let props = properties(self.key_column.as_deref(), &plain);
-                let inner = self.inner.take().expect("the writer is only taken to be replaced");
+                let inner = self
+                    .inner
+                    .take()
+                    .expect("the writer is only taken to be replaced");
                 self.inner = Some(inner.with_writer_properties(props));
             }
         }
@@ -186,7 +207,10 @@ impl TableWriter {
 
     /// The schema of the files it writes.
     pub fn arrow_schema(&self) -> arrow::datatypes::SchemaRef {
-        self.inner.as_ref().expect("the writer is only taken to be replaced").arrow_schema()
+        self.inner
+            .as_ref()
+            .expect("the writer is only taken to be replaced")
+            .arrow_schema()
     }
 
     /// Rows written since the last flush.
@@ -196,7 +220,10 @@ impl TableWriter {
 
     /// Encoded bytes written since the last flush.
     pub fn encoded_bytes(&self) -> usize {
-        self.inner.as_ref().expect("the writer is only taken to be replaced").buffer_len()
+        self.inner
+            .as_ref()
+            .expect("the writer is only taken to be replaced")
+            .buffer_len()
     }
 
     /// Finishes the open files and returns their `add` actions.
@@ -225,9 +252,12 @@ mod tests {
         let ids = StringArray::from_iter_values((0..rows).map(|n| format!("e-{n}")));
         let cities = StringArray::from_iter_values((0..rows).map(|n| format!("c-{}", n % 12)));
         // 5,000 drivers over 8,192 rows: most repeat.
-        let drivers = StringArray::from_iter_values((0..rows).map(|n| format!("d-{}", n * 7 % 5000)));
+        let drivers =
+            StringArray::from_iter_values((0..rows).map(|n| format!("d-{}", n * 7 % 5000)));
         let times = Int64Array::from_iter_values((0..rows as i64).map(|n| 1_700_000_000_000 + n));
-        let lat = Arc::new(Float64Array::from_iter_values((0..rows).map(|n| n as f64 / 3.0)));
+        let lat = Arc::new(Float64Array::from_iter_values(
+            (0..rows).map(|n| n as f64 / 3.0),
+        ));
         let pickup = StructArray::new(
             Fields::from(vec![Field::new("lat", DataType::Float64, false)]),
             vec![lat],
@@ -253,6 +283,8 @@ mod tests {
         let props = properties(Some("event_id"), &distinct_columns(&batch));
         assert!(!props.dictionary_enabled(&ColumnPath::from("event_id")));
         assert!(props.dictionary_enabled(&ColumnPath::from("city")));
-        assert!(props.bloom_filter_properties(&ColumnPath::from("event_id")).is_some());
+        assert!(props
+            .bloom_filter_properties(&ColumnPath::from("event_id"))
+            .is_some());
     }
 }

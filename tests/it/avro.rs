@@ -375,7 +375,15 @@ async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters(
     ] {
         assert!(all.contains(reason), "{reason} in {all}");
     }
-    register_for_spark(&table, "avro_rides", 500);
+    register_for_spark_with(
+        &table,
+        "avro_rides",
+        500,
+        serde_json::json!({"comments": {
+            "event_id": "Unique id of the event",
+            "pickup.lat": "Latitude of the pickup",
+        }}),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

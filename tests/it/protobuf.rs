@@ -219,7 +219,11 @@ async fn the_topic_names_the_message_and_the_table_is_typed_from_it() {
                 "attributes": "map<string,bigint>",
                 "stops": "array<int>",
             },
-            "comments": {"event_id": "Unique id of the event.", "user_id": "The rider."},
+            "comments": {
+                "event_id": "Unique id of the event.",
+                "user_id": "The rider.",
+                "pickup.lat": "Latitude in degrees.",
+            },
         }),
     );
 }
