@@ -37,6 +37,9 @@ pub struct TableStatus {
     /// Top-level fields records held that the table did not have, with
     /// how many records held each, over the retained history (JSON).
     pub unknown_fields: BTreeMap<String, u64>,
+    /// Where the registry holds the schema ids the partitions name
+    /// (`subject vN`, by id), as recorded at ingestion.
+    pub schemas: BTreeMap<u32, String>,
 }
 
 /// Position and lineage of one source partition.
@@ -105,6 +108,7 @@ pub async fn table_status(
     let mut last_seen: HashMap<String, i64> = HashMap::new();
     let mut ordered: Vec<CommitLineage> = Vec::new();
     let mut unknown_fields: BTreeMap<String, u64> = BTreeMap::new();
+    let mut schemas: BTreeMap<u32, String> = BTreeMap::new();
     for commit in &history {
         if let Some(value) = commit.info.get(COMMIT_INFO_KEY) {
             if let Ok(lineage) = serde_json::from_value::<CommitLineage>(value.clone()) {
@@ -116,6 +120,7 @@ pub async fn table_status(
         for (field, count) in &lineage.unknown_fields {
             *unknown_fields.entry(field.clone()).or_insert(0) += count;
         }
+        schemas.extend(lineage.schemas);
         for range in lineage.partitions {
             let entry =
                 by_partition
@@ -170,5 +175,6 @@ pub async fn table_status(
         last_commit_time,
         partitions: by_partition.into_values().collect(),
         unknown_fields,
+        schemas,
     })
 }

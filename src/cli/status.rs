@@ -77,10 +77,23 @@ pub fn render(s: &TableStatus) -> String {
         for note in &p.trimmed {
             out.push_str(&format!("{:<45} lost: {note}\n", ""));
         }
-        if !p.schema_ids.is_empty() || !p.refused_schema_ids.is_empty() {
+        let named = |ids: &std::collections::BTreeSet<u32>| {
+            ids.iter()
+                .map(|id| match s.schemas.get(id) {
+                    Some(label) => format!("{label} (id {id})"),
+                    None => format!("id {id}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !p.schema_ids.is_empty() {
+            out.push_str(&format!("{:<45} schemas {}\n", "", named(&p.schema_ids)));
+        }
+        if !p.refused_schema_ids.is_empty() {
             out.push_str(&format!(
-                "{:<45} schema ids {:?}, refused {:?}\n",
-                "", p.schema_ids, p.refused_schema_ids
+                "{:<45} refused schemas {}\n",
+                "",
+                named(&p.refused_schema_ids)
             ));
         }
     }

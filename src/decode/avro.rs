@@ -534,7 +534,8 @@ impl AvroDecoder {
         let Framing::Registry(registry) = &self.framing else {
             return true;
         };
-        let mut wanted: HashSet<u32> = records.iter().filter_map(schema_id).collect();
+        let named: HashSet<u32> = records.iter().filter_map(schema_id).collect();
+        let mut wanted = named.clone();
         wanted.retain(|id| {
             registry.cached(*id).is_none()
                 && !self
@@ -570,6 +571,9 @@ impl AvroDecoder {
                 }
                 delay = (delay * 2).min(Duration::from_secs(10));
             }
+        }
+        for id in named {
+            registry.label(id).await;
         }
         true
     }
@@ -626,6 +630,14 @@ impl AvroDecoder {
             kept,
             rejected,
             unknown_fields: Default::default(),
+        }
+    }
+
+    /// Where registry schema `id` is registered (`subject vN`), if known.
+    pub fn schema_label(&self, id: u32) -> Option<String> {
+        match &self.framing {
+            Framing::Registry(registry) => registry.cached_label(id),
+            Framing::Plain => None,
         }
     }
 

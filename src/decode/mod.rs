@@ -82,6 +82,15 @@ impl Decoder {
             _ => None,
         }
     }
+
+    /// Where registry schema `id` is registered (`subject vN`), if known.
+    pub fn schema_label(&self, id: u32) -> Option<String> {
+        match self {
+            Decoder::Avro(d) => d.schema_label(id),
+            Decoder::Protobuf(d) => d.schema_label(id),
+            _ => None,
+        }
+    }
 }
 
 /// The decoder of `source`'s records for `table`. For Avro it reads the

@@ -117,6 +117,11 @@ impl ProtobufDecoder {
         self.snapshot().table_schema.clone()
     }
 
+    /// Where registry schema `id` is registered (`subject vN`), if known.
+    pub fn schema_label(&self, id: u32) -> Option<String> {
+        self.registry.as_ref()?.cached_label(id)
+    }
+
     /// The registry schema id `record` names (registry framing only).
     pub fn schema_id(&self, record: &Record) -> Option<u32> {
         self.registry.as_ref()?;
@@ -131,6 +136,11 @@ impl ProtobufDecoder {
         let Some(registry) = &self.registry else {
             return true;
         };
+        let named: HashSet<u32> = records
+            .iter()
+            .filter_map(|r| header(&r.payload).ok())
+            .map(|h| h.id)
+            .collect();
         let wanted: HashSet<WriterKey> = {
             let writers = self.writers.lock().expect("writers lock");
             records
@@ -167,6 +177,9 @@ impl ProtobufDecoder {
                 .lock()
                 .expect("writers lock")
                 .insert(key, writer);
+        }
+        for id in named {
+            registry.label(id).await;
         }
         true
     }

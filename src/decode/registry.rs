@@ -96,6 +96,9 @@ pub struct Registry {
     client: reqwest::Client,
     by_id: Arc<Mutex<HashMap<u32, Arc<String>>>>,
     entries: Arc<Mutex<HashMap<String, Arc<Entry>>>>,
+    /// Subject and version labels by schema id; `None` where the registry
+    /// could not say (asked once per id).
+    labels: Arc<Mutex<HashMap<u32, Option<String>>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -120,7 +123,55 @@ impl Registry {
             client,
             by_id: Arc::default(),
             entries: Arc::default(),
+            labels: Arc::default(),
         })
+    }
+
+    /// Where schema `id` is registered, as `subject vN` (every subject and
+    /// version that holds it, joined by ", "; `GET /schemas/ids/{id}/versions`),
+    /// asked once per id and cached. `None` when the registry cannot say
+    /// (also when it is unavailable then): the label only describes, so
+    /// nothing waits for it.
+    pub async fn label(&self, id: u32) -> Option<String> {
+        if let Some(known) = self.labels.lock().expect("registry cache lock").get(&id) {
+            return known.clone();
+        }
+        let label = match self.get(&format!("schemas/ids/{id}/versions")).await {
+            Ok(body) => Some(
+                body.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| {
+                        Some(format!(
+                            "{} v{}",
+                            v["subject"].as_str()?,
+                            v["version"].as_u64()?
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            )
+            .filter(|label| !label.is_empty()),
+            Err(error) => {
+                tracing::debug!(registry = %self.base, schema_id = id, %error, "no subject and version for a schema id");
+                None
+            }
+        };
+        self.labels
+            .lock()
+            .expect("registry cache lock")
+            .insert(id, label.clone());
+        label
+    }
+
+    /// The label of schema `id` if it is known.
+    pub fn cached_label(&self, id: u32) -> Option<String> {
+        self.labels
+            .lock()
+            .expect("registry cache lock")
+            .get(&id)
+            .cloned()
+            .flatten()
     }
 
     /// The registry's URL.
@@ -172,6 +223,13 @@ impl Registry {
             .lock()
             .expect("registry cache lock")
             .insert(id, schema.clone());
+        if let Some(version) = body["version"].as_u64() {
+            self.labels
+                .lock()
+                .expect("registry cache lock")
+                .entry(id)
+                .or_insert_with(|| Some(format!("{subject} v{version}")));
+        }
         Ok(Registered {
             id,
             schema,

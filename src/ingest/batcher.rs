@@ -78,6 +78,7 @@ pub struct Batch {
     bytes: u64,
     charged: usize,
     unknown_fields: BTreeMap<String, u64>,
+    schemas: BTreeMap<u32, String>,
     /// Notes of records lost before a partition's next records, kept until
     /// a commit covering the partition carries them.
     trimmed: BTreeMap<Arc<PartitionId>, BTreeSet<String>>,
@@ -106,8 +107,18 @@ impl Batch {
         span.received += 1;
     }
 
-    /// Notes the registry schema id of a record of `partition`, taken or refused.
-    pub fn add_schema_id(&mut self, partition: &Arc<PartitionId>, id: u32, refused: bool) {
+    /// Notes the registry schema id of a record of `partition`, taken or
+    /// refused, and where the registry holds it (`label`).
+    pub fn add_schema_id(
+        &mut self,
+        partition: &Arc<PartitionId>,
+        id: u32,
+        label: Option<String>,
+        refused: bool,
+    ) {
+        if let Some(label) = label {
+            self.schemas.entry(id).or_insert(label);
+        }
         if let Some(span) = self.spans.get_mut(partition) {
             match refused {
                 false => span.schema_ids.insert(id),
@@ -123,7 +134,12 @@ impl Batch {
         }
     }
 
-    /// Fields the batch's records held that the table did not have.
+    /// Where the registry holds the schema ids of the batch's records.
+    pub fn schemas(&self) -> BTreeMap<u32, String> {
+        self.schemas.clone()
+    }
+
+    /// Counts of fields the table does not have, per name.
     pub fn unknown_fields(&self) -> BTreeMap<String, u64> {
         self.unknown_fields.clone()
     }

@@ -410,14 +410,16 @@ impl Pipeline {
         }
         for &index in &decoded.kept {
             if let Some(id) = self.decoder.schema_id(&records[index]) {
+                let label = self.decoder.schema_label(id);
                 self.batch
-                    .add_schema_id(&records[index].partition, id, false);
+                    .add_schema_id(&records[index].partition, id, label, false);
             }
         }
         for (index, _) in &decoded.rejected {
             if let Some(id) = self.decoder.schema_id(&records[*index]) {
+                let label = self.decoder.schema_label(id);
                 self.batch
-                    .add_schema_id(&records[*index].partition, id, true);
+                    .add_schema_id(&records[*index].partition, id, label, true);
             }
         }
         for (index, reason) in decoded.rejected {
@@ -523,6 +525,7 @@ impl Pipeline {
             worker: self.parts.worker.clone(),
             partitions,
             unknown_fields: self.batch.unknown_fields(),
+            schemas: self.batch.schemas(),
         };
         let updates = self.batch.position_updates();
         self.epoch += 1;
@@ -717,6 +720,7 @@ impl Pipeline {
                 worker: self.parts.worker.clone(),
                 partitions: ranges,
                 unknown_fields: Default::default(),
+                schemas: Default::default(),
             };
             match commit_with_positions(
                 &mut self.parts.dead_table,

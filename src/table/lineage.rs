@@ -31,6 +31,10 @@ pub struct CommitLineage {
     /// how many records held each (JSON; added or not, per `evolve`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub unknown_fields: std::collections::BTreeMap<String, u64>,
+    /// Where the registry holds the schema ids of the commit's records
+    /// (`subject vN`, by id), as far as the registry said.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub schemas: std::collections::BTreeMap<u32, String>,
 }
 
 /// The span of one source partition covered by a commit.

@@ -375,6 +375,7 @@ async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters(
     ] {
         assert!(all.contains(reason), "{reason} in {all}");
     }
+    assert_status_names_schemas(&table, "rides-avro-value").await;
     register_for_spark_with(
         &table,
         "avro_rides",

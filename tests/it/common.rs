@@ -473,3 +473,25 @@ pub fn test_log() {
             .try_init();
     }
 }
+
+/// `sluice status` of `table` names its schemas by registry subject and
+/// version: v1 and v2 of `subject` taken, v3 refused.
+pub async fn assert_status_names_schemas(table: &Path, subject: &str) {
+    let url = url::Url::from_directory_path(table).unwrap();
+    let status = sluice::status::table_status(&url, &Default::default(), 1 << 20)
+        .await
+        .unwrap();
+    let text = sluice::cli::status::render(&status);
+    for (version, line) in [
+        ("v1", "schemas"),
+        ("v2", "schemas"),
+        ("v3", "refused schemas"),
+    ] {
+        let wanted = format!("{subject} {version} (id ");
+        assert!(
+            text.lines()
+                .any(|l| l.trim_start().starts_with(line) && l.contains(&wanted)),
+            "{wanted} under {line} in\n{text}"
+        );
+    }
+}

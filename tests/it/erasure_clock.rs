@@ -271,6 +271,7 @@ async fn a_straggler_from_a_worker_with_a_slow_clock_is_still_erased() {
         worker: "skewed".into(),
         partitions: vec![],
         unknown_fields: Default::default(),
+        schemas: Default::default(),
     };
     commit_with_positions(
         &mut table,

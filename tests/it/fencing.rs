@@ -15,6 +15,7 @@ fn lineage() -> CommitLineage {
         worker: "test".into(),
         partitions: vec![],
         unknown_fields: Default::default(),
+        schemas: Default::default(),
     }
 }
 
@@ -181,6 +182,7 @@ async fn a_failed_seek_after_a_fenced_batch_is_retried_not_skipped() {
             trimmed: Vec::new(),
         }],
         unknown_fields: Default::default(),
+        schemas: Default::default(),
     };
     commit_with_positions(
         &mut other,

@@ -222,6 +222,7 @@ async fn registry_framed_protobuf_follows_its_schema_versions() {
     ] {
         assert!(reasons.contains(reason), "{reason} in {reasons}");
     }
+    assert_status_names_schemas(&table, &format!("{TOPIC}-value")).await;
     register_for_spark_with(
         &table,
         "protobuf_registry_rides",
