@@ -103,6 +103,7 @@ pub async fn build(
         &schema(),
         &[],
         &crate::table::default_properties(Some("user_id")),
+        None,
     )
     .await?;
     let per_file = (rows / files.max(1)).max(1) as usize;

@@ -48,6 +48,16 @@ pub struct TableConfig {
     /// they override sluice's defaults and do not change existing tables.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+    /// What the table holds, for the people who read it (the Delta
+    /// `metaData.description`; at most 4,000 characters).
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Who to ask about it (the `sluice.owner` table property).
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// Free tags (the `sluice.tags` table property).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// One declared column.

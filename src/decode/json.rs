@@ -362,6 +362,9 @@ mod tests {
             zorder_by: vec![],
             dead_letter_uri: None,
             properties: Default::default(),
+            description: None,
+            owner: None,
+            tags: Vec::new(),
             evolve: Default::default(),
         };
         let decoder = JsonDecoder::new(&table).unwrap();

@@ -104,8 +104,8 @@ pub async fn decoder_for(
     table: &TableConfig,
     source: &SourceConfig,
     stop: &tokio_util::sync::CancellationToken,
-) -> Result<Decoder, DecoderError> {
-    let decoder = build_decoder(table, source, stop).await?;
+) -> Result<(Decoder, String), DecoderError> {
+    let (decoder, schema_source) = build_decoder(table, source, stop).await?;
     crate::table::names::check(decoder.table_schema().fields()).map_err(|reason| {
         DecoderError::Schema {
             table: table.name.clone(),
@@ -113,14 +113,15 @@ pub async fn decoder_for(
             reason,
         }
     })?;
-    Ok(decoder)
+    Ok((decoder, schema_source))
 }
 
+/// The decoder, and what typed the table (`sluice.schema`).
 async fn build_decoder(
     table: &TableConfig,
     source: &SourceConfig,
     stop: &tokio_util::sync::CancellationToken,
-) -> Result<Decoder, DecoderError> {
+) -> Result<(Decoder, String), DecoderError> {
     let spec = source.format_spec();
     let problem = |reason: String| DecoderError::Schema {
         table: table.name.clone(),
@@ -129,11 +130,17 @@ async fn build_decoder(
     };
     let decoder = match spec.format {
         Format::Json if table.evolve == crate::config::Evolve::AddColumns => {
-            return Ok(Decoder::JsonEvolving(json_evolve::EvolvingJson::new(
-                table,
-            )?))
+            return Ok((
+                Decoder::JsonEvolving(json_evolve::EvolvingJson::new(table)?),
+                "columns declared in the config, fields added from records".into(),
+            ))
         }
-        Format::Json => return Ok(Decoder::Json(JsonDecoder::new(table)?)),
+        Format::Json => {
+            return Ok((
+                Decoder::Json(JsonDecoder::new(table)?),
+                "columns declared in the config".into(),
+            ))
+        }
         Format::Protobuf if spec.registry.is_some() => {
             let registry_config = spec.registry.expect("checked");
             let registry =
@@ -167,7 +174,12 @@ async fn build_decoder(
             check_columns(table, &decoder.table_schema()).map_err(typed_by)?;
             tracing::info!(table = %table.name, %subject, schema_id = ?latest.id, version = ?latest.version,
                 message = decoder.message(), "table typed from the registry");
-            return Ok(Decoder::Protobuf(Box::new(decoder)));
+            let source = format!(
+                "protobuf registry subject {subject} v{}, message {}",
+                latest.version.map(|v| v.to_string()).unwrap_or("?".into()),
+                decoder.message()
+            );
+            return Ok((Decoder::Protobuf(Box::new(decoder)), source));
         }
         Format::Protobuf => {
             let message = protobuf_message(&spec).map_err(problem)?;
@@ -175,7 +187,12 @@ async fn build_decoder(
                 protobuf_decoder::ProtobufDecoder::new(table, &message).map_err(problem)?;
             check_columns(table, &decoder.table_schema()).map_err(problem)?;
             tracing::info!(table = %table.name, message = decoder.message(), "table typed from the descriptor set");
-            return Ok(Decoder::Protobuf(Box::new(decoder)));
+            let source = format!(
+                "protobuf descriptor set {}, message {}",
+                spec.descriptor_set.unwrap_or("?"),
+                decoder.message()
+            );
+            return Ok((Decoder::Protobuf(Box::new(decoder)), source));
         }
         Format::Avro => match (spec.registry, spec.schema_file) {
             (Some(registry_config), _) => {
@@ -195,25 +212,38 @@ async fn build_decoder(
                 })?;
                 tracing::info!(table = %table.name, %subject, schema_id = latest.id, version = ?latest.version,
                     "table typed from the registry");
-                avro::AvroDecoder::registry(table, schema, registry).map_err(problem)?
+                let source = format!(
+                    "avro registry subject {subject} v{}",
+                    latest.version.map(|v| v.to_string()).unwrap_or("?".into())
+                );
+                (
+                    avro::AvroDecoder::registry(table, schema, registry).map_err(problem)?,
+                    source,
+                )
             }
             (None, Some(file)) => {
                 let text = avro::read_schema_file(file).map_err(problem)?;
                 let schema = avro::TableSchema::from_avro(&text).map_err(problem)?;
-                avro::AvroDecoder::plain(table, schema).map_err(problem)?
+                (
+                    avro::AvroDecoder::plain(table, schema).map_err(problem)?,
+                    format!("avro schema file {file}"),
+                )
             }
             (None, None) => match source {
                 SourceConfig::File(files) => {
                     let text = container_schema(files).map_err(problem)?;
                     let schema = avro::TableSchema::from_avro(&text).map_err(problem)?;
-                    avro::AvroDecoder::plain(table, schema).map_err(problem)?
+                    (
+                        avro::AvroDecoder::plain(table, schema).map_err(problem)?,
+                        "avro container files' own schema".to_string(),
+                    )
                 }
                 _ => return Err(problem("no registry and no schema_file".into())),
             },
         },
     };
-    check_columns(table, &decoder.table_schema()).map_err(problem)?;
-    Ok(Decoder::Avro(Box::new(decoder)))
+    check_columns(table, &decoder.0.table_schema()).map_err(problem)?;
+    Ok((Decoder::Avro(Box::new(decoder.0)), decoder.1))
 }
 
 /// The Protobuf message type of a source: its `message`, or the one its

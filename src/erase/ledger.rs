@@ -411,7 +411,12 @@ impl Ledger {
             "sluice_erasure_ledger",
             &schema(),
             &[],
-            &table::default_properties(None),
+            &[
+                table::default_properties(None),
+                vec![(table::about::KIND.to_string(), "erasure_ledger".to_string())],
+            ]
+            .concat(),
+            Some("sluice's erasure ledger: requests to erase a subject's rows, and their progress"),
         )
         .await?;
         Ok(Self {

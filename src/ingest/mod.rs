@@ -129,13 +129,13 @@ pub async fn run_with_budget(
         let mut per_source = Vec::new();
         for source in config.sources_for(table_config) {
             match decode::decoder_for(table_config, source, &shutdown).await {
-                Ok(decoder) => per_source.push(decoder),
+                Ok(typed) => per_source.push(typed),
                 Err(DecoderError::Stopped) => return Ok(()),
                 Err(error) => return Err(error.into()),
             }
         }
-        let schema = per_source[0].table_schema();
-        if let Some(other) = per_source.iter().find(|d| d.table_schema() != schema) {
+        let schema = per_source[0].0.table_schema();
+        if let Some((other, _)) = per_source.iter().find(|(d, _)| d.table_schema() != schema) {
             return Err(DecoderError::Schema {
                 table: table_config.name.clone(),
                 source_name: table_config.source.join(", "),
@@ -183,12 +183,13 @@ pub async fn run_with_budget(
     {
         // One pipeline per source; pipelines of one table commit side by
         // side like workers of a fleet, each fencing its own positions.
-        for (source, decoder) in config.sources_for(table_config).zip(per_source) {
+        for (source, (decoder, schema_source)) in config.sources_for(table_config).zip(per_source) {
+            let about = table::about::About::of(config, table_config, &schema_source);
             let (pipeline, events) = start_table(
                 config,
                 table_config,
                 source,
-                decoder,
+                (decoder, about),
                 &WorkerParts {
                     id: &worker,
                     budget: &budget,
@@ -260,7 +261,7 @@ async fn start_table(
     config: &Config,
     table_config: &TableConfig,
     source: &SourceConfig,
-    decoder: Decoder,
+    (decoder, about): (Decoder, table::about::About),
     parts: &WorkerParts<'_>,
     suppressor: Arc<Suppressor>,
 ) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
@@ -273,9 +274,15 @@ async fn start_table(
         &table_config.name,
         &schema,
         &table_config.partition_by,
-        &table::table_properties(Some(&table_config.key), &table_config.properties),
+        &[
+            table::table_properties(Some(&table_config.key), &table_config.properties),
+            about.pairs(),
+        ]
+        .concat(),
+        about.description.as_deref(),
     )
     .await?;
+    let table = about.refresh(table, &table_config.name).await;
     if let Decoder::JsonEvolving(evolving) = &decoder {
         if let Ok(snapshot) = table.snapshot() {
             let adopted = evolving.adopt(&snapshot.snapshot().arrow_schema());

@@ -67,7 +67,17 @@ pub async fn open(
         &format!("{table_name}_dead_letters"),
         &schema(),
         &[],
-        &super::table_properties(None, properties),
+        &[
+            super::table_properties(None, properties),
+            vec![
+                (super::about::KIND.to_string(), "dead_letters".to_string()),
+                (super::about::FOR_TABLE.to_string(), table_name.to_string()),
+            ],
+        ]
+        .concat(),
+        Some(&format!(
+            "Records of table `{table_name}` that could not be decoded, with the reason and their source coordinates"
+        )),
     )
     .await
 }

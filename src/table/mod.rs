@@ -5,6 +5,7 @@
 //! sluice makes carries a Delta `txn` action per source partition it covers,
 //! whose `version` is the last position (Kafka offset, file line) included.
 
+pub mod about;
 pub mod commit;
 pub mod dead_letter;
 pub mod lineage;
@@ -264,6 +265,7 @@ pub async fn open_or_create(
     schema: &ArrowSchema,
     partition_by: &[String],
     properties: &[(String, String)],
+    description: Option<&str>,
 ) -> Result<DeltaTable, TableError> {
     match open(url, storage_options).await {
         Ok(table) => {
@@ -281,8 +283,11 @@ pub async fn open_or_create(
         .with_storage_options(options(storage_options))
         .build()
         .map_err(|e| TableError::delta(url, e))?;
-    let created = table
-        .create()
+    let mut create = table.create();
+    if let Some(description) = description {
+        create = create.with_comment(description);
+    }
+    let created = create
         .with_table_name(name)
         .with_columns(kernel_schema.fields().cloned())
         .with_partition_columns(partition_by.to_vec())

@@ -360,6 +360,10 @@ async fn registry_framed_avro_types_the_table_and_bad_messages_are_dead_letters(
     // Field docs are column comments in the Delta schema.
     let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
     assert!(log.contains("Unique id of the event"), "{log}");
+    assert!(
+        log.contains(r#""sluice.schema":"avro registry subject rides-avro-value v1""#),
+        "what typed the table is a table property: {log}"
+    );
 
     let dead = strings(
         &kernel_read(&lake.table("rides_dead_letters")).await,

@@ -37,7 +37,7 @@ async fn open_at(
     options: &std::collections::BTreeMap<String, String>,
 ) -> deltalake::DeltaTable {
     let schema = Schema::new(vec![Field::new("id", DataType::Utf8, true)]);
-    open_or_create(url, options, "fenced", &schema, &[], &[])
+    open_or_create(url, options, "fenced", &schema, &[], &[], None)
         .await
         .unwrap()
 }

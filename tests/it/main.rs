@@ -1,5 +1,6 @@
 //! Integration tests, one module per capability.
 
+mod about;
 mod avro;
 mod azure;
 mod check;
