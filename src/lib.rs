@@ -22,6 +22,7 @@
 
 #![warn(missing_docs)]
 
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;

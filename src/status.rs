@@ -81,6 +81,35 @@ pub async fn table_status(
     small_file_bytes: u64,
 ) -> Result<TableStatus, TableError> {
     let table = open(url, storage_options).await?;
+    let history = history(url, &table).await?;
+    status_of(url, &table, &history, small_file_bytes).await
+}
+
+/// The table's retained commits, oldest first.
+pub async fn history(
+    url: &Url,
+    table: &deltalake::DeltaTable,
+) -> Result<Vec<deltalake::kernel::CommitInfo>, TableError> {
+    let mut history: Vec<_> =
+        table
+            .history(None)
+            .try_collect()
+            .await
+            .map_err(|source| TableError::Delta {
+                url: url.to_string(),
+                source: Box::new(source),
+            })?;
+    history.reverse();
+    Ok(history)
+}
+
+/// The status of an open `table` with its `history` (oldest first).
+pub async fn status_of(
+    url: &Url,
+    table: &deltalake::DeltaTable,
+    history: &[deltalake::kernel::CommitInfo],
+    small_file_bytes: u64,
+) -> Result<TableStatus, TableError> {
     let delta = |source| TableError::Delta {
         url: url.to_string(),
         source: Box::new(source),
@@ -96,8 +125,6 @@ pub async fn table_status(
             small += 1;
         }
     }
-    let mut history: Vec<_> = table.history(None).try_collect().await.map_err(delta)?;
-    history.reverse(); // oldest first
     let last_commit_time = history
         .last()
         .and_then(|c| c.timestamp)
@@ -109,7 +136,7 @@ pub async fn table_status(
     let mut ordered: Vec<CommitLineage> = Vec::new();
     let mut unknown_fields: BTreeMap<String, u64> = BTreeMap::new();
     let mut schemas: BTreeMap<u32, String> = BTreeMap::new();
-    for commit in &history {
+    for commit in history {
         if let Some(value) = commit.info.get(COMMIT_INFO_KEY) {
             if let Ok(lineage) = serde_json::from_value::<CommitLineage>(value.clone()) {
                 ordered.push(lineage);
@@ -155,7 +182,7 @@ pub async fn table_status(
         }
     }
     let app_ids: Vec<String> = by_partition.keys().cloned().collect();
-    let positions = recorded_positions(&table, &app_ids).await.map_err(delta)?;
+    let positions = recorded_positions(table, &app_ids).await.map_err(delta)?;
     for (app_id, status) in by_partition.iter_mut() {
         status.position = positions.get(app_id).copied();
         if status.position != last_seen.get(app_id).copied() {

@@ -2,6 +2,7 @@
 
 pub mod bench;
 mod bench_table;
+pub mod catalog;
 pub mod check;
 pub mod checkpoint;
 pub mod compact;
@@ -63,6 +64,8 @@ pub enum Command {
     Demo(demo::DemoArgs),
     /// Show a table's version, files, and recorded source positions.
     Status(status::StatusArgs),
+    /// Every table of the lake: what it is, where it comes from, how fresh and complete.
+    Catalog(catalog::CatalogArgs),
     /// Bin-pack small files into files near a target size (dataChange=false).
     Compact(compact::CompactArgs),
     /// Cluster rows by columns so point lookups skip files (incremental, bounded memory).
@@ -131,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(args) => serve::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Status(args) => status::run(args).await,
+        Command::Catalog(args) => catalog::run(args).await,
         Command::Compact(args) => compact::run(args).await,
         Command::Zorder(args) => zorder::run(args).await,
         Command::Checkpoint(args) => checkpoint::run(args).await,

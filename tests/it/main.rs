@@ -3,6 +3,7 @@
 mod about;
 mod avro;
 mod azure;
+mod catalog;
 mod check;
 mod common;
 mod config_errors;
