@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use deltalake::DeltaTableBuilder;
 use object_store::path::Path as StorePath;
 use object_store::ObjectStoreExt as _;
 use serde_json::Value;
@@ -73,6 +72,7 @@ pub async fn read(
         read_at: time_of(now_ms).unwrap_or_default(),
         tables,
         unreadable,
+        refused_topics: super::refused::list(root, options).await,
     })
 }
 
@@ -94,12 +94,7 @@ async fn list_tables(
         url: root_url.to_string(),
         source: Box::new(source),
     };
-    let store = DeltaTableBuilder::from_url(root_url.clone())
-        .map_err(failed)?
-        .with_storage_options(options.clone().into_iter().collect())
-        .build_storage()
-        .map_err(failed)?
-        .object_store(None);
+    let store = table::lake_store(root, options)?;
     let listing = store
         .list_with_delimiter(None)
         .await

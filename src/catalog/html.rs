@@ -75,6 +75,22 @@ pub fn render(catalog: &Catalog) -> String {
             escape(&bad.reason)
         ));
     }
+    if !catalog.refused_topics.is_empty() {
+        out.push_str(
+            "<h2>Refused topics</h2><table id=\"refused\"><thead><tr><th>topic</th><th>source</th>\
+<th>since</th><th>reason</th></tr></thead><tbody>\n",
+        );
+        for r in &catalog.refused_topics {
+            out.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"bad\">{}</td></tr>\n",
+                escape(&r.topic),
+                escape(&r.source),
+                escape(&r.at),
+                escape(&r.reason)
+            ));
+        }
+        out.push_str("</tbody></table>\n");
+    }
     for t in &catalog.tables {
         out.push_str(&section(t));
     }

@@ -24,6 +24,7 @@
 
 pub mod gather;
 pub mod html;
+pub mod refused;
 pub mod text;
 
 use serde::Serialize;
@@ -41,6 +42,8 @@ pub struct Catalog {
     pub tables: Vec<TableEntry>,
     /// Tables that could not be read, with the reason.
     pub unreadable: Vec<Unreadable>,
+    /// Topics pattern sources found but made no table for, with the reason.
+    pub refused_topics: Vec<refused::RefusedTopic>,
 }
 
 /// A table that could not be read.

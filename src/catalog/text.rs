@@ -21,6 +21,12 @@ pub fn render(catalog: &Catalog) -> String {
             bad.name, bad.url, bad.reason
         ));
     }
+    for refused in &catalog.refused_topics {
+        out.push_str(&format!(
+            "\ntopic {} (source {})  REFUSED since {}: {}\n",
+            refused.topic, refused.source, refused.at, refused.reason
+        ));
+    }
     out
 }
 

@@ -68,3 +68,6 @@ pub const DRAIN_DELAY: Duration = Duration::from_secs(2);
 /// Kinesis shard lease duration: a crashed worker's shards move to the
 /// others after at most twice this.
 pub const SHARD_LEASE_TTL: Duration = Duration::from_secs(10);
+
+/// How often a pattern source (`topic_pattern`) looks for new topics.
+pub const PATTERN_METADATA_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);

@@ -36,6 +36,7 @@ pub mod defaults;
 mod env;
 pub mod format;
 mod table;
+pub mod template;
 pub mod units;
 mod validate;
 mod validate_format;
@@ -49,6 +50,7 @@ pub use format::{Format, FormatSpec, RegistryConfig};
 pub use table::{
     ColumnConfig, DerivedColumn, EpochUnit, Evolve, MetadataColumn, TableConfig, Transform,
 };
+pub use template::TableTemplate;
 pub use units::{ByteSize, Span};
 
 /// Errors from reading, parsing or validating a config.
@@ -105,6 +107,9 @@ pub struct Config {
     /// Destination tables, each fed by one or more sources.
     #[serde(default)]
     pub tables: Vec<TableConfig>,
+    /// Tables made for the topics pattern sources find.
+    #[serde(default)]
+    pub table_templates: Vec<TableTemplate>,
     /// The background maintenance loop.
     #[serde(default)]
     pub maintenance: MaintenanceConfig,
@@ -267,6 +272,8 @@ impl Default for BatchingConfig {
 /// An event source.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
+// A config holds a handful of sources, read once: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum SourceConfig {
     /// Kafka topics read by a consumer group.
     Kafka(KafkaSourceConfig),
@@ -341,7 +348,17 @@ pub struct KafkaSourceConfig {
     /// `bootstrap.servers`.
     pub brokers: String,
     /// Topics to subscribe to.
+    #[serde(default)]
     pub topics: Vec<String>,
+    /// Instead of `topics`: a regex every topic of the source matches
+    /// (`^prod\..+`), topics created later included; each topic's table
+    /// comes from the first matching `[[table_templates]]` entry.
+    #[serde(default)]
+    pub topic_pattern: Option<String>,
+    /// How often the topic list is refreshed (`topic.metadata.refresh.interval.ms`;
+    /// default 30s with `topic_pattern`, librdkafka's 5 minutes otherwise).
+    #[serde(default)]
+    pub metadata_refresh: Option<Span>,
     /// Consumer group shared by every worker.
     pub group_id: String,
     /// Start of partitions the table has no position for.

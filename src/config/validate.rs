@@ -115,8 +115,11 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
     if config.sources.is_empty() {
         add("sources".into(), "at least one source is required".into());
     }
-    if config.tables.is_empty() {
-        add("tables".into(), "at least one table is required".into());
+    if config.tables.is_empty() && config.table_templates.is_empty() {
+        add(
+            "tables".into(),
+            "at least one table (or table template) is required".into(),
+        );
     }
 
     let mut source_names = HashSet::new();
@@ -138,11 +141,30 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                         "must list at least one broker".into(),
                     );
                 }
-                if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
-                    add(
-                        format!("{key}.topics"),
-                        "must list non-empty topic names".into(),
-                    );
+                match (&k.topic_pattern, k.topics.is_empty()) {
+                    (Some(_), false) => add(
+                        format!("{key}.topic_pattern"),
+                        "give either `topics` or `topic_pattern`, not both".into(),
+                    ),
+                    (Some(pattern), true) => {
+                        if let Err(e) = regex::Regex::new(pattern) {
+                            add(format!("{key}.topic_pattern"), format!("not a regex: {e}"));
+                        }
+                        if !config.table_templates.iter().any(|t| t.source == k.name) {
+                            add(
+                                format!("{key}.topic_pattern"),
+                                format!("no `[[table_templates]]` entry takes the topics of source `{}`", k.name),
+                            );
+                        }
+                    }
+                    (None, _) => {
+                        if k.topics.is_empty() || k.topics.iter().any(|t| t.trim().is_empty()) {
+                            add(
+                                format!("{key}.topics"),
+                                "must list non-empty topic names (or give `topic_pattern`)".into(),
+                            );
+                        }
+                    }
                 }
                 if k.group_id.trim().is_empty() {
                     add(format!("{key}.group_id"), "must not be empty".into());
@@ -239,8 +261,16 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             } else {
                 format!("{key}.source[{j}]")
             };
+            let pattern_source = config.sources.iter().any(|s| {
+                matches!(s, SourceConfig::Kafka(k) if &k.name == name && k.topic_pattern.is_some())
+            });
             if !source_names.contains(name.as_str()) {
                 add(at, format!("unknown source `{name}`"));
+            } else if pattern_source {
+                add(
+                    at,
+                    format!("source `{name}` subscribes by `topic_pattern`: its tables come from `[[table_templates]]`"),
+                );
             } else if let Some(other) = feeds.insert(name.as_str(), table.name.as_str()) {
                 add(at, format!("source `{name}` already feeds table `{other}`"));
             }
@@ -269,8 +299,27 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
             add(format!("{key}.{}", problem.key), problem.reason);
         }
     }
+    for (i, template) in config.table_templates.iter().enumerate() {
+        let key = format!("table_templates[{i}]");
+        let pattern_source = config.sources.iter().any(|s| {
+            matches!(s, SourceConfig::Kafka(k) if k.name == template.source && k.topic_pattern.is_some())
+        });
+        if !pattern_source {
+            add(
+                format!("{key}.source"),
+                format!(
+                    "`{}` is not a Kafka source with `topic_pattern`",
+                    template.source
+                ),
+            );
+        }
+        for (field, reason) in template.problems() {
+            add(format!("{key}.{field}"), reason);
+        }
+    }
     for name in &source_names {
-        if !feeds.contains_key(name) {
+        let templated = config.table_templates.iter().any(|t| t.source == *name);
+        if !feeds.contains_key(name) && !templated {
             add("sources".into(), format!("source `{name}` feeds no table"));
         }
     }

@@ -43,6 +43,14 @@ pub(super) fn check_kafka_format(
                 );
             }
         }
+        // A pattern source's topics are resolved as they appear.
+        (Format::Protobuf, None, None) if k.topic_pattern.is_some() => {
+            if let Err(reason) = crate::decode::protobuf::read_descriptor_set(
+                k.descriptor_set.as_deref().unwrap_or_default(),
+            ) {
+                add(format!("{key}.descriptor_set"), reason);
+            }
+        }
         (Format::Protobuf, None, None) => match crate::decode::protobuf_message(spec) {
             Ok(message) => {
                 if let Err(reason) = crate::decode::protobuf::check_message(&message) {
@@ -93,7 +101,8 @@ fn check_registry(registry: &RegistryConfig, key: &str, add: &mut impl FnMut(Str
 }
 
 fn check_subject(k: &KafkaSourceConfig, key: &str, add: &mut impl FnMut(String, String)) {
-    if k.subject.is_none() && k.topics.len() != 1 {
+    // A pattern source's topics each take their own `<topic>-value`.
+    if k.subject.is_none() && k.topics.len() != 1 && k.topic_pattern.is_none() {
         add(
             format!("{key}.subject"),
             "name the subject whose schema types the table (several topics: no default `<topic>-value`)".into(),

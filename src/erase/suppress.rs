@@ -246,11 +246,15 @@ pub async fn first_refresh(
     }
 }
 
+/// The suppressors of a worker's tables; tables made from templates join
+/// it as they appear.
+pub type SuppressorSet = Arc<std::sync::Mutex<Vec<Arc<Suppressor>>>>;
+
 /// Refreshes `suppressors` every `every` until `stop`.
 pub fn spawn_refresher(
     lake_root: String,
     storage_options: BTreeMap<String, String>,
-    suppressors: Vec<Arc<Suppressor>>,
+    suppressors: SuppressorSet,
     every: Duration,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
@@ -261,9 +265,8 @@ pub fn spawn_refresher(
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            if let Err(error) =
-                refresh(&lake_root, &storage_options, &mut ledger, &suppressors).await
-            {
+            let current = suppressors.lock().expect("suppressors lock").clone();
+            if let Err(error) = refresh(&lake_root, &storage_options, &mut ledger, &current).await {
                 crate::telemetry::metrics::ledger_read_failed();
                 tracing::warn!(%error, "could not refresh erasure keys; keeping the previous ones");
                 // Open it afresh next time (it may have been replaced or repaired).

@@ -14,6 +14,7 @@
 pub mod batcher;
 pub mod budget;
 pub mod pipeline;
+pub mod router;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -164,10 +165,12 @@ pub async fn run_with_budget(
     {
         return Ok(());
     }
+    let suppressor_set: suppress::SuppressorSet =
+        Arc::new(std::sync::Mutex::new(suppressors.clone()));
     maintenance.push(suppress::spawn_refresher(
         config.lake.root.clone(),
         config.lake.storage_options.clone(),
-        suppressors.clone(),
+        suppressor_set.clone(),
         config.erasure.suppression_refresh.0,
         maintenance_stop.clone(),
     ));
@@ -201,7 +204,15 @@ pub async fn run_with_budget(
             .await?;
             let token = shutdown.clone();
             let name = table_config.name.clone();
-            tasks.spawn(async move { (name, pipeline.run(events, token).await) });
+            tasks.spawn(async move {
+                (
+                    name,
+                    pipeline
+                        .run(events, token)
+                        .await
+                        .map_err(IngestError::Pipeline),
+                )
+            });
         }
         if config.maintenance.enabled {
             let (url, _) = table_urls(config, table_config)?;
@@ -223,12 +234,44 @@ pub async fn run_with_budget(
             );
         }
     }
+    // Pattern sources: one consumer each, its topics' tables made by template.
+    let shared_config = Arc::new(config.clone());
+    for source in &config.sources {
+        let SourceConfig::Kafka(kafka_config) = source else {
+            continue;
+        };
+        if kafka_config.topic_pattern.is_none() {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let control = kafka::spawn(
+            kafka_config,
+            config.batching.shutdown_grace.0,
+            router::lookup(shared_config.clone(), kafka_config.name.clone()),
+            budget.clone(),
+            tx,
+            stats.clone(),
+        )?;
+        let routing = router::Router::new(router::RouterParts {
+            config: shared_config.clone(),
+            source: kafka_config.clone(),
+            worker: worker.clone(),
+            budget: budget.clone(),
+            stats: stats.clone(),
+            control,
+            suppressors: suppressor_set.clone(),
+            shutdown: shutdown.clone(),
+            maintenance_stop: maintenance_stop.clone(),
+        });
+        let name = kafka_config.name.clone();
+        tasks.spawn(async move { (name, routing.run(rx).await) });
+    }
     stats.set_started(true);
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let failure = match joined {
             Ok((_, Ok(()))) => None,
-            Ok((_, Err(e))) => Some(IngestError::Pipeline(e)),
+            Ok((_, Err(e))) => Some(e),
             Err(e) => Some(IngestError::Task("?".into(), e.to_string())),
         };
         if let Some(error) = failure {
@@ -250,21 +293,27 @@ pub async fn run_with_budget(
 }
 
 /// What every table of a worker shares.
-struct WorkerParts<'a> {
-    id: &'a str,
-    budget: &'a Arc<MemoryBudget>,
-    stats: &'a Arc<IngestStats>,
-    kinesis_clients: &'a HashMap<String, aws_sdk_kinesis::Client>,
+pub(crate) struct WorkerParts<'a> {
+    pub id: &'a str,
+    pub budget: &'a Arc<MemoryBudget>,
+    pub stats: &'a Arc<IngestStats>,
+    pub kinesis_clients: &'a HashMap<String, aws_sdk_kinesis::Client>,
 }
 
-async fn start_table(
+/// A table and its dead-letter table, opened or created, with what the
+/// table says about itself brought up to date.
+pub(crate) struct OpenTables {
+    pub data_url: url::Url,
+    pub table: deltalake::DeltaTable,
+    pub dead_table: deltalake::DeltaTable,
+}
+
+pub(crate) async fn open_tables(
     config: &Config,
     table_config: &TableConfig,
-    source: &SourceConfig,
-    (decoder, about): (Decoder, table::about::About),
-    parts: &WorkerParts<'_>,
-    suppressor: Arc<Suppressor>,
-) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
+    decoder: &Decoder,
+    about: &table::about::About,
+) -> Result<OpenTables, IngestError> {
     let (data_url, dead_url) = table_urls(config, table_config)?;
     let options = &config.lake.storage_options;
     let schema = decoder.table_schema();
@@ -283,7 +332,7 @@ async fn start_table(
     )
     .await?;
     let table = about.refresh(table, &table_config.name).await;
-    if let Decoder::JsonEvolving(evolving) = &decoder {
+    if let Decoder::JsonEvolving(evolving) = decoder {
         if let Ok(snapshot) = table.snapshot() {
             let adopted = evolving.adopt(&snapshot.snapshot().arrow_schema());
             if !adopted.is_empty() {
@@ -298,7 +347,58 @@ async fn start_table(
         &table_config.properties,
     )
     .await?;
-    let lookup = table::position_lookup(data_url.clone(), options.clone());
+    Ok(OpenTables {
+        data_url,
+        table,
+        dead_table,
+    })
+}
+
+/// The pipeline of `table_config` fed by `source_name` through `control`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pipeline_for(
+    config: &Config,
+    table_config: &TableConfig,
+    source_name: &str,
+    decoder: Decoder,
+    tables: OpenTables,
+    parts: &WorkerParts<'_>,
+    suppressor: Arc<Suppressor>,
+    control: Arc<dyn SourceControl>,
+) -> Result<Pipeline, IngestError> {
+    Ok(Pipeline::new(PipelineParts {
+        name: table_config.name.clone(),
+        // Pipelines of one table commit side by side: each is its own
+        // streaming query (`queryId`) with its own epochs.
+        worker: if table_config.source.len() > 1 {
+            format!("{}/{}", parts.id, source_name)
+        } else {
+            parts.id.to_string()
+        },
+        key: table_config.key.clone(),
+        batching: config.batching.clone(),
+        decoder,
+        table: tables.table,
+        dead_table: tables.dead_table,
+        budget: parts.budget.clone(),
+        control,
+        stats: parts.stats.clone(),
+        suppressor,
+        storage_options: config.lake.storage_options.clone(),
+    })?)
+}
+
+async fn start_table(
+    config: &Config,
+    table_config: &TableConfig,
+    source: &SourceConfig,
+    (decoder, about): (Decoder, table::about::About),
+    parts: &WorkerParts<'_>,
+    suppressor: Arc<Suppressor>,
+) -> Result<(Pipeline, mpsc::Receiver<SourceEvent>), IngestError> {
+    let tables = open_tables(config, table_config, &decoder, &about).await?;
+    let options = &config.lake.storage_options;
+    let lookup = table::position_lookup(tables.data_url.clone(), options.clone());
     let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
     let control: Arc<dyn SourceControl> = match source {
         SourceConfig::Kafka(kafka_config) => kafka::spawn(
@@ -320,7 +420,7 @@ async fn start_table(
                 .get(&kinesis_config.name)
                 .expect("connected before the tables were opened")
                 .clone(),
-            store: table.object_store(),
+            store: tables.table.object_store(),
             worker: parts.id.to_string(),
             grace: config.batching.shutdown_grace.0,
             lookup,
@@ -329,25 +429,15 @@ async fn start_table(
             stats: parts.stats.clone(),
         }),
     };
-    let pipeline = Pipeline::new(PipelineParts {
-        name: table_config.name.clone(),
-        // Pipelines of one table commit side by side: each is its own
-        // streaming query (`queryId`) with its own epochs.
-        worker: if table_config.source.len() > 1 {
-            format!("{}/{}", parts.id, source.name())
-        } else {
-            parts.id.to_string()
-        },
-        key: table_config.key.clone(),
-        batching: config.batching.clone(),
+    let pipeline = pipeline_for(
+        config,
+        table_config,
+        source.name(),
         decoder,
-        table,
-        dead_table,
-        budget: parts.budget.clone(),
-        control,
-        stats: parts.stats.clone(),
+        tables,
+        parts,
         suppressor,
-        storage_options: config.lake.storage_options.clone(),
-    })?;
+        control,
+    )?;
     Ok((pipeline, rx))
 }

@@ -285,6 +285,16 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
         StartFrom::Latest => "latest",
     };
     client.set("auto.offset.reset", reset);
+    let refresh = config.metadata_refresh.map(|s| s.0).or(config
+        .topic_pattern
+        .is_some()
+        .then_some(crate::config::defaults::PATTERN_METADATA_REFRESH));
+    if let Some(refresh) = refresh {
+        client.set(
+            "topic.metadata.refresh.interval.ms",
+            refresh.as_millis().max(1).to_string(),
+        );
+    }
     for (key, value) in &config.properties {
         client.set(key, value);
     }
@@ -299,6 +309,15 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("enable.partition.eof", "false");
     client
+}
+
+/// librdkafka takes a subscription starting with `^` as a regex.
+pub fn subscription_pattern(pattern: &str) -> String {
+    if pattern.starts_with('^') {
+        pattern.to_string()
+    } else {
+        format!("^{pattern}")
+    }
 }
 
 /// Subscribes and starts the consumer thread; events go to `tx`.
@@ -334,7 +353,11 @@ pub fn spawn(
     let consumer: BaseConsumer<SourceContext> = client_config(config)
         .create_with_context(context)
         .map_err(client_error)?;
-    let topics: Vec<&str> = config.topics.iter().map(String::as_str).collect();
+    let pattern = config.topic_pattern.as_deref().map(subscription_pattern);
+    let topics: Vec<&str> = match &pattern {
+        Some(pattern) => vec![pattern.as_str()],
+        None => config.topics.iter().map(String::as_str).collect(),
+    };
     consumer.subscribe(&topics).map_err(client_error)?;
     std::thread::Builder::new()
         .name(format!("kafka-{}", config.name))

@@ -423,3 +423,22 @@ pub fn resolve_existing(location: &str) -> Result<Url, TableError> {
         reason: "not an absolute directory path".into(),
     })
 }
+
+/// The object store at a lake root (local directory, S3, Azure), for what
+/// sluice keeps beside the tables.
+pub fn lake_store(
+    root: &str,
+    storage_options: &BTreeMap<String, String>,
+) -> Result<Arc<dyn deltalake::ObjectStore>, TableError> {
+    let url = resolve_location(root)?;
+    let failed = |source| TableError::Delta {
+        url: url.to_string(),
+        source: Box::new(source),
+    };
+    Ok(DeltaTableBuilder::from_url(url.clone())
+        .map_err(failed)?
+        .with_storage_options(options(storage_options))
+        .build_storage()
+        .map_err(failed)?
+        .object_store(None))
+}

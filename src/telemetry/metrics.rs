@@ -31,7 +31,7 @@ pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Ato
 static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
 
 /// The rare events counted in [`EVENTS`]: (metric, label name, help).
-const EVENT_METRICS: [(&str, &str, &str); 6] = [
+const EVENT_METRICS: [(&str, &str, &str); 8] = [
     (
         "sluice_erasure_purges_held_total",
         "table",
@@ -61,6 +61,16 @@ const EVENT_METRICS: [(&str, &str, &str); 6] = [
         "sluice_bigquery_check_failures_total",
         "table",
         "Maintenance rounds that found the table failing `sluice check --for bigquery` (see the warning in the log).",
+    ),
+    (
+        "sluice_topics_refused_total",
+        "topic",
+        "Topics a pattern source found that no table template takes or whose schema cannot be resolved (their records are not ingested; see `sluice catalog`).",
+    ),
+    (
+        "sluice_tables_created_total",
+        "table",
+        "Tables a pattern source's templates made for new topics (or opened when another worker made them first).",
     ),
 ];
 
@@ -95,6 +105,16 @@ pub fn schema_refused(table: &str) {
 /// A Kafka seek of `partition` failed.
 pub fn seek_failed(partition: &str) {
     count_event(EVENT_METRICS[4].0, partition);
+}
+
+/// A pattern source refused `topic`.
+pub fn topic_refused(topic: &str) {
+    count_event(EVENT_METRICS[6].0, topic);
+}
+
+/// A template's table started taking a topic's records.
+pub fn table_started(table: &str) {
+    count_event(EVENT_METRICS[7].0, table);
 }
 
 /// A maintenance round found `table` failing `check --for bigquery`.

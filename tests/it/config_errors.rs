@@ -205,3 +205,60 @@ fn the_readme_example_config_is_valid() {
     config.validate().unwrap();
     assert_eq!(config.sources_for(&config.tables[0]).count(), 2);
 }
+
+const PATTERN: &str = r#"
+[lake]
+root = "/tmp/never-written"
+[[sources]]
+kind = "kafka"
+name = "prod"
+brokers = "127.0.0.1:9"
+group_id = "g"
+topic_pattern = '^prod\..+'
+[[table_templates]]
+source = "prod"
+topic = '^prod\.(?P<service>[^.]+)\.(?P<message>[^.]+)$'
+name = "{service}__{message}"
+key = "user_id"
+columns = [{ name = "user_id", type = "string" }]
+"#;
+
+#[test]
+fn pattern_sources_and_templates_are_checked_before_anything_runs() {
+    Config::parse(PATTERN, "pattern")
+        .unwrap()
+        .validate()
+        .unwrap();
+    let both = problems(&PATTERN.replace("group_id = \"g\"", "group_id = \"g\"\ntopics = [\"a\"]"));
+    assert!(
+        both.contains("sources[0].topic_pattern") && both.contains("not both"),
+        "{both}"
+    );
+    let bad_regex = problems(&PATTERN.replace(r"'^prod\..+'", "'^prod(('"));
+    assert!(
+        bad_regex.contains("sources[0].topic_pattern: not a regex"),
+        "{bad_regex}"
+    );
+    let no_group = problems(&PATTERN.replace("{service}__{message}", "{team}__{message}"));
+    assert!(
+        no_group.contains("table_templates[0].name")
+            && no_group.contains("`{team}` is not a group"),
+        "{no_group}"
+    );
+    let no_template =
+        problems(&PATTERN.replace("source = \"prod\"\ntopic", "source = \"other\"\ntopic"));
+    assert!(
+        no_template.contains("table_templates[0].source")
+            && no_template
+                .contains("no `[[table_templates]]` entry takes the topics of source `prod`"),
+        "{no_template}"
+    );
+    let table_on_pattern = problems(&format!(
+        "{PATTERN}[[tables]]\nname = \"t\"\nsource = \"prod\"\nkey = \"user_id\"\ncolumns = [{{ name = \"user_id\", type = \"string\" }}]\n"
+    ));
+    assert!(
+        table_on_pattern.contains("tables[0].source")
+            && table_on_pattern.contains("its tables come from `[[table_templates]]`"),
+        "{table_on_pattern}"
+    );
+}

@@ -29,4 +29,5 @@ mod serve;
 mod signals;
 mod soak;
 mod tansu;
+mod templates;
 mod zorder;

@@ -1,0 +1,200 @@
+//! Topics by pattern, tables by template, against tansu (an independent
+//! broker): two workers subscribed by `topic_pattern` make one table per
+//! convention-named topic on its first record (racing to create them), pick
+//! up a topic created while they run, and refuse a topic no template takes
+//! (noted for `sluice catalog`); every table holds its topic's records
+//! exactly once and says where they came from.
+
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::tansu::Tansu;
+
+const CONVENTION: &str =
+    r"^(?P<env>[^.]+)\.(?P<service>[^.]+)\.(?P<kind>[^.]+)\.(?P<file>[^.]+)\.(?P<message>[^.]+)$";
+
+fn config(lake: &Lake, brokers: &str) -> sluice::config::Config {
+    let text = format!(
+        r#"
+[lake]
+root = "{root}"
+[batching]
+max_latency = "300ms"
+[erasure]
+enabled = false
+[maintenance]
+enabled = false
+[[sources]]
+kind = "kafka"
+name = "prod"
+brokers = "{brokers}"
+topic_pattern = '^prod\..+'
+group_id = "templates"
+metadata_refresh = "1s"
+properties = {{ "group.instance.id" = "" }}
+[[table_templates]]
+source = "prod"
+topic = '{CONVENTION}'
+name = "{{service}}__{{message}}"
+key = "user_id"
+description = "{{message}} events of the {{service}} service"
+owner = "{{service}}-team"
+columns = [
+  {{ name = "event_id", type = "string", nullable = false }},
+  {{ name = "user_id", type = "string", nullable = false }},
+]
+"#,
+        root = lake.root()
+    );
+    parse_valid(&text)
+}
+
+fn send(tansu: &Tansu, topic: &str, count: usize) -> Vec<String> {
+    let producer = tansu.producer();
+    let ids: Vec<String> = (0..count).map(|n| format!("{topic}/{n}")).collect();
+    for (n, id) in ids.iter().enumerate() {
+        let payload = format!(r#"{{"event_id":"{id}","user_id":"u-{}"}}"#, n % 7);
+        sluice::demo::broker::send(&producer, topic, &format!("u-{n}"), payload.as_bytes())
+            .unwrap();
+    }
+    sluice::demo::broker::flush(&producer).unwrap();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn convention_topics_become_tables_by_template() {
+    let lake = Lake::new();
+    let tansu = Tansu::start();
+    let rides = "prod.rides-service.events.ride.RideEvent";
+    let invoices = "prod.billing-service.events.invoice.Invoice";
+    let stray = "prod.stray";
+    tansu.create_topic(rides, 2).await;
+    tansu.create_topic(invoices, 1).await;
+    tansu.create_topic(stray, 1).await;
+    let config = config(&lake, &tansu.bootstrap);
+    let (a, b) = (Running::start(&config), Running::start(&config));
+    let ride_ids = send(&tansu, rides, 300);
+    let invoice_ids = send(&tansu, invoices, 100);
+    send(&tansu, stray, 10);
+    let committed =
+        |a: &Running, b: &Running| a.stats.snapshot().committed + b.stats.snapshot().committed;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while committed(&a, &b) < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "first topics: {}",
+            committed(&a, &b)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A topic created while the workers run gets its table too.
+    let payments = "prod.payments-service.events.pay.Payment";
+    let created = Instant::now();
+    tansu.create_topic(payments, 1).await;
+    let payment_ids = send(&tansu, payments, 50);
+    while committed(&a, &b) < 450 {
+        assert!(
+            Instant::now() < deadline,
+            "new topic: {}",
+            committed(&a, &b)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!(
+        "a new topic's first rows were committed {:?} after it was created (metadata refresh 1s, max_latency 300ms)",
+        created.elapsed()
+    );
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(sa.committed + sb.committed, 450, "{sa:?} {sb:?}");
+
+    for (table, ids, service, message) in [
+        (
+            "rides_service__RideEvent",
+            &ride_ids,
+            "rides-service",
+            "RideEvent",
+        ),
+        (
+            "billing_service__Invoice",
+            &invoice_ids,
+            "billing-service",
+            "Invoice",
+        ),
+        (
+            "payments_service__Payment",
+            &payment_ids,
+            "payments-service",
+            "Payment",
+        ),
+    ] {
+        let path = lake.table(table);
+        assert_exactly_once(strings(&kernel_read(&path).await, "event_id"), ids);
+        let log = std::fs::read_to_string(path.join("_delta_log/00000000000000000000.json"))
+            .unwrap_or_else(|e| panic!("{table}: {e}"));
+        assert!(
+            log.contains(&format!("{message} events of the {service} service")),
+            "{table}: {log}"
+        );
+        assert!(
+            log.contains(&format!(r#""sluice.owner":"{service}-team""#)),
+            "{log}"
+        );
+    }
+    let workers: std::collections::BTreeSet<String> =
+        commits_with_operation(&lake.table("rides_service__RideEvent"), "STREAMING UPDATE")
+            .iter()
+            .flatten()
+            .filter_map(|a| {
+                a["commitInfo"]["sluice"]["worker"]
+                    .as_str()
+                    .map(str::to_string)
+            })
+            .collect();
+    println!("workers that committed to the rides table: {workers:?}");
+    let note = lake.dir.path().join("_sluice_topics/prod/prod.stray.json");
+    let note: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&note).unwrap_or_else(|e| panic!("{}: {e}", note.display())),
+    )
+    .unwrap();
+    assert!(
+        note["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no `[[table_templates]]` entry"),
+        "{note}"
+    );
+    assert!(
+        !lake.table("prod_stray").exists(),
+        "a refused topic makes no table"
+    );
+
+    // The catalog lists the tables the templates made, and the refusal.
+    let catalog =
+        sluice::catalog::gather::read(&config, 1 << 20, chrono::Utc::now().timestamp_millis())
+            .await
+            .unwrap();
+    let names: Vec<&str> = catalog.tables.iter().map(|t| t.name.as_str()).collect();
+    for table in [
+        "rides_service__RideEvent",
+        "billing_service__Invoice",
+        "payments_service__Payment",
+    ] {
+        assert!(names.contains(&table), "{table} in {names:?}");
+    }
+    let rides_entry = catalog
+        .tables
+        .iter()
+        .find(|t| t.name == "rides_service__RideEvent")
+        .unwrap();
+    assert_eq!(rides_entry.structural.sources, [format!("kafka:{rides}")]);
+    assert_eq!(rides_entry.administrative.rows, 300);
+    assert!(rides_entry.administrative.complete);
+    assert_eq!(
+        catalog.refused_topics.len(),
+        1,
+        "{:?}",
+        catalog.refused_topics
+    );
+    assert_eq!(catalog.refused_topics[0].topic, stray);
+}
