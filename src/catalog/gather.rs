@@ -27,7 +27,7 @@ pub async fn read(
 ) -> Result<Catalog, TableError> {
     let root = &config.lake.root;
     let options = &config.lake.storage_options;
-    let mut locations: BTreeMap<String, Url> = list_tables(root, options).await?;
+    let mut locations: BTreeMap<String, Url> = table::list_tables(root, options).await?;
     let mut configured: BTreeSet<String> = BTreeSet::new();
     for table_config in &config.tables {
         let data = match &table_config.uri {
@@ -74,49 +74,6 @@ pub async fn read(
         unreadable,
         refused_topics: super::refused::list(root, options).await,
     })
-}
-
-/// The directories right under `root` that hold a Delta log, by name.
-async fn list_tables(
-    root: &str,
-    options: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, Url>, TableError> {
-    let root_url = table::resolve_location(root)?;
-    if root_url.scheme() == "file" {
-        // A root that does not exist yet holds no tables.
-        if let Ok(path) = root_url.to_file_path() {
-            if !path.exists() {
-                return Ok(BTreeMap::new());
-            }
-        }
-    }
-    let failed = |source| TableError::Delta {
-        url: root_url.to_string(),
-        source: Box::new(source),
-    };
-    let store = table::lake_store(root, options)?;
-    let listing = store
-        .list_with_delimiter(None)
-        .await
-        .map_err(|e| failed(e.into()))?;
-    let mut found = BTreeMap::new();
-    for dir in listing.common_prefixes {
-        let Some(name) = dir.filename().map(str::to_string) else {
-            continue;
-        };
-        let log = StorePath::from(format!("{dir}/_delta_log"));
-        let holds_log = store
-            .list_with_delimiter(Some(&log))
-            .await
-            .is_ok_and(|l| !l.objects.is_empty());
-        if holds_log {
-            found.insert(
-                name.clone(),
-                table::resolve_location(&table::child_location(root, &name))?,
-            );
-        }
-    }
-    Ok(found)
 }
 
 /// Describes the table `name` at `url`.

@@ -60,6 +60,30 @@ pub struct TableConfig {
     pub tags: Vec<String>,
 }
 
+impl TableConfig {
+    /// A table found under the lake root rather than configured (made
+    /// from a template): its name and key, nothing declared.
+    pub fn discovered(name: &str, key: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            source: Vec::new(),
+            uri: None,
+            key: key.to_string(),
+            columns: Vec::new(),
+            partition_by: Vec::new(),
+            derived: Vec::new(),
+            metadata_columns: Vec::new(),
+            zorder_by: Vec::new(),
+            dead_letter_uri: None,
+            evolve: Evolve::None,
+            properties: Default::default(),
+            description: None,
+            owner: None,
+            tags: Vec::new(),
+        }
+    }
+}
+
 /// One declared column.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

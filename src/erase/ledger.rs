@@ -213,6 +213,9 @@ pub struct Request {
     pub tables: BTreeMap<String, TableProgress>,
     /// The latest verification: when, whether it passed, what it found.
     pub verification: Option<(i64, bool, serde_json::Value)>,
+    /// Filed for every table (`--all`): tables that appear later (made
+    /// from a template) join it.
+    pub all_tables: bool,
 }
 
 fn hash_hex<S: serde::Serializer>(
@@ -297,8 +300,12 @@ pub fn fold(events: &[LedgerEvent]) -> Vec<Request> {
                     deadline_ms: event.deadline_ms.unwrap_or(event.at_ms),
                     tables: BTreeMap::new(),
                     verification: None,
+                    all_tables: false,
                 }
             });
+            if event.detail_json()["scope"] == "all" {
+                request.all_tables = true;
+            }
             if let Some(table) = &event.table {
                 request.tables.entry(table.clone()).or_default();
             }

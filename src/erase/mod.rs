@@ -169,10 +169,31 @@ impl TableTarget {
     }
 }
 
-/// Every table of `config` and its dead-letter table, as erasure targets.
-pub fn targets(config: &Config) -> Result<Vec<TableTarget>, EraseError> {
+/// Every table of `config` and its dead-letter table, as erasure targets,
+/// and the tables templates made under the lake root (`sluice.kind =
+/// data`, keyed by their `sluice.key`) with theirs.
+pub async fn targets(config: &Config) -> Result<Vec<TableTarget>, EraseError> {
+    let mut tables = config.tables.clone();
+    for (name, url) in table::list_tables(&config.lake.root, &config.lake.storage_options).await? {
+        if tables.iter().any(|t| t.name == name) {
+            continue;
+        }
+        let Ok(found) = table::open(&url, &config.lake.storage_options).await else {
+            continue;
+        };
+        let Ok(snapshot) = found.snapshot() else {
+            continue;
+        };
+        let properties = snapshot.metadata().configuration();
+        if properties.get(table::about::KIND).map(String::as_str) != Some("data") {
+            continue;
+        }
+        if let Some(key) = properties.get(crate::maintain::KEY_PROPERTY) {
+            tables.push(TableConfig::discovered(&name, key));
+        }
+    }
     let mut all = Vec::new();
-    for t in &config.tables {
+    for t in &tables {
         let (data, dead) = crate::ingest::table_locations(config, t);
         let (url, dead_url) = (table::location_url(&data)?, table::location_url(&dead)?);
         let data_url = url.clone();
@@ -238,7 +259,7 @@ pub async fn file_requests(
             "no keys given (--key or --keys-file)".into(),
         ));
     }
-    let all = targets(config)?;
+    let all = targets(config).await?;
     if let TableChoice::Named(names) = tables {
         if names.is_empty() {
             return Err(EraseError::Invalid("--tables names no table".into()));
@@ -350,6 +371,9 @@ pub async fn file_requests(
             event.key_value = Some(recorded_value.clone());
             event.reason = Some(reason.to_string());
             event.deadline_ms = Some(deadline_ms);
+            if matches!(tables, TableChoice::All) {
+                event.detail = Some(ALL_TABLES_DETAIL.to_string());
+            }
             events.push(event);
         }
         filed.push(Filed {
@@ -361,6 +385,55 @@ pub async fn file_requests(
     }
     ledger.append(&events).await?;
     Ok(filed)
+}
+
+/// The `detail` of a `requested` event filed for every table.
+const ALL_TABLES_DETAIL: &str = r#"{"scope":"all"}"#;
+
+/// Joins a table that just appeared (made from a template) to every
+/// request filed for all tables whose key column it has, with its
+/// dead-letter table, before it takes any record: its suppressor then
+/// holds those keys back, and apply, purge and verify cover it like any
+/// table. Returns the requests joined.
+pub async fn join_new_table(
+    config: &Config,
+    table: &str,
+    schema: &arrow::datatypes::Schema,
+    now_ms: i64,
+) -> Result<Vec<String>, EraseError> {
+    let Some(mut ledger) = Ledger::open(&config.lake.root, &config.lake.storage_options).await?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut joined = Vec::new();
+    let mut events = Vec::new();
+    for request in ledger.requests().await? {
+        if !request.all_tables
+            || request.tables.contains_key(table)
+            || schema.field_with_name(&request.key_column).is_err()
+        {
+            continue;
+        }
+        let recorded_value = match &request.key_hash {
+            Some(hash) => format!("{}{}", hashing::MARKER, hex::encode(hash)),
+            None => request.key_value.clone(),
+        };
+        for name in [table.to_string(), format!("{table}.dead_letters")] {
+            let mut event = LedgerEvent::new(&request.id, EventKind::Requested, now_ms);
+            event.table = Some(name);
+            event.key_column = Some(request.key_column.clone());
+            event.key_value = Some(recorded_value.clone());
+            event.reason = Some(request.reason.clone());
+            event.deadline_ms = Some(request.deadline_ms);
+            event.detail = Some(ALL_TABLES_DETAIL.to_string());
+            events.push(event);
+        }
+        joined.push(request.id.clone());
+    }
+    if !events.is_empty() {
+        ledger.append(&events).await?;
+    }
+    Ok(joined)
 }
 
 fn sorted(names: &[String]) -> Vec<String> {
@@ -391,7 +464,7 @@ pub async fn apply_all(
     };
     let requests = ledger.requests().await?;
     forget_verified_keys(&ledger, &requests).await?;
-    for target in targets(config)? {
+    for target in targets(config).await? {
         let involved = requests.iter().any(|r| r.tables.contains_key(&target.name));
         if !involved {
             continue;
@@ -503,7 +576,7 @@ pub async fn verify_request_with_key(
         };
     }
     let request = &request;
-    let all = targets(config)?;
+    let all = targets(config).await?;
     let mut tables = Vec::new();
     for name in request.tables.keys() {
         let target = all.iter().find(|t| &t.name == name).ok_or_else(|| {

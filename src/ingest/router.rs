@@ -423,6 +423,34 @@ impl Router {
             .properties
             .insert(table::about::SOURCES.to_string(), format!("kafka:{topic}"));
         let tables = open_tables(&config, table_config, &decoder, &about).await?;
+        // Requests filed for every table cover this one from its first record.
+        let mut delay = std::time::Duration::from_millis(200);
+        loop {
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            match crate::erase::join_new_table(
+                &config,
+                &table_config.name,
+                &decoder.table_schema(),
+                now_ms,
+            )
+            .await
+            {
+                Ok(joined) => {
+                    if !joined.is_empty() {
+                        tracing::info!(table = %table_config.name, requests = joined.len(), "new table joins the erasure requests filed for every table");
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(table = %table_config.name, %error, retry_in = ?delay, "cannot read the erasure ledger; the table waits");
+                }
+            }
+            tokio::select! {
+                _ = self.parts.shutdown.cancelled() => return Ok(false),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(std::time::Duration::from_secs(10));
+        }
         let suppressor = Suppressor::new(
             &table_config.name,
             decoder.table_schema(),

@@ -442,3 +442,46 @@ pub fn lake_store(
         .map_err(failed)?
         .object_store(None))
 }
+
+/// The directories right under `root` that hold a Delta log, by name.
+pub async fn list_tables(
+    root: &str,
+    options: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Url>, TableError> {
+    let root_url = resolve_location(root)?;
+    if root_url.scheme() == "file" {
+        // A root that does not exist yet holds no tables.
+        if let Ok(path) = root_url.to_file_path() {
+            if !path.exists() {
+                return Ok(BTreeMap::new());
+            }
+        }
+    }
+    let failed = |source| TableError::Delta {
+        url: root_url.to_string(),
+        source: Box::new(source),
+    };
+    let store = lake_store(root, options)?;
+    let listing = store
+        .list_with_delimiter(None)
+        .await
+        .map_err(|e| failed(e.into()))?;
+    let mut found = BTreeMap::new();
+    for dir in listing.common_prefixes {
+        let Some(name) = dir.filename().map(str::to_string) else {
+            continue;
+        };
+        let log = object_store::path::Path::from(format!("{dir}/_delta_log"));
+        let holds_log = store
+            .list_with_delimiter(Some(&log))
+            .await
+            .is_ok_and(|l| !l.objects.is_empty());
+        if holds_log {
+            found.insert(
+                name.clone(),
+                resolve_location(&child_location(root, &name))?,
+            );
+        }
+    }
+    Ok(found)
+}

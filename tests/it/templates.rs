@@ -198,3 +198,84 @@ async fn convention_topics_become_tables_by_template() {
     );
     assert_eq!(catalog.refused_topics[0].topic, stray);
 }
+
+/// An erasure request filed for every table covers the tables templates
+/// made before it (found under the lake root) and the ones they make after
+/// it: a topic created later joins the request before its first record, so
+/// the key's records never land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_for_every_table_cover_tables_made_later() {
+    use sluice::erase::{self, keys::SubjectKey, TableChoice};
+    let lake = Lake::new();
+    let tansu = Tansu::start();
+    let rides = "prod.rides-service.events.ride.RideEvent";
+    tansu.create_topic(rides, 1).await;
+    let config = config(&lake, &tansu.bootstrap);
+    let running = Running::start(&config);
+    let ride_ids = send(&tansu, rides, 70);
+    running
+        .wait_for(Duration::from_secs(60), "rides", |s| s.committed >= 70)
+        .await;
+
+    // u-3 is erased from every table: the rides table, found under the root.
+    let now = chrono::Utc::now().timestamp_millis();
+    let filed = erase::file_requests(
+        &config,
+        &[SubjectKey::parse("user_id=u-3").unwrap()],
+        &TableChoice::All,
+        "ticket-7",
+        now,
+    )
+    .await
+    .unwrap();
+    assert!(
+        filed[0]
+            .tables
+            .contains(&"rides_service__RideEvent".to_string()),
+        "{filed:?}"
+    );
+    erase::apply_all(&config, now, None).await.unwrap();
+
+    // A topic created afterwards: its table joins the request first.
+    let payments = "prod.payments-service.events.pay.Payment";
+    tansu.create_topic(payments, 1).await;
+    let payment_ids = send(&tansu, payments, 70);
+    running
+        .wait_for(Duration::from_secs(60), "payments", |s| s.committed >= 130)
+        .await;
+    let stats = running.stop().await;
+    // Every seventh record is u-3's.
+    assert_eq!((stats.committed, stats.suppressed), (130, 10), "{stats:?}");
+
+    let users = |batches: &[arrow::array::RecordBatch]| strings(batches, "user_id");
+    let remaining_rides = users(&kernel_read(&lake.table("rides_service__RideEvent")).await);
+    assert_eq!(remaining_rides.len(), 60, "u-3's rides were deleted");
+    assert!(!remaining_rides.contains(&"u-3".to_string()));
+    let payment_rows = kernel_read(&lake.table("payments_service__Payment")).await;
+    assert_eq!(users(&payment_rows).len(), 60);
+    assert!(
+        !users(&payment_rows).contains(&"u-3".to_string()),
+        "held back at ingest"
+    );
+    let kept: Vec<String> = payment_ids
+        .iter()
+        .enumerate()
+        .filter(|(n, _)| n % 7 != 3)
+        .map(|(_, id)| id.clone())
+        .collect();
+    assert_exactly_once(strings(&payment_rows, "event_id"), &kept);
+    assert_eq!(ride_ids.len(), 70);
+
+    let requests = erase::open_ledger(&config)
+        .await
+        .unwrap()
+        .requests()
+        .await
+        .unwrap();
+    let tables: Vec<&String> = requests[0].tables.keys().collect();
+    assert!(
+        tables.contains(&&"payments_service__Payment".to_string())
+            && tables.contains(&&"payments_service__Payment.dead_letters".to_string()),
+        "the ledger learned the new table: {tables:?}"
+    );
+}
