@@ -250,6 +250,14 @@ async fn describe(
                 .then(|| ordered_bytes as f64 / all_bytes as f64),
             zorder_columns,
             key: property(crate::maintain::KEY_PROPERTY),
+            template: property(about::TEMPLATE),
+            convention: list(about::CONVENTION)
+                .into_iter()
+                .filter_map(|f| {
+                    f.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                })
+                .collect(),
             dead_letters_of,
             related: Vec::new(),
         },

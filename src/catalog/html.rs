@@ -176,6 +176,18 @@ fn section(t: &TableEntry) -> String {
         );
     }
     row(&mut out, "key", &opt(&s.key));
+    if let Some(template) = &s.template {
+        let fields: Vec<String> = s
+            .convention
+            .iter()
+            .map(|(k, v)| format!("{}={}", escape(k), escape(v)))
+            .collect();
+        row(
+            &mut out,
+            "template",
+            &format!("<code>{}</code> ({})", escape(template), fields.join(", ")),
+        );
+    }
     let related: Vec<String> = s
         .related
         .iter()

@@ -119,6 +119,10 @@ pub struct Structural {
     pub zordered_share: Option<f64>,
     /// The subject-key column.
     pub key: Option<String>,
+    /// The name template of the `[[table_templates]]` entry that made it.
+    pub template: Option<String>,
+    /// Its topic's naming-convention fields (`service` -> `rides-service`).
+    pub convention: Vec<(String, String)>,
     /// The data table of a dead-letter table.
     pub dead_letters_of: Option<String>,
     /// Related tables: a data table's dead letters, tables fed by the same

@@ -99,6 +99,18 @@ fn block(t: &TableEntry) -> String {
     if !layout.is_empty() {
         line(&mut out, "layout", layout.join("; "));
     }
+    if let Some(template) = &s.template {
+        let fields: Vec<String> = s
+            .convention
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        line(
+            &mut out,
+            "template",
+            format!("{template} ({})", fields.join(", ")),
+        );
+    }
     if !s.related.is_empty() {
         line(&mut out, "related", s.related.join(", "));
     }

@@ -114,6 +114,26 @@ impl TableTemplate {
         out
     }
 
+    /// The convention's fields of `topic` (the regex's named groups), in
+    /// the regex's order.
+    pub fn fields(&self, topic: &str) -> Vec<(String, String)> {
+        let Ok(regex) = self.regex() else {
+            return Vec::new();
+        };
+        let Some(captures) = regex.captures(topic) else {
+            return Vec::new();
+        };
+        regex
+            .capture_names()
+            .flatten()
+            .filter_map(|name| {
+                captures
+                    .name(name)
+                    .map(|m| (name.to_string(), m.as_str().to_string()))
+            })
+            .collect()
+    }
+
     /// The table config for `topic`, or `None` when the regex does not match.
     pub fn table_for(&self, topic: &str) -> Option<TableConfig> {
         let regex = self.regex().ok()?;

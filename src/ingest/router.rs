@@ -422,6 +422,24 @@ impl Router {
         about
             .properties
             .insert(table::about::SOURCES.to_string(), format!("kafka:{topic}"));
+        if let Some(template) = config
+            .table_templates
+            .iter()
+            .filter(|t| t.source == self.parts.source.name)
+            .find(|t| t.table_for(topic).is_some())
+        {
+            about
+                .properties
+                .insert(table::about::TEMPLATE.to_string(), template.name.clone());
+            let fields: Vec<String> = template
+                .fields(topic)
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect();
+            about
+                .properties
+                .insert(table::about::CONVENTION.to_string(), fields.join(","));
+        }
         let tables = open_tables(&config, table_config, &decoder, &about).await?;
         // Requests filed for every table cover this one from its first record.
         let mut delay = std::time::Duration::from_millis(200);

@@ -32,6 +32,10 @@ pub const ZORDER: &str = "sluice.zorder";
 pub const KIND: &str = "sluice.kind";
 /// The data table a dead-letter table belongs to.
 pub const FOR_TABLE: &str = "sluice.table";
+/// The name template of the `[[table_templates]]` entry that made it.
+pub const TEMPLATE: &str = "sluice.template";
+/// The naming convention's fields of its topic (`env=prod,service=...`).
+pub const CONVENTION: &str = "sluice.convention";
 
 /// A table's description and its `sluice.*` properties.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -188,6 +188,18 @@ async fn convention_topics_become_tables_by_template() {
         .find(|t| t.name == "rides_service__RideEvent")
         .unwrap();
     assert_eq!(rides_entry.structural.sources, [format!("kafka:{rides}")]);
+    assert_eq!(
+        rides_entry.structural.template.as_deref(),
+        Some("{service}__{message}")
+    );
+    assert!(
+        rides_entry
+            .structural
+            .convention
+            .contains(&("service".to_string(), "rides-service".to_string())),
+        "{:?}",
+        rides_entry.structural.convention
+    );
     assert_eq!(rides_entry.administrative.rows, 300);
     assert!(rides_entry.administrative.complete);
     assert_eq!(
