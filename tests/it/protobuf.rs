@@ -16,7 +16,7 @@ use crate::common::*;
 
 /// Compiles the fixtures and encodes events `start..start+count`; the
 /// descriptor set's path and the frames.
-fn encode(dir: &Path, start: usize, count: usize) -> (PathBuf, Vec<Vec<u8>>) {
+pub fn encode(dir: &Path, start: usize, count: usize) -> (PathBuf, Vec<Vec<u8>>) {
     let frames = dir.join(format!("frames-{start}"));
     let status = Command::new(python())
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/proto_events.py"))

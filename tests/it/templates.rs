@@ -291,3 +291,79 @@ async fn requests_for_every_table_cover_tables_made_later() {
         "the ledger learned the new table: {tables:?}"
     );
 }
+
+/// Protobuf by convention: the topic names its message in the descriptor
+/// set, which types the template's table; a topic naming a message the set
+/// does not hold is refused with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topic_names_the_message_of_its_template_table() {
+    let lake = Lake::new();
+    let tansu = Tansu::start();
+    let rides = "prod.rides-service.events.ride.RideEvent";
+    let unknown = "prod.rides-service.events.ride.RideRated";
+    tansu.create_topic(rides, 1).await;
+    tansu.create_topic(unknown, 1).await;
+    let (descriptors, frames) = crate::protobuf::encode(lake.dir.path(), 0, 120);
+    let text = format!(
+        r#"
+[lake]
+root = "{root}"
+[batching]
+max_latency = "300ms"
+[erasure]
+enabled = false
+[maintenance]
+enabled = false
+[[sources]]
+kind = "kafka"
+name = "prod"
+brokers = "{brokers}"
+topic_pattern = '^prod\..+'
+group_id = "templates-proto"
+metadata_refresh = "1s"
+format = "protobuf"
+descriptor_set = "{descriptors}"
+topic_convention = '{CONVENTION}'
+[[table_templates]]
+source = "prod"
+topic = '{CONVENTION}'
+name = "{{service}}__{{message}}"
+key = "user_id"
+"#,
+        root = lake.root(),
+        brokers = tansu.bootstrap,
+        descriptors = descriptors.display()
+    );
+    let config = parse_valid(&text);
+    let producer = tansu.producer();
+    for topic in [rides, unknown] {
+        for frame in &frames {
+            sluice::demo::broker::send(&producer, topic, "", frame).unwrap();
+        }
+    }
+    sluice::demo::broker::flush(&producer).unwrap();
+    let running = Running::start(&config);
+    running
+        .wait_for(Duration::from_secs(60), "rows", |s| s.committed >= 120)
+        .await;
+    let stats = running.stop().await;
+    assert_eq!((stats.committed, stats.dead_lettered), (120, 0), "{stats:?}");
+    let table = lake.table("rides_service__RideEvent");
+    let batches = kernel_read(&table).await;
+    assert_eq!(strings(&batches, "event_id").len(), 120);
+    let schema = batches[0].schema();
+    assert!(
+        matches!(
+            schema.field_with_name("event_time").unwrap().data_type(),
+            arrow::datatypes::DataType::Timestamp(..)
+        ),
+        "typed by the descriptor's message: {schema:?}"
+    );
+    let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
+    assert!(log.contains("message rides.v1.RideEvent"), "{log}");
+    let note: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(lake.dir.path().join(format!("_sluice_topics/prod/{unknown}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert!(note["reason"].as_str().unwrap().contains("RideRated"), "{note}");
+}
