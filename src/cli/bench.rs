@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// The descriptor set (file, `--format protobuf`).
     #[arg(long)]
     pub descriptor_set: Option<PathBuf>,
+    /// Topics the events are spread over (topics): one table each, made
+    /// by a template of a `topic_pattern` source.
+    #[arg(long, default_value_t = 200)]
+    pub topics: usize,
 }
 
 /// Benchmark modes.
@@ -93,6 +97,9 @@ pub enum BenchMode {
     EraseTable,
     /// `--workers` consumers into one table on the S3 server at `--s3-endpoint`.
     Fleet,
+    /// The same events over `--topics` topics of a pattern source, one
+    /// template table each (1 topic: one table).
+    Topics,
 }
 
 #[derive(Debug, Serialize)]
@@ -171,6 +178,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         }
         BenchMode::Kafka => kafka(&args).await?,
         BenchMode::Fleet => fleet(&args).await?,
+        BenchMode::Topics => topics(&args).await?,
         BenchMode::EraseTable => {
             let (events, bytes, seconds) =
                 super::bench_table::build(&args.lake, args.events, args.files, args.users).await?;
@@ -334,9 +342,48 @@ async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
     let format = <DemoFormat as clap::ValueEnum>::from_str(&args.format, true)
         .map_err(|e| CliError::Usage(format!("--format {}: {e}", args.format)))?;
     let (encoder, keys) = Encoder::new(format, Path::new(&lake)).map_err(CliError::Demo)?;
-    let run = kafka_workers(args, 1, encoder, |source| match format {
+    let run = kafka_workers(args, 1, encoder, &single_topic(), |source| match format {
         DemoFormat::Json => rides_config(&lake, source),
         _ => typed_config(&lake, &format!("{source}\n{keys}")),
+    })
+    .await?;
+    Ok(run.measurement)
+}
+
+/// The topics a Kafka run creates and how its source subscribes.
+struct Topics {
+    created: Vec<(String, i32)>,
+    subscription: String,
+}
+
+/// One topic of 16 partitions, subscribed by name.
+fn single_topic() -> Topics {
+    Topics {
+        created: vec![("bench".to_string(), 16)],
+        subscription: "topics = [\"bench\"]".to_string(),
+    }
+}
+
+/// `topics`: the demo events spread over `--topics` topics (one partition
+/// each; with one topic, 16 partitions) of a `topic_pattern` source, each
+/// topic's table made by one template on its first record.
+async fn topics(args: &BenchArgs) -> Result<Measurement, CliError> {
+    let lake = fresh_lake(&args.lake)?;
+    let count = args.topics.max(1);
+    let partitions = if count == 1 { 16 } else { 1 };
+    let topics = Topics {
+        created: (0..count)
+            .map(|n| (format!("bench.t{n:03}"), partitions))
+            .collect(),
+        subscription: "topic_pattern = '^bench\\..+'\nmetadata_refresh = \"1s\"".to_string(),
+    };
+    let run = kafka_workers(args, 1, Encoder::Json, &topics, |source| {
+        let text = format!(
+            "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"2s\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[table_templates]]\nsource = \"bench\"\ntopic = '^bench\\.(?P<name>.+)$'\nname = \"rides_{{name}}\"\n{RIDES_TABLE_COLUMNS}"
+        );
+        let config = Config::parse(&text, "bench config")?;
+        config.validate()?;
+        Ok(config)
     })
     .await?;
     Ok(run.measurement)
@@ -369,14 +416,16 @@ async fn kafka_workers(
     args: &BenchArgs,
     workers: usize,
     encoder: Encoder,
+    topics: &Topics,
     config: impl Fn(&str) -> Result<Config, CliError>,
 ) -> Result<KafkaRun, CliError> {
-    let topic = "bench";
-    let cluster = EmbeddedKafka::start(topic, 16).map_err(CliError::Demo)?;
+    let cluster = EmbeddedKafka::start_with(&topics.created).map_err(CliError::Demo)?;
     let source = format!(
-        "[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"bench\"",
-        cluster.bootstrap_servers()
+        "[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\n{}\ngroup_id = \"bench\"",
+        cluster.bootstrap_servers(),
+        topics.subscription
     );
+    let names: Vec<String> = topics.created.iter().map(|(t, _)| t.clone()).collect();
     let config = config(&source)?;
     let shutdown = CancellationToken::new();
     let mut runs = Vec::new();
@@ -412,6 +461,7 @@ async fn kafka_workers(
             let event = events.next_event();
             let record = encoder.encode(&event.payload, event.valid);
             bytes += record.len() as u64;
+            let topic = &names[n as usize % names.len()];
             broker::send(&producer, topic, &event.key, &record)?;
         }
         broker::flush(&producer)?;
@@ -476,7 +526,7 @@ async fn fleet(args: &BenchArgs) -> Result<Measurement, CliError> {
         .clone()
         .ok_or_else(|| CliError::Usage("fleet needs --s3-endpoint".into()))?;
     let prefix = format!("run-{}", uuid::Uuid::new_v4());
-    let run = kafka_workers(args, args.workers, Encoder::Json, |source| {
+    let run = kafka_workers(args, args.workers, Encoder::Json, &single_topic(), |source| {
         let text = format!(
             "[lake]\nroot = \"s3://bench/{prefix}\"\nstorage_options = {{ aws_endpoint = \"{endpoint}\", aws_access_key_id = \"bench\", aws_secret_access_key = \"bench\", aws_region = \"us-east-1\", aws_allow_http = \"true\" }}\n\n[batching]\nmax_latency = \"2s\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}"
         );

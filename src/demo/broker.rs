@@ -21,9 +21,14 @@ pub struct EmbeddedKafka {
 impl EmbeddedKafka {
     /// Starts a one-broker cluster with `topic` created with `partitions` partitions.
     pub fn start(topic: &str, partitions: i32) -> Result<Self, String> {
+        Self::start_with(&[(topic.to_string(), partitions)])
+    }
+
+    /// Starts a one-broker cluster with each `(topic, partitions)` created.
+    pub fn start_with(topics: &[(String, i32)]) -> Result<Self, String> {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let topic = topic.to_string();
+        let topics = topics.to_vec();
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || {
@@ -34,9 +39,11 @@ impl EmbeddedKafka {
                         return;
                     }
                 };
-                if let Err(e) = cluster.create_topic(&topic, partitions, 1) {
-                    let _ = ready_tx.send(Err(format!("cannot create topic {topic}: {e}")));
-                    return;
+                for (topic, partitions) in &topics {
+                    if let Err(e) = cluster.create_topic(topic, *partitions, 1) {
+                        let _ = ready_tx.send(Err(format!("cannot create topic {topic}: {e}")));
+                        return;
+                    }
                 }
                 let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
                 let _ = stop_rx.recv();

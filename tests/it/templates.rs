@@ -347,7 +347,11 @@ key = "user_id"
         .wait_for(Duration::from_secs(60), "rows", |s| s.committed >= 120)
         .await;
     let stats = running.stop().await;
-    assert_eq!((stats.committed, stats.dead_lettered), (120, 0), "{stats:?}");
+    assert_eq!(
+        (stats.committed, stats.dead_lettered),
+        (120, 0),
+        "{stats:?}"
+    );
     let table = lake.table("rides_service__RideEvent");
     let batches = kernel_read(&table).await;
     assert_eq!(strings(&batches, "event_id").len(), 120);
@@ -362,8 +366,16 @@ key = "user_id"
     let log = std::fs::read_to_string(table.join("_delta_log/00000000000000000000.json")).unwrap();
     assert!(log.contains("message rides.v1.RideEvent"), "{log}");
     let note: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(lake.dir.path().join(format!("_sluice_topics/prod/{unknown}.json"))).unwrap(),
+        &std::fs::read(
+            lake.dir
+                .path()
+                .join(format!("_sluice_topics/prod/{unknown}.json")),
+        )
+        .unwrap(),
     )
     .unwrap();
-    assert!(note["reason"].as_str().unwrap().contains("RideRated"), "{note}");
+    assert!(
+        note["reason"].as_str().unwrap().contains("RideRated"),
+        "{note}"
+    );
 }
