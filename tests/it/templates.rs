@@ -379,3 +379,58 @@ key = "user_id"
         "{note}"
     );
 }
+
+/// Topics whose names render to one table name: with `merge = true` they
+/// feed one table (positions are per topic-partition); without it the
+/// second topic is refused and the first keeps its table to itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merge_lets_several_topics_feed_one_table() {
+    for merge in [true, false] {
+        let lake = Lake::new();
+        let tansu = Tansu::start();
+        let prod = "prod.clicks-service.events.click.Click";
+        let staging = "staging.clicks-service.events.click.Click";
+        tansu.create_topic(prod, 1).await;
+        tansu.create_topic(staging, 1).await;
+        let text = config(&lake, &tansu.bootstrap);
+        let mut config = text.clone();
+        if let sluice::config::SourceConfig::Kafka(k) = &mut config.sources[0] {
+            k.topic_pattern = Some(r"^(prod|staging)\..+".into());
+        }
+        config.table_templates[0].merge = merge;
+        let prod_ids = send(&tansu, prod, 40);
+        let staging_ids = send(&tansu, staging, 30);
+        let running = Running::start(&config);
+        let wanted = if merge { 70 } else { 1 };
+        running
+            .wait_for(Duration::from_secs(60), "clicks", |s| s.committed >= wanted)
+            .await;
+        // Without merge, give the other topic time to be refused.
+        tokio::time::sleep(Duration::from_secs(if merge { 0 } else { 2 })).await;
+        let stats = running.stop().await;
+        let rows = strings(
+            &kernel_read(&lake.table("clicks_service__Click")).await,
+            "event_id",
+        );
+        if merge {
+            let all: Vec<String> = prod_ids.iter().chain(&staging_ids).cloned().collect();
+            assert_exactly_once(rows, &all);
+        } else {
+            let notes: Vec<_> = std::fs::read_dir(lake.dir.path().join("_sluice_topics/prod"))
+                .unwrap()
+                .collect();
+            assert_eq!(notes.len(), 1, "one of the two topics is refused");
+            assert!(
+                rows == prod_ids || rows == staging_ids || {
+                    let mut sorted = rows.clone();
+                    sorted.sort();
+                    let (mut p, mut s) = (prod_ids.clone(), staging_ids.clone());
+                    p.sort();
+                    s.sort();
+                    sorted == p || sorted == s
+                },
+                "the table holds one topic's records: {stats:?}"
+            );
+        }
+    }
+}
