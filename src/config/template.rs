@@ -154,21 +154,18 @@ impl TableTemplate {
             out
         };
         Some(TableConfig {
-            name: table_name(&fill(&self.name)),
             source: vec![self.source.clone()],
-            uri: None,
-            key: self.key.clone(),
             columns: self.columns.clone(),
             partition_by: self.partition_by.clone(),
             derived: self.derived.clone(),
             metadata_columns: self.metadata_columns.clone(),
             zorder_by: self.zorder_by.clone(),
-            dead_letter_uri: None,
             evolve: self.evolve,
             properties: self.properties.clone(),
             description: self.description.as_deref().map(fill),
             owner: self.owner.as_deref().map(fill),
             tags: self.tags.clone(),
+            ..TableConfig::discovered(&table_name(&fill(&self.name)), &self.key)
         })
     }
 }

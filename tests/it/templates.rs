@@ -13,7 +13,14 @@ use crate::tansu::Tansu;
 const CONVENTION: &str =
     r"^(?P<env>[^.]+)\.(?P<service>[^.]+)\.(?P<kind>[^.]+)\.(?P<file>[^.]+)\.(?P<message>[^.]+)$";
 
-fn config(lake: &Lake, brokers: &str) -> sluice::config::Config {
+/// A pattern source over `^prod\..+` and one convention template;
+/// `source_extra` and `template_extra` add keys to each.
+fn config_with(
+    lake: &Lake,
+    brokers: &str,
+    source_extra: &str,
+    template_extra: &str,
+) -> sluice::config::Config {
     let text = format!(
         r#"
 [lake]
@@ -32,21 +39,32 @@ topic_pattern = '^prod\..+'
 group_id = "templates"
 metadata_refresh = "1s"
 properties = {{ "group.instance.id" = "" }}
+{source_extra}
 [[table_templates]]
 source = "prod"
 topic = '{CONVENTION}'
 name = "{{service}}__{{message}}"
 key = "user_id"
-description = "{{message}} events of the {{service}} service"
-owner = "{{service}}-team"
-columns = [
-  {{ name = "event_id", type = "string", nullable = false }},
-  {{ name = "user_id", type = "string", nullable = false }},
-]
+{template_extra}
 "#,
         root = lake.root()
     );
     parse_valid(&text)
+}
+
+/// JSON events with an id and a user, described and owned by service.
+fn config(lake: &Lake, brokers: &str) -> sluice::config::Config {
+    config_with(
+        lake,
+        brokers,
+        "",
+        r#"description = "{message} events of the {service} service"
+owner = "{service}-team"
+columns = [
+  { name = "event_id", type = "string", nullable = false },
+  { name = "user_id", type = "string", nullable = false },
+]"#,
+    )
 }
 
 fn send(tansu: &Tansu, topic: &str, count: usize) -> Vec<String> {
@@ -304,37 +322,11 @@ async fn the_topic_names_the_message_of_its_template_table() {
     tansu.create_topic(rides, 1).await;
     tansu.create_topic(unknown, 1).await;
     let (descriptors, frames) = crate::protobuf::encode(lake.dir.path(), 0, 120);
-    let text = format!(
-        r#"
-[lake]
-root = "{root}"
-[batching]
-max_latency = "300ms"
-[erasure]
-enabled = false
-[maintenance]
-enabled = false
-[[sources]]
-kind = "kafka"
-name = "prod"
-brokers = "{brokers}"
-topic_pattern = '^prod\..+'
-group_id = "templates-proto"
-metadata_refresh = "1s"
-format = "protobuf"
-descriptor_set = "{descriptors}"
-topic_convention = '{CONVENTION}'
-[[table_templates]]
-source = "prod"
-topic = '{CONVENTION}'
-name = "{{service}}__{{message}}"
-key = "user_id"
-"#,
-        root = lake.root(),
-        brokers = tansu.bootstrap,
-        descriptors = descriptors.display()
+    let source = format!(
+        "format = \"protobuf\"\ndescriptor_set = \"{}\"\ntopic_convention = '{CONVENTION}'",
+        descriptors.display()
     );
-    let config = parse_valid(&text);
+    let config = config_with(&lake, &tansu.bootstrap, &source, "");
     let producer = tansu.producer();
     for topic in [rides, unknown] {
         for frame in &frames {
