@@ -426,3 +426,63 @@ async fn merge_lets_several_topics_feed_one_table() {
         }
     }
 }
+
+/// A template table gets the maintenance loop of a configured one: its
+/// small files are compacted and Z-ordered by the template's columns once
+/// it goes idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_tables_are_maintained() {
+    use sluice::config::{ByteSize, Span};
+    let lake = Lake::new();
+    let tansu = Tansu::start();
+    let rides = "prod.rides-service.events.ride.RideEvent";
+    tansu.create_topic(rides, 1).await;
+    let mut config = config_with(
+        &lake,
+        &tansu.bootstrap,
+        "",
+        r#"zorder_by = ["user_id"]
+columns = [
+  { name = "event_id", type = "string", nullable = false },
+  { name = "user_id", type = "string", nullable = false },
+]"#,
+    );
+    let m = &mut config.maintenance;
+    m.enabled = true;
+    m.interval = Span(Duration::from_secs(1));
+    m.compact_min_small_files = 4;
+    m.small_file_size = ByteSize(1 << 20);
+    m.compact_target_size = ByteSize(8 << 20);
+    m.zorder_idle = Span(Duration::from_secs(3));
+    let running = Running::start(&config);
+    // Five waves of 40: five small files at least.
+    for _ in 0..5 {
+        send(&tansu, rides, 40);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    running
+        .wait_for(Duration::from_secs(60), "rows", |s| s.committed >= 200)
+        .await;
+    let table = lake.table("rides_service__RideEvent");
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let now = chrono::Utc::now().timestamp_millis();
+            let catalog = sluice::catalog::gather::read(&config, 1 << 20, now)
+                .await
+                .unwrap();
+            let entry = catalog
+                .tables
+                .iter()
+                .find(|t| t.name == "rides_service__RideEvent");
+            if entry.is_some_and(|t| t.structural.zordered_share == Some(1.0)) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+    .await
+    .expect("the maintenance loop Z-orders the template table");
+    let stats = running.stop().await;
+    assert_eq!((stats.committed, stats.fenced), (200, 0), "{stats:?}");
+    assert_eq!(strings(&kernel_read(&table).await, "event_id").len(), 200);
+}
