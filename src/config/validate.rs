@@ -383,7 +383,20 @@ pub(crate) fn table_problems(table: &TableConfig, schema_typed: bool) -> Vec<Pro
             Err(e) => add(format!("columns[{j}].type"), e),
         }
     }
-    match types.get(table.key.as_str()) {
+    let (top, nested) = table
+        .key
+        .split_once('.')
+        .map_or((table.key.as_str(), None), |(top, rest)| (top, Some(rest)));
+    let key_type = types.get(top).and_then(|ty| match nested {
+        None => Some(ty.clone()),
+        Some(rest) => {
+            let DataType::Struct(fields) = ty else {
+                return None;
+            };
+            crate::table::schema::field_at(fields, rest).map(|f| f.data_type().clone())
+        }
+    });
+    match key_type.as_ref() {
         None => add(
             "key".into(),
             format!("`{}` is not a declared column", table.key),

@@ -398,15 +398,15 @@ fn check_columns(table: &TableConfig, schema: &arrow::datatypes::Schema) -> Resu
             .collect::<Vec<_>>()
             .join(", ")
     };
-    match schema.field_with_name(&table.key).map(|f| f.data_type()) {
-        Ok(DataType::Utf8 | DataType::Int64 | DataType::Int32 | DataType::Int16) => {}
-        Ok(other) => {
+    match crate::table::schema::field_at(schema.fields(), &table.key).map(|f| f.data_type()) {
+        Some(DataType::Utf8 | DataType::Int64 | DataType::Int32 | DataType::Int16) => {}
+        Some(other) => {
             return Err(format!(
                 "key `{}` has type {other}; a key must be a string or integer",
                 table.key
             ))
         }
-        Err(_) => {
+        None => {
             return Err(format!(
                 "key `{}` is not a column of the schema (columns: {})",
                 table.key,

@@ -541,8 +541,8 @@ fn candidate(
             let column = set.column();
             let found = match source {
                 MatchSource::Column => set.in_range(
-                    stats.get("minValues").and_then(|m| m.get(column)),
-                    stats.get("maxValues").and_then(|m| m.get(column)),
+                    stats.get("minValues").and_then(|m| stat_at(m, column)),
+                    stats.get("maxValues").and_then(|m| stat_at(m, column)),
                 ),
                 MatchSource::Payload => set.values(),
             };
@@ -767,4 +767,14 @@ async fn recover(
         ledger.append(&events).await?;
     }
     Ok(open.len())
+}
+
+/// A file statistic of the column at a dotted path (`minValues` nest
+/// struct fields: `{"customer": {"id": ...}}`).
+pub(crate) fn stat_at<'a>(
+    values: &'a serde_json::Value,
+    path: &str,
+) -> Option<&'a serde_json::Value> {
+    path.split('.')
+        .try_fold(values, |value, part| value.get(part))
 }

@@ -86,10 +86,12 @@ pub fn parse_marker(text: &str) -> Option<KeyHash> {
 }
 
 /// The values a raw record gives field `column`: for each `"column":` in
-/// the text, the string (decoded) or whole number after it. Malformed text
-/// yields what can be read of it.
+/// the text, the string (decoded) or whole number after it; for a nested
+/// key (`customer.id`) its last part (`"id":`, wherever it is, erring on
+/// the side of erasing). Malformed text yields what can be read of it.
 pub fn values_after(text: &str, column: &str) -> HashSet<String> {
-    let name = format!("\"{column}\"");
+    let leaf = column.rsplit('.').next().unwrap_or(column);
+    let name = format!("\"{leaf}\"");
     let mut values = HashSet::new();
     for (at, _) in text.match_indices(&name) {
         let rest = text[at + name.len()..].trim_start();

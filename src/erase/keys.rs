@@ -306,7 +306,7 @@ impl KeySet {
         batch: &arrow::array::RecordBatch,
         source: MatchSource,
     ) -> Result<Vec<(usize, KeyValue)>, arrow::error::ArrowError> {
-        let Some(column) = batch.column_by_name(self.read_column(source)) else {
+        let Some(column) = crate::table::schema::column_at(batch, self.read_column(source)) else {
             return Ok(Vec::new());
         };
         match source {
@@ -320,7 +320,7 @@ impl KeySet {
                     .collect())
             }
             MatchSource::Payload => {
-                let cast = arrow::compute::cast(column, &DataType::Utf8)?;
+                let cast = arrow::compute::cast(&column, &DataType::Utf8)?;
                 let texts = cast.as_any().downcast_ref::<StringArray>().expect("Utf8");
                 Ok(texts
                     .iter()
@@ -334,7 +334,9 @@ impl KeySet {
     /// The key raw record `text` holds as a JSON token, if any (the rule of
     /// [`KeySet::matching_rows`] for dead letters).
     pub fn payload_match(&self, text: &str) -> Option<KeyValue> {
-        let named = format!("\"{}\"", self.column);
+        // A nested key (`customer.id`) is named by its last part.
+        let leaf = self.column.rsplit('.').next().unwrap_or(&self.column);
+        let named = format!("\"{leaf}\"");
         self.values()
             .into_iter()
             .find(|key| payload_holds(text, &named, key))

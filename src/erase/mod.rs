@@ -156,9 +156,8 @@ impl TableTarget {
                 crate::decode::JsonDecoder::new(&self.config).map_err(|e| e.to_string())?;
             decoder.table_schema()
         };
-        let field = schema
-            .field_with_name(column)
-            .map_err(|_| format!("table `{}` has no column `{column}`", self.name))?;
+        let field = crate::table::schema::field_at(schema.fields(), column)
+            .ok_or_else(|| format!("table `{}` has no column `{column}`", self.name))?;
         KeyKind::of(field.data_type()).ok_or_else(|| {
             format!(
                 "column `{column}` of table `{}` is {}; keys must be string or integer columns",
@@ -410,7 +409,7 @@ pub async fn join_new_table(
     for request in ledger.requests().await? {
         if !request.all_tables
             || request.tables.contains_key(table)
-            || schema.field_with_name(&request.key_column).is_err()
+            || crate::table::schema::field_at(schema.fields(), &request.key_column).is_none()
         {
             continue;
         }

@@ -86,11 +86,9 @@ impl Suppressor {
         let mut clear: BTreeMap<String, KeySet> = BTreeMap::new();
         let mut hashed: BTreeMap<String, HashSet<KeyHash>> = BTreeMap::new();
         for request in requests.iter().filter(|r| r.tables.contains_key(table)) {
-            let Some(kind) = self
-                .schema
-                .field_with_name(&request.key_column)
-                .ok()
-                .and_then(|f| KeyKind::of(f.data_type()))
+            let Some(kind) =
+                crate::table::schema::field_at(self.schema.fields(), &request.key_column)
+                    .and_then(|f| KeyKind::of(f.data_type()))
             else {
                 continue;
             };
@@ -145,16 +143,16 @@ impl Suppressor {
             Ok(())
         };
         for set in keys.clear.iter() {
-            if let Some(column) = batch.column_by_name(set.column()) {
+            if let Some(column) = crate::table::schema::column_at(batch, set.column()) {
                 add(set.matches(column.as_ref())?)?;
             }
         }
         if let Some(hasher) = &self.hasher {
             for (name, hashes) in &keys.hashed {
-                let Some(column) = batch.column_by_name(name) else {
+                let Some(column) = crate::table::schema::column_at(batch, name) else {
                     continue;
                 };
-                let text = arrow::compute::cast(column, &DataType::Utf8)?;
+                let text = arrow::compute::cast(&column, &DataType::Utf8)?;
                 let text = text.as_string::<i32>();
                 add(text
                     .iter()

@@ -154,8 +154,12 @@ pub(crate) async fn check_live_rows(
         let admitted = source == MatchSource::Payload
             || !set
                 .in_range(
-                    stats.get("minValues").and_then(|m| m.get(&needle.column)),
-                    stats.get("maxValues").and_then(|m| m.get(&needle.column)),
+                    stats
+                        .get("minValues")
+                        .and_then(|m| super::apply::stat_at(m, &needle.column)),
+                    stats
+                        .get("maxValues")
+                        .and_then(|m| super::apply::stat_at(m, &needle.column)),
                 )
                 .is_empty();
         if !full && !admitted {

@@ -12,6 +12,39 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Fields, TimeUnit};
 
+/// The field at a dotted path (`customer.id`: field `id` of struct column
+/// `customer`); a path without dots is a top-level column.
+pub fn field_at<'a>(fields: &'a Fields, path: &str) -> Option<&'a arrow::datatypes::FieldRef> {
+    let mut parts = path.split('.');
+    let mut field = fields.find(parts.next()?)?.1;
+    for part in parts {
+        let DataType::Struct(children) = field.data_type() else {
+            return None;
+        };
+        field = children.find(part)?.1;
+    }
+    Some(field)
+}
+
+/// The column at a dotted path of `batch`, through struct columns; a row
+/// whose enclosing struct is null reads as null.
+pub fn column_at(batch: &arrow::array::RecordBatch, path: &str) -> Option<arrow::array::ArrayRef> {
+    use arrow::array::{Array, AsArray};
+    let mut parts = path.split('.');
+    let mut column = batch.column_by_name(parts.next()?)?.clone();
+    for part in parts {
+        let DataType::Struct(_) = column.data_type() else {
+            return None;
+        };
+        let strukt = column.as_struct();
+        let child = strukt.column_by_name(part)?.clone();
+        let nulls = arrow::buffer::NullBuffer::union(strukt.nulls(), child.nulls());
+        let data = child.to_data().into_builder().nulls(nulls).build().ok()?;
+        column = arrow::array::make_array(data);
+    }
+    Some(column)
+}
+
 /// The Arrow type of every `timestamp` column sluice writes.
 pub fn timestamp_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))

@@ -34,7 +34,8 @@ fn properties(key_column: Option<&str>, plain: &[ColumnPath]) -> WriterPropertie
         .set_max_row_group_row_count(Some(defaults::ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(defaults::ROW_GROUP_BYTES));
     if let Some(key) = key_column {
-        let path = ColumnPath::from(key);
+        // A nested key (`customer.id`) is a leaf inside its struct.
+        let path = ColumnPath::new(key.split('.').map(str::to_string).collect());
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
             .set_column_bloom_filter_fpp(path, defaults::KEY_BLOOM_FPP);
@@ -286,5 +287,10 @@ mod tests {
         assert!(props
             .bloom_filter_properties(&ColumnPath::from("event_id"))
             .is_some());
+
+        // A nested key's bloom filter is on the leaf inside its struct.
+        let nested = writer_properties(Some("customer.id"));
+        let leaf = ColumnPath::new(vec!["customer".into(), "id".into()]);
+        assert!(nested.bloom_filter_properties(&leaf).is_some());
     }
 }

@@ -486,3 +486,79 @@ columns = [
     assert_eq!((stats.committed, stats.fenced), (200, 0), "{stats:?}");
     assert_eq!(strings(&kernel_read(&table).await, "event_id").len(), 200);
 }
+
+/// A template's key may be a nested field (`customer.id`): an erasure
+/// request for every table deletes its rows by the nested value, and a
+/// table made later holds them back at ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_key_column_is_erased_by_its_value() {
+    use sluice::erase::{self, keys::SubjectKey, TableChoice};
+    let lake = Lake::new();
+    let tansu = Tansu::start();
+    let orders = "prod.shop-service.events.order.Order";
+    tansu.create_topic(orders, 1).await;
+    let mut config = config_with(
+        &lake,
+        &tansu.bootstrap,
+        "",
+        r#"columns = [
+  { name = "event_id", type = "string", nullable = false },
+  { name = "customer", type = "struct<id:string,tier:string>" },
+]"#,
+    );
+    config.table_templates[0].key = "customer.id".into();
+    let send_orders = |topic: &str| {
+        let producer = tansu.producer();
+        for n in 0..70 {
+            let payload = format!(
+                r#"{{"event_id":"{topic}/{n}","customer":{{"id":"c-{}","tier":"gold"}}}}"#,
+                n % 7
+            );
+            sluice::demo::broker::send(&producer, topic, "", payload.as_bytes()).unwrap();
+        }
+        sluice::demo::broker::flush(&producer).unwrap();
+    };
+    let running = Running::start(&config);
+    send_orders(orders);
+    running
+        .wait_for(Duration::from_secs(60), "orders", |s| s.committed >= 70)
+        .await;
+    let now = chrono::Utc::now().timestamp_millis();
+    erase::file_requests(
+        &config,
+        &[SubjectKey::parse("customer.id=c-3").unwrap()],
+        &TableChoice::All,
+        "ticket-9",
+        now,
+    )
+    .await
+    .unwrap();
+    let run = erase::apply_all(&config, now, None).await.unwrap();
+    assert!(!run.applied.is_empty(), "{run:?}");
+
+    let refunds = "prod.shop-service.events.refund.Refund";
+    tansu.create_topic(refunds, 1).await;
+    send_orders(refunds);
+    running
+        .wait_for(Duration::from_secs(60), "refunds", |s| s.committed >= 130)
+        .await;
+    let stats = running.stop().await;
+    assert_eq!((stats.committed, stats.suppressed), (130, 10), "{stats:?}");
+    for table in ["shop_service__Order", "shop_service__Refund"] {
+        let batches = kernel_read(&lake.table(table)).await;
+        let ids: Vec<String> = batches
+            .iter()
+            .flat_map(|b| {
+                let customer = sluice::table::schema::column_at(b, "customer.id").unwrap();
+                use arrow::array::AsArray;
+                let customer = customer.as_string::<i32>().clone();
+                customer
+                    .iter()
+                    .map(|v| v.unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(ids.len(), 60, "{table}");
+        assert!(!ids.contains(&"c-3".to_string()), "{table}: {ids:?}");
+    }
+}
