@@ -134,6 +134,23 @@ impl TableTemplate {
             .collect()
     }
 
+    /// What every table of the template has, for checks before any topic
+    /// is seen (named `template`).
+    pub fn shape(&self) -> TableConfig {
+        TableConfig {
+            source: vec![self.source.clone()],
+            columns: self.columns.clone(),
+            partition_by: self.partition_by.clone(),
+            derived: self.derived.clone(),
+            metadata_columns: self.metadata_columns.clone(),
+            zorder_by: self.zorder_by.clone(),
+            evolve: self.evolve,
+            properties: self.properties.clone(),
+            tags: self.tags.clone(),
+            ..TableConfig::discovered("template", &self.key)
+        }
+    }
+
     /// The table config for `topic`, or `None` when the regex does not match.
     pub fn table_for(&self, topic: &str) -> Option<TableConfig> {
         let regex = self.regex().ok()?;
@@ -154,18 +171,10 @@ impl TableTemplate {
             out
         };
         Some(TableConfig {
-            source: vec![self.source.clone()],
-            columns: self.columns.clone(),
-            partition_by: self.partition_by.clone(),
-            derived: self.derived.clone(),
-            metadata_columns: self.metadata_columns.clone(),
-            zorder_by: self.zorder_by.clone(),
-            evolve: self.evolve,
-            properties: self.properties.clone(),
+            name: table_name(&fill(&self.name)),
             description: self.description.as_deref().map(fill),
             owner: self.owner.as_deref().map(fill),
-            tags: self.tags.clone(),
-            ..TableConfig::discovered(&table_name(&fill(&self.name)), &self.key)
+            ..self.shape()
         })
     }
 }

@@ -316,6 +316,13 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         for (field, reason) in template.problems() {
             add(format!("{key}.{field}"), reason);
         }
+        let schema_typed = config
+            .sources
+            .iter()
+            .any(|s| s.name() == template.source && s.format_spec().format != Format::Json);
+        for problem in table_problems(&template.shape(), schema_typed) {
+            add(format!("{key}.{}", problem.key), problem.reason);
+        }
     }
     for name in &source_names {
         let templated = config.table_templates.iter().any(|t| t.source == *name);

@@ -253,6 +253,22 @@ fn pattern_sources_and_templates_are_checked_before_anything_runs() {
                 .contains("no `[[table_templates]]` entry takes the topics of source `prod`"),
         "{no_template}"
     );
+    let bad_key = problems(&PATTERN.replace("key = \"user_id\"", "key = \"customer.id\""));
+    assert!(
+        bad_key.contains("table_templates[0].key")
+            && bad_key.contains("`customer.id` is not a declared column"),
+        "{bad_key}"
+    );
+    let nested = PATTERN
+        .replace("key = \"user_id\"", "key = \"customer.id\"")
+        .replace(
+            r#"columns = [{ name = "user_id", type = "string" }]"#,
+            r#"columns = [{ name = "customer", type = "struct<id:string>" }]"#,
+        );
+    Config::parse(&nested, "nested")
+        .unwrap()
+        .validate()
+        .unwrap();
     let table_on_pattern = problems(&format!(
         "{PATTERN}[[tables]]\nname = \"t\"\nsource = \"prod\"\nkey = \"user_id\"\ncolumns = [{{ name = \"user_id\", type = \"string\" }}]\n"
     ));

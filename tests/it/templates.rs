@@ -44,7 +44,6 @@ properties = {{ "group.instance.id" = "" }}
 source = "prod"
 topic = '{CONVENTION}'
 name = "{{service}}__{{message}}"
-key = "user_id"
 {template_extra}
 "#,
         root = lake.root()
@@ -58,7 +57,8 @@ fn config(lake: &Lake, brokers: &str) -> sluice::config::Config {
         lake,
         brokers,
         "",
-        r#"description = "{message} events of the {service} service"
+        r#"key = "user_id"
+description = "{message} events of the {service} service"
 owner = "{service}-team"
 columns = [
   { name = "event_id", type = "string", nullable = false },
@@ -326,7 +326,7 @@ async fn the_topic_names_the_message_of_its_template_table() {
         "format = \"protobuf\"\ndescriptor_set = \"{}\"\ntopic_convention = '{CONVENTION}'",
         descriptors.display()
     );
-    let config = config_with(&lake, &tansu.bootstrap, &source, "");
+    let config = config_with(&lake, &tansu.bootstrap, &source, "key = \"user_id\"");
     let producer = tansu.producer();
     for topic in [rides, unknown] {
         for frame in &frames {
@@ -441,7 +441,8 @@ async fn template_tables_are_maintained() {
         &lake,
         &tansu.bootstrap,
         "",
-        r#"zorder_by = ["user_id"]
+        r#"key = "user_id"
+zorder_by = ["user_id"]
 columns = [
   { name = "event_id", type = "string", nullable = false },
   { name = "user_id", type = "string", nullable = false },
@@ -497,16 +498,16 @@ async fn a_nested_key_column_is_erased_by_its_value() {
     let tansu = Tansu::start();
     let orders = "prod.shop-service.events.order.Order";
     tansu.create_topic(orders, 1).await;
-    let mut config = config_with(
+    let config = config_with(
         &lake,
         &tansu.bootstrap,
         "",
-        r#"columns = [
+        r#"key = "customer.id"
+columns = [
   { name = "event_id", type = "string", nullable = false },
   { name = "customer", type = "struct<id:string,tier:string>" },
 ]"#,
     );
-    config.table_templates[0].key = "customer.id".into();
     let send_orders = |topic: &str| {
         let producer = tansu.producer();
         for n in 0..70 {
