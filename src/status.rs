@@ -59,6 +59,8 @@ pub struct PartitionStatus {
     pub dead_lettered: u64,
     /// Records suppressed because their key is under an erasure request.
     pub suppressed: u64,
+    /// Records that hold no row by design (change-event tombstones).
+    pub skipped: u64,
     /// Every commit starts where the previous one ended.
     pub contiguous: bool,
     /// Every commit's counts add up.
@@ -176,7 +178,10 @@ pub async fn status_of(
                 entry.contiguous = false;
                 entry.trimmed.extend(range.trimmed.iter().cloned());
             }
-            if range.received != range.committed + range.dead_lettered + range.suppressed {
+            entry.skipped += range.skipped;
+            if range.received
+                != range.committed + range.dead_lettered + range.suppressed + range.skipped
+            {
                 entry.counts_add_up = false;
             }
         }

@@ -16,15 +16,26 @@ pub enum Format {
     /// Protobuf (Kafka sources): messages of a type from a compiled
     /// descriptor set, fixed (`message`) or named by the topic (`topic_convention`).
     Protobuf,
+    /// Debezium change events (JSON envelope, with or without the
+    /// `schema`/`payload` wrapper): one row per mutation, the table
+    /// declaring the row image's columns (see `decode::debezium`).
+    Debezium,
 }
 
 impl Format {
+    /// Whether records carry their schema, so a table may leave its
+    /// columns to it (Avro, Protobuf); JSON and Debezium tables declare them.
+    pub fn carries_schema(self) -> bool {
+        matches!(self, Format::Avro | Format::Protobuf)
+    }
+
     /// The name used in the config.
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Json => "json",
             Format::Avro => "avro",
             Format::Protobuf => "protobuf",
+            Format::Debezium => "debezium",
         }
     }
 }

@@ -58,6 +58,10 @@ pub struct TableConfig {
     /// Free tags (the `sluice.tags` table property).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Change-event tables (`format = "debezium"`): keep each mutation's
+    /// `before` image too, as the struct column `cdc_before`.
+    #[serde(default)]
+    pub before_image: bool,
 }
 
 impl TableConfig {
@@ -80,6 +84,7 @@ impl TableConfig {
             description: None,
             owner: None,
             tags: Vec::new(),
+            before_image: false,
         }
     }
 }

@@ -277,11 +277,11 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         }
         let schema_typed = config
             .sources_for(table)
-            .any(|s| s.format_spec().format != Format::Json);
+            .any(|s| s.format_spec().format.carries_schema());
         if schema_typed
             && config
                 .sources_for(table)
-                .any(|s| s.format_spec().format == Format::Json)
+                .any(|s| !s.format_spec().format.carries_schema())
         {
             add(
                 format!("{key}.source"),
@@ -293,6 +293,40 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 format!("{key}.evolve"),
                 "applies to JSON tables; an Avro table grows with its writer schemas by itself"
                     .into(),
+            );
+        }
+        let changes = config
+            .sources_for(table)
+            .filter(|s| s.format_spec().format == Format::Debezium)
+            .count();
+        if changes > 0 && changes < config.sources_for(table).count() {
+            add(
+                format!("{key}.source"),
+                "mixes change events (`format = \"debezium\"`) with other formats; a table takes one kind".into(),
+            );
+        }
+        if changes > 0 && table.evolve != crate::config::Evolve::None {
+            add(
+                format!("{key}.evolve"),
+                "applies to JSON tables, not to change events".into(),
+            );
+        }
+        if changes > 0 {
+            for (j, column) in table.columns.iter().enumerate() {
+                if column.name.starts_with("cdc_") {
+                    add(
+                        format!("{key}.columns[{j}].name"),
+                        format!(
+                            "`{}`: names starting with `cdc_` are the change columns sluice adds",
+                            column.name
+                        ),
+                    );
+                }
+            }
+        } else if table.before_image {
+            add(
+                format!("{key}.before_image"),
+                "applies to tables of change events (`format = \"debezium\"`)".into(),
             );
         }
         for problem in table_problems(table, schema_typed) {
@@ -319,7 +353,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         let schema_typed = config
             .sources
             .iter()
-            .any(|s| s.name() == template.source && s.format_spec().format != Format::Json);
+            .any(|s| s.name() == template.source && s.format_spec().format.carries_schema());
         for problem in table_problems(&template.shape(), schema_typed) {
             add(format!("{key}.{}", problem.key), problem.reason);
         }

@@ -59,6 +59,11 @@ pub(super) fn check_kafka_format(
             }
             Err(reason) => add(format!("{key}.format"), reason),
         },
+        (Format::Debezium, None, None) if !protobuf_keys => {}
+        (Format::Debezium, _, _) => add(
+            format!("{key}.format"),
+            "`format = \"debezium\"` reads the JSON envelope; `registry`, `schema_file`, `descriptor_set`, `message` and `topic_convention` do not apply".into(),
+        ),
         (Format::Avro, _, _) if protobuf_keys => add(
             format!("{key}.descriptor_set"),
             "`descriptor_set`, `message` and `topic_convention` go with `format = \"protobuf\"`".into(),

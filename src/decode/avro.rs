@@ -629,7 +629,7 @@ impl AvroDecoder {
             batch,
             kept,
             rejected,
-            unknown_fields: Default::default(),
+            ..Default::default()
         }
     }
 

@@ -75,6 +75,9 @@ pub struct Decoded {
     /// Top-level fields the table does not have, with the records holding
     /// them (JSON; they are not stored unless the table evolves).
     pub unknown_fields: std::collections::BTreeMap<String, u64>,
+    /// Records that hold no row by design (Kafka tombstones of change
+    /// events): input indexes, counted in the lineage as skipped.
+    pub skipped: Vec<usize>,
 }
 
 /// Decodes JSON records for one table.
@@ -170,6 +173,7 @@ impl JsonDecoder {
                 kept,
                 rejected,
                 unknown_fields,
+                skipped: Vec::new(),
             };
         };
         let (batch, kept) = self.shape(raw, kept, records, &mut rejected);
@@ -179,6 +183,7 @@ impl JsonDecoder {
             kept,
             rejected,
             unknown_fields,
+            skipped: Vec::new(),
         }
     }
 
@@ -365,6 +370,7 @@ mod tests {
             description: None,
             owner: None,
             tags: Vec::new(),
+            before_image: false,
             evolve: Default::default(),
         };
         let decoder = JsonDecoder::new(&table).unwrap();

@@ -4,6 +4,7 @@
 
 pub mod avro;
 pub mod columns;
+pub mod debezium;
 pub mod evolve;
 pub mod json;
 pub mod json_evolve;
@@ -32,6 +33,8 @@ pub enum Decoder {
     Avro(Box<avro::AvroDecoder>),
     /// Protobuf messages of one type, from a descriptor set.
     Protobuf(Box<protobuf_decoder::ProtobufDecoder>),
+    /// Debezium change events as mutation-log rows.
+    Debezium(Box<debezium::DebeziumDecoder>),
 }
 
 impl Decoder {
@@ -42,6 +45,7 @@ impl Decoder {
             Decoder::JsonEvolving(d) => d.table_schema(),
             Decoder::Avro(d) => d.table_schema(),
             Decoder::Protobuf(d) => d.table_schema(),
+            Decoder::Debezium(d) => d.table_schema(),
         }
     }
 
@@ -54,7 +58,7 @@ impl Decoder {
         stop: &tokio_util::sync::CancellationToken,
     ) -> bool {
         match self {
-            Decoder::Json(_) => true,
+            Decoder::Json(_) | Decoder::Debezium(_) => true,
             Decoder::Protobuf(d) => d.prepare(records, stop).await,
             Decoder::JsonEvolving(d) => {
                 d.prepare(records);
@@ -71,6 +75,7 @@ impl Decoder {
             Decoder::JsonEvolving(d) => d.decode(records),
             Decoder::Avro(d) => d.decode(records),
             Decoder::Protobuf(d) => d.decode(records),
+            Decoder::Debezium(d) => d.decode(records),
         }
     }
 
@@ -139,6 +144,12 @@ async fn build_decoder(
             return Ok((
                 Decoder::Json(JsonDecoder::new(table)?),
                 "columns declared in the config".into(),
+            ))
+        }
+        Format::Debezium => {
+            return Ok((
+                Decoder::Debezium(Box::new(debezium::DebeziumDecoder::new(table)?)),
+                "debezium change events, row image declared in the config".into(),
             ))
         }
         Format::Protobuf if spec.registry.is_some() => {

@@ -293,7 +293,7 @@ impl ProtobufDecoder {
             batch,
             kept,
             rejected,
-            unknown_fields: Default::default(),
+            ..Default::default()
         }
     }
 

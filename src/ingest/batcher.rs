@@ -30,6 +30,8 @@ pub struct Span {
     pub dead: u64,
     /// Records dropped because their key is under an erasure request.
     pub suppressed: u64,
+    /// Records that hold no row by design (change-event tombstones).
+    pub skipped: u64,
     /// Source time (ms) of the newest record, if the source has times.
     pub newest_ms: Option<i64>,
     /// Registry schema ids of the records taken.
@@ -98,6 +100,7 @@ impl Batch {
             received: 0,
             dead: 0,
             suppressed: 0,
+            skipped: 0,
             newest_ms: None,
             schema_ids: BTreeSet::new(),
             refused_schema_ids: BTreeSet::new(),
@@ -124,6 +127,13 @@ impl Batch {
                 false => span.schema_ids.insert(id),
                 true => span.refused_schema_ids.insert(id),
             };
+        }
+    }
+
+    /// Counts a record of `partition` that holds no row by design.
+    pub fn add_skipped(&mut self, partition: &Arc<PartitionId>) {
+        if let Some(span) = self.spans.get_mut(partition) {
+            span.skipped += 1;
         }
     }
 
@@ -240,9 +250,10 @@ impl Batch {
                 first: s.first,
                 last: s.last,
                 received: s.received,
-                committed: s.received - s.dead - s.suppressed,
+                committed: s.received - s.dead - s.suppressed - s.skipped,
                 dead_lettered: s.dead,
                 suppressed: s.suppressed,
+                skipped: s.skipped,
                 schema_ids: s.schema_ids.iter().copied().collect(),
                 refused_schema_ids: s.refused_schema_ids.iter().copied().collect(),
                 trimmed: self

@@ -422,6 +422,9 @@ impl Pipeline {
                     .add_schema_id(&records[*index].partition, id, label, true);
             }
         }
+        for &index in &decoded.skipped {
+            self.batch.add_skipped(&records[index].partition);
+        }
         for (index, reason) in decoded.rejected {
             let record = &records[index];
             if self.parts.suppressor.holds_payload(&record.payload) {
@@ -700,6 +703,7 @@ impl Pipeline {
                     committed: mine.len() as u64,
                     dead_lettered: 0,
                     suppressed: 0,
+                    skipped: 0,
                     schema_ids: Vec::new(),
                     refused_schema_ids: Vec::new(),
                     trimmed: Vec::new(),

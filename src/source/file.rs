@@ -129,7 +129,7 @@ fn collect_dir(dir: &Path, format: Format, out: &mut Vec<PathBuf>) {
             let name = path.to_string_lossy();
             let stem = name.strip_suffix(".gz").unwrap_or(&name);
             let extensions: &[&str] = match format {
-                Format::Json => &[".json", ".ndjson", ".jsonl"],
+                Format::Json | Format::Debezium => &[".json", ".ndjson", ".jsonl"],
                 Format::Avro => &[".avro"],
                 Format::Protobuf => &[".binpb"],
             };
@@ -233,7 +233,7 @@ impl Reader {
 
         while let Some((path, partition, start)) = queue.pop_front() {
             let outcome = match files.format {
-                Format::Json => self.read_file(&path, &partition, start)?,
+                Format::Json | Format::Debezium => self.read_file(&path, &partition, start)?,
                 _ => self.read_binary(&path, &partition, start, files.format)?,
             };
             match outcome {

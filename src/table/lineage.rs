@@ -57,6 +57,9 @@ pub struct PartitionRange {
     /// Records dropped because their key is under an erasure request.
     #[serde(default)]
     pub suppressed: u64,
+    /// Records that hold no row by design (change-event tombstones).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped: u64,
     /// Registry schema ids of the records taken (Avro with a registry).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schema_ids: Vec<u32>,
@@ -70,4 +73,8 @@ pub struct PartitionRange {
     /// note breaks the partition's contiguity.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trimmed: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

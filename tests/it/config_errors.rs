@@ -278,3 +278,33 @@ fn pattern_sources_and_templates_are_checked_before_anything_runs() {
         "{table_on_pattern}"
     );
 }
+
+#[test]
+fn change_event_tables_are_checked_before_anything_runs() {
+    let changes = GOOD.replace(
+        "path = \"x.ndjson\"",
+        "path = \"x.ndjson\"\nformat = \"debezium\"",
+    );
+    Config::parse(&changes, "changes")
+        .unwrap()
+        .validate()
+        .unwrap();
+    let reserved = problems(&changes.replace("name = \"at\"", "name = \"cdc_op\""));
+    assert!(
+        reserved.contains("tables[0].columns[1].name") && reserved.contains("change columns"),
+        "{reserved}"
+    );
+    let before = problems(&GOOD.replace(
+        "key = \"user_id\"",
+        "key = \"user_id\"\nbefore_image = true",
+    ));
+    assert!(
+        before.contains("tables[0].before_image") && before.contains("debezium"),
+        "{before}"
+    );
+    let evolving = problems(&changes.replace(
+        "key = \"user_id\"",
+        "key = \"user_id\"\nevolve = \"add_columns\"",
+    ));
+    assert!(evolving.contains("tables[0].evolve"), "{evolving}");
+}

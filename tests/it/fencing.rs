@@ -177,6 +177,7 @@ async fn a_failed_seek_after_a_fenced_batch_is_retried_not_skipped() {
             committed: 50,
             dead_lettered: 0,
             suppressed: 0,
+            skipped: 0,
             schema_ids: Vec::new(),
             refused_schema_ids: Vec::new(),
             trimmed: Vec::new(),

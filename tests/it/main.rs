@@ -8,6 +8,7 @@ mod check;
 mod common;
 mod config_errors;
 mod dead_letters;
+mod debezium;
 mod erasure;
 mod erasure_clock;
 mod erasure_hashed;

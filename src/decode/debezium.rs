@@ -1,0 +1,321 @@
+//! Change events in Debezium's JSON envelope as rows of a mutation-log
+//! table: one row per database mutation.
+//!
+//! A record is the envelope (`op`, `before`, `after`, `source`, `ts_ms`,
+//! `transaction`), bare or inside the JSON converter's `schema`/`payload`
+//! wrapper. Its row holds the change's metadata and the row image the
+//! table declares (`columns`): the `after` image, or for a delete (`d`) the
+//! `before` image, so the key of a deleted row is still there; with
+//! `before_image = true` on the table the `before` image is kept too, as
+//! the struct `cdc_before`.
+//!
+//! | column | from |
+//! | --- | --- |
+//! | `cdc_op` | `op`: `c` insert, `u` update, `d` delete, `r` snapshot read |
+//! | `cdc_ts` | `source.ts_ms`: the commit time at the source |
+//! | `cdc_position` | PostgreSQL `lsn=…`, MySQL `file=…,pos=…,row=…`, MongoDB `ord=…,ts=…` |
+//! | `cdc_db`, `cdc_table` | `source.db`, `source.table` (`source.collection` for MongoDB) |
+//! | `cdc_tx` | `transaction.id`, when the connector adds transaction metadata |
+//!
+//! Kafka tombstones (an empty value after a delete, for log compaction)
+//! are recognised and skipped: counted in the lineage as skipped, never
+//! dead-lettered. MongoDB's `after` and `before` may be extended-JSON text;
+//! they are read with `$oid` as its hex string, `$date` as epoch
+//! milliseconds, `$numberLong`/`$numberInt`/`$numberDouble`/
+//! `$numberDecimal` as numbers. Truncate (`t`) and message (`m`) events, and
+//! records that are not an envelope, are dead letters with the reason.
+//!
+//! The flattened rows are decoded by the JSON decoder against the table's
+//! columns (the same rules, types and dead letters as JSON tables).
+
+use serde_json::{Map, Value};
+
+use super::json::{Decoded, DecoderError, JsonDecoder};
+use crate::config::{ColumnConfig, EpochUnit, TableConfig};
+use crate::source::Record;
+
+/// The change-metadata columns, in table order, with their Delta types.
+pub const CDC_COLUMNS: [(&str, &str); 6] = [
+    ("cdc_op", "string"),
+    ("cdc_ts", "timestamp"),
+    ("cdc_position", "string"),
+    ("cdc_db", "string"),
+    ("cdc_table", "string"),
+    ("cdc_tx", "string"),
+];
+
+/// The column of the `before` image (`before_image = true`).
+pub const BEFORE_COLUMN: &str = "cdc_before";
+
+/// Decodes Debezium JSON envelopes for one mutation-log table.
+#[derive(Debug, Clone)]
+pub struct DebeziumDecoder {
+    rows: JsonDecoder,
+    before_image: bool,
+}
+
+/// The table config the flattened rows are decoded with: the change
+/// columns, then the declared image, then `cdc_before`.
+pub fn log_table(table: &TableConfig) -> TableConfig {
+    let mut columns: Vec<ColumnConfig> = CDC_COLUMNS
+        .iter()
+        .map(|(name, type_name)| ColumnConfig {
+            name: name.to_string(),
+            field: None,
+            type_name: type_name.to_string(),
+            nullable: *name != "cdc_op",
+            epoch_unit: EpochUnit::Millis,
+        })
+        .collect();
+    columns.extend(table.columns.iter().cloned());
+    if table.before_image {
+        let fields: Vec<String> = table
+            .columns
+            .iter()
+            .map(|c| format!("{}:{}", c.name, c.type_name))
+            .collect();
+        columns.push(ColumnConfig {
+            name: BEFORE_COLUMN.to_string(),
+            field: None,
+            type_name: format!("struct<{}>", fields.join(",")),
+            nullable: true,
+            epoch_unit: EpochUnit::Auto,
+        });
+    }
+    TableConfig {
+        columns,
+        ..table.clone()
+    }
+}
+
+impl DebeziumDecoder {
+    /// The decoder of `table`'s declared row image.
+    pub fn new(table: &TableConfig) -> Result<Self, DecoderError> {
+        Ok(Self {
+            rows: JsonDecoder::new(&log_table(table))?,
+            before_image: table.before_image,
+        })
+    }
+
+    /// The table's Arrow schema.
+    pub fn table_schema(&self) -> arrow::datatypes::SchemaRef {
+        self.rows.table_schema()
+    }
+
+    /// Decodes `records`: envelopes become rows, tombstones are skipped,
+    /// anything else is rejected with the reason.
+    pub fn decode(&self, records: &[Record]) -> Decoded {
+        let mut flat = Vec::with_capacity(records.len());
+        let mut origin = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
+        let mut skipped = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            match self.flatten(&record.payload) {
+                Ok(Some(row)) => {
+                    flat.push(Record {
+                        payload: row.into(),
+                        ..record.clone()
+                    });
+                    origin.push(index);
+                }
+                Ok(None) => skipped.push(index),
+                Err(reason) => rejected.push((index, reason)),
+            }
+        }
+        let decoded = self.rows.decode(&flat);
+        rejected.extend(
+            decoded
+                .rejected
+                .into_iter()
+                .map(|(i, reason)| (origin[i], reason)),
+        );
+        rejected.sort_by_key(|(i, _)| *i);
+        Decoded {
+            batch: decoded.batch,
+            kept: decoded.kept.into_iter().map(|i| origin[i]).collect(),
+            rejected,
+            unknown_fields: Default::default(),
+            skipped,
+        }
+    }
+
+    /// The row of one record, `None` for a tombstone.
+    fn flatten(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
+        if payload.iter().all(u8::is_ascii_whitespace) {
+            return Ok(None);
+        }
+        let value: Value = serde_json::from_slice(payload)
+            .map_err(|e| format!("not a Debezium change event (JSON): {e}"))?;
+        // The JSON converter with schemas wraps the envelope.
+        let envelope = match value {
+            Value::Object(mut o) if o.contains_key("schema") && o.contains_key("payload") => {
+                o.remove("payload").unwrap_or(Value::Null)
+            }
+            other => other,
+        };
+        let Value::Object(envelope) = envelope else {
+            return match envelope {
+                Value::Null => Ok(None),
+                _ => Err("not a Debezium change event: the value is not an object".into()),
+            };
+        };
+        let op = envelope
+            .get("op")
+            .and_then(Value::as_str)
+            .ok_or("not a Debezium change event: no `op`")?;
+        if !matches!(op, "c" | "u" | "d" | "r") {
+            return Err(format!(
+                "`op` = `{op}`: only c, u, d and r change events become rows (truncate and message events do not)"
+            ));
+        }
+        let image = |key: &str| -> Result<Option<Map<String, Value>>, String> {
+            match envelope.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::Object(o)) => Ok(Some(plain_json(Value::Object(o.clone())))),
+                // MongoDB: extended JSON as text.
+                Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+                    Ok(Value::Object(o)) => Ok(Some(plain_json(Value::Object(o)))),
+                    _ => Err(format!("`{key}` is text but not an extended-JSON document")),
+                },
+                Some(_) => Err(format!(
+                    "`{key}` is neither an object nor extended-JSON text"
+                )),
+            }
+        };
+        let after = image("after")?;
+        let before = image("before")?;
+        let source = envelope.get("source").cloned().unwrap_or(Value::Null);
+        let mut row = match (op, &after, &before) {
+            ("d", _, Some(before)) => before.clone(),
+            ("d", _, None) => Map::new(),
+            (_, Some(after), _) => after.clone(),
+            (_, None, _) => return Err(format!("`op` = `{op}` without an `after` image")),
+        };
+        row.insert("cdc_op".into(), Value::String(op.into()));
+        if let Some(ts) = source.get("ts_ms").filter(|v| v.is_number()) {
+            row.insert("cdc_ts".into(), ts.clone());
+        }
+        row.insert("cdc_position".into(), position(&source));
+        for (column, key) in [("cdc_db", "db"), ("cdc_table", "table")] {
+            let value = source
+                .get(key)
+                .or_else(|| (key == "table").then(|| source.get("collection")).flatten());
+            if let Some(Value::String(text)) = value {
+                row.insert(column.into(), Value::String(text.clone()));
+            }
+        }
+        if let Some(Value::String(id)) = envelope.get("transaction").and_then(|t| t.get("id")) {
+            row.insert("cdc_tx".into(), Value::String(id.clone()));
+        }
+        if self.before_image {
+            row.insert(
+                super::debezium::BEFORE_COLUMN.into(),
+                before.map(Value::Object).unwrap_or(Value::Null),
+            );
+        }
+        Ok(Some(
+            serde_json::to_vec(&Value::Object(row)).expect("JSON serializes"),
+        ))
+    }
+}
+
+/// Where the change stands in the source's log, as text.
+fn position(source: &Value) -> Value {
+    let text = |key: &str| {
+        source.get(key).and_then(|v| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        })
+    };
+    let parts: Vec<String> = match source.get("connector").and_then(Value::as_str) {
+        Some("mysql") => ["file", "pos", "row"]
+            .iter()
+            .filter_map(|k| text(k).map(|v| format!("{k}={v}")))
+            .collect(),
+        Some("mongodb") => ["ord", "ts_ms"]
+            .iter()
+            .filter_map(|k| text(k).map(|v| format!("{k}={v}")))
+            .collect(),
+        _ => ["lsn"]
+            .iter()
+            .filter_map(|k| text(k).map(|v| format!("{k}={v}")))
+            .collect(),
+    };
+    if parts.is_empty() {
+        Value::Null
+    } else {
+        Value::String(parts.join(","))
+    }
+}
+
+/// MongoDB extended JSON as plain JSON values: `{"$oid": h}` is `h`,
+/// `{"$date": …}` epoch milliseconds, `{"$numberLong": "7"}` and the other
+/// number wrappers numbers; anything else unchanged, recursively.
+fn plain_json(value: Value) -> Map<String, Value> {
+    match extended(value) {
+        Value::Object(o) => o,
+        _ => Map::new(),
+    }
+}
+
+fn extended(value: Value) -> Value {
+    match value {
+        Value::Object(o) if o.len() == 1 => {
+            let (key, inner) = o.iter().next().expect("one entry");
+            match (key.as_str(), inner) {
+                ("$oid", Value::String(hex)) => Value::String(hex.clone()),
+                ("$date", Value::Number(ms)) => Value::Number(ms.clone()),
+                ("$date", Value::String(text)) => Value::String(text.clone()),
+                ("$date", Value::Object(_)) => extended(inner.clone()),
+                ("$numberLong" | "$numberInt", Value::String(n)) => n
+                    .parse::<i64>()
+                    .map(Value::from)
+                    .unwrap_or_else(|_| Value::String(n.clone())),
+                ("$numberDouble" | "$numberDecimal", Value::String(n)) => n
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .unwrap_or_else(|| Value::String(n.clone())),
+                _ => Value::Object(o.into_iter().map(|(k, v)| (k, extended(v))).collect()),
+            }
+        }
+        Value::Object(o) => Value::Object(o.into_iter().map(|(k, v)| (k, extended(v))).collect()),
+        Value::Array(items) => Value::Array(items.into_iter().map(extended).collect()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extended_json_reads_as_plain_values() {
+        let doc: Value = serde_json::from_str(
+            r#"{"_id": {"$oid": "5f1a"}, "at": {"$date": 1700000000000},
+                "n": {"$numberLong": "42"}, "price": {"$numberDecimal": "9.5"},
+                "tags": [{"$numberInt": "1"}], "nested": {"when": {"$date": {"$numberLong": "5"}}}}"#,
+        )
+        .unwrap();
+        let plain = plain_json(doc);
+        assert_eq!(plain["_id"], "5f1a");
+        assert_eq!(plain["at"], 1_700_000_000_000i64);
+        assert_eq!(plain["n"], 42);
+        assert_eq!(plain["price"], 9.5);
+        assert_eq!(plain["tags"][0], 1);
+        assert_eq!(plain["nested"]["when"], 5);
+    }
+
+    #[test]
+    fn positions_name_each_connector_s_coordinates() {
+        let pg: Value = serde_json::json!({"connector": "postgresql", "lsn": 24023128});
+        assert_eq!(position(&pg), "lsn=24023128");
+        let mysql: Value = serde_json::json!({"connector": "mysql", "file": "mysql-bin.000003", "pos": 154, "row": 0});
+        assert_eq!(position(&mysql), "file=mysql-bin.000003,pos=154,row=0");
+        let mongo: Value =
+            serde_json::json!({"connector": "mongodb", "ord": 1, "ts_ms": 1558965508000i64});
+        assert_eq!(position(&mongo), "ord=1,ts_ms=1558965508000");
+    }
+}
