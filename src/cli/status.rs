@@ -74,6 +74,12 @@ pub fn render(s: &TableStatus) -> String {
             p.committed,
             p.dead_lettered
         ));
+        if p.skipped > 0 || p.suppressed > 0 {
+            out.push_str(&format!(
+                "{:<45} {} suppressed (erasure), {} skipped (tombstones)\n",
+                "", p.suppressed, p.skipped
+            ));
+        }
         for note in &p.trimmed {
             out.push_str(&format!("{:<45} lost: {note}\n", ""));
         }

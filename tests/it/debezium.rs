@@ -176,6 +176,11 @@ columns = [
             "{table}: {partition:?}"
         );
         assert_eq!(partition.skipped, 1, "{table}: one tombstone");
+        let text = sluice::cli::status::render(&status);
+        assert!(
+            text.contains("0 suppressed (erasure), 1 skipped (tombstones)"),
+            "{text}"
+        );
     }
     let reasons = strings(
         &kernel_read(&lake.table("pg_customers_dead_letters")).await,
