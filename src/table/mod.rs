@@ -283,7 +283,11 @@ pub async fn open_or_create(
         .with_storage_options(options(storage_options))
         .build()
         .map_err(|e| TableError::delta(url, e))?;
-    let mut create = table.create();
+    // No retry: a creation that finds version 0 taken must fail (and open
+    // the winner's table), not commit a second CREATE TABLE on top of it.
+    let mut create = table.create().with_commit_properties(
+        deltalake::kernel::transaction::CommitProperties::default().with_max_retries(0),
+    );
     if let Some(description) = description {
         create = create.with_comment(description);
     }

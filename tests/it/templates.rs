@@ -563,3 +563,65 @@ columns = [
         assert!(!ids.contains(&"c-3".to_string()), "{table}: {ids:?}");
     }
 }
+
+/// Workers creating one template table at the same moment: one creation
+/// wins, the others open it; nobody fails and nothing is committed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_creating_one_table_at_once_converge_on_it() {
+    use sluice::table::about::About;
+    let lake = Lake::new();
+    let config = config(&lake, "127.0.0.1:9");
+    let table = config.table_templates[0]
+        .table_for("prod.rides-service.events.ride.RideEvent")
+        .unwrap();
+    let schema = sluice::decode::JsonDecoder::new(&table)
+        .unwrap()
+        .table_schema();
+    let about = About::of(&config, &table, "columns declared in the config");
+    let url =
+        sluice::table::resolve_location(&lake.table(&table.name).display().to_string()).unwrap();
+    let properties = [
+        sluice::table::table_properties(Some(&table.key), &table.properties),
+        about.pairs(),
+    ]
+    .concat();
+    let creations = (0..4).map(|_| {
+        let (url, schema, properties, about, name) = (
+            url.clone(),
+            schema.clone(),
+            properties.clone(),
+            about.clone(),
+            table.name.clone(),
+        );
+        tokio::spawn(async move {
+            let opened = sluice::table::open_or_create(
+                &url,
+                &no_options(),
+                &name,
+                &schema,
+                &[],
+                &properties,
+                about.description.as_deref(),
+            )
+            .await?;
+            Ok::<_, sluice::table::TableError>(about.refresh(opened, &name).await)
+        })
+    });
+    for created in futures::future::join_all(creations).await {
+        let opened = created.unwrap().expect("every worker opens the table");
+        if opened.version() != Some(0) {
+            let commit = std::fs::read_to_string(
+                lake.table(&table.name)
+                    .join("_delta_log/00000000000000000001.json"),
+            )
+            .unwrap_or_default();
+            panic!("a worker committed again: {commit}");
+        }
+    }
+    let log: Vec<_> = std::fs::read_dir(lake.table(&table.name).join("_delta_log"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(log.len(), 1, "one creation");
+}
