@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// by a template of a `topic_pattern` source.
     #[arg(long, default_value_t = 200)]
     pub topics: usize,
+    /// A running Kafka broker to use instead of the embedded one
+    /// (new-topic; topics are created through its admin API).
+    #[arg(long)]
+    pub brokers: Option<String>,
 }
 
 /// Benchmark modes.
@@ -100,6 +104,9 @@ pub enum BenchMode {
     /// The same events over `--topics` topics of a pattern source, one
     /// template table each (1 topic: one table).
     Topics,
+    /// Time from a new matching topic's first record to its table's first
+    /// commit, `--events` times (a pattern source, refresh 1s, max_latency 300ms).
+    NewTopic,
 }
 
 #[derive(Debug, Serialize)]
@@ -179,6 +186,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
         BenchMode::Kafka => kafka(&args).await?,
         BenchMode::Fleet => fleet(&args).await?,
         BenchMode::Topics => topics(&args).await?,
+        BenchMode::NewTopic => return new_topic(&args).await,
         BenchMode::EraseTable => {
             let (events, bytes, seconds) =
                 super::bench_table::build(&args.lake, args.events, args.files, args.users).await?;
@@ -387,6 +395,114 @@ async fn topics(args: &BenchArgs) -> Result<Measurement, CliError> {
     })
     .await?;
     Ok(run.measurement)
+}
+
+/// `new-topic`: a pattern source runs; `--events` times a topic is created
+/// (by producing its first record: the embedded broker creates it) and the
+/// time until its table's first commit is printed with the settings that
+/// bound it.
+async fn new_topic(args: &BenchArgs) -> Result<(), CliError> {
+    let lake = fresh_lake(&args.lake)?;
+    // The embedded broker creates a topic when a record is first sent to it.
+    let embedded = match &args.brokers {
+        Some(_) => None,
+        None => Some(EmbeddedKafka::start("bench.t000", 1).map_err(CliError::Demo)?),
+    };
+    let bootstrap = match (&args.brokers, &embedded) {
+        (Some(brokers), _) => brokers.clone(),
+        (None, Some(cluster)) => cluster.bootstrap_servers().to_string(),
+        (None, None) => unreachable!("one or the other"),
+    };
+    let create = |topic: String| {
+        let bootstrap = bootstrap.clone();
+        let external = args.brokers.is_some();
+        async move {
+            if !external {
+                return Ok(());
+            }
+            use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+            let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+                rdkafka::ClientConfig::new()
+                    .set("bootstrap.servers", &bootstrap)
+                    .create()
+                    .map_err(|e| CliError::Demo(e.to_string()))?;
+            let created = admin
+                .create_topics(
+                    &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+                    &AdminOptions::new().operation_timeout(Some(Duration::from_secs(10))),
+                )
+                .await
+                .map_err(|e| CliError::Demo(e.to_string()))?;
+            for result in created {
+                result.map_err(|(t, e)| CliError::Demo(format!("create {t}: {e}")))?;
+            }
+            Ok::<(), CliError>(())
+        }
+    };
+    create("bench.t000".to_string()).await?;
+    let (refresh_ms, latency_ms) = (1000, 300);
+    let text = format!(
+        "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"{latency_ms}ms\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\ntopic_pattern = '^bench\\..+'\nmetadata_refresh = \"{refresh_ms}ms\"\ngroup_id = \"bench\"\n\n[[table_templates]]\nsource = \"bench\"\ntopic = '^bench\\.(?P<name>.+)$'\nname = \"rides_{{name}}\"\n{RIDES_TABLE_COLUMNS}",
+        bootstrap
+    );
+    let config = Config::parse(&text, "bench config")?;
+    config.validate()?;
+    let stats = Arc::new(IngestStats::new());
+    let shutdown = CancellationToken::new();
+    let task = {
+        let (config, stats, shutdown) = (config.clone(), stats.clone(), shutdown.clone());
+        tokio::spawn(async move { crate::ingest::run(&config, shutdown, stats).await })
+    };
+    let producer: rdkafka::producer::BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .map_err(|e| CliError::Demo(e.to_string()))?;
+    let mut events = RideEvents::new(3, 1000, 0.0);
+    let mut send = |topic: &str| -> Result<(), CliError> {
+        let event = events.next_event();
+        broker::send(&producer, topic, &event.key, &event.payload).map_err(CliError::Demo)?;
+        broker::flush(&producer).map_err(CliError::Demo)
+    };
+    let wait_for = |count: u64| {
+        let stats = stats.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while stats.snapshot().committed < count {
+                if Instant::now() > deadline {
+                    return Err(CliError::Demo(format!(
+                        "no commit of record {count} in 120s"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(())
+        }
+    };
+    // The group has joined and the first table exists.
+    send("bench.t000")?;
+    wait_for(1).await?;
+    let mut samples = Vec::new();
+    for n in 1..=args.events.max(1) {
+        let topic = format!("bench.n{n:03}");
+        let started = Instant::now();
+        create(topic.clone()).await?;
+        send(&topic)?;
+        wait_for(1 + n).await?;
+        samples.push(started.elapsed().as_secs_f64());
+    }
+    shutdown.cancel();
+    task.await.map_err(|e| CliError::Demo(e.to_string()))??;
+    println!(
+        "{}",
+        serde_json::json!({
+            "mode": "new-topic",
+            "seconds": samples,
+            "metadata_refresh_ms": refresh_ms,
+            "max_latency_ms": latency_ms,
+        })
+    );
+    Ok(())
 }
 
 /// Figures of a run with several workers (`fleet`).

@@ -271,7 +271,12 @@ pub fn client_config(config: &KafkaSourceConfig) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         .set("client.id", format!("sluice-{}", config.name))
         // High watermarks for lag metrics (see `stats`).
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // A broker holds a fetch of idle partitions this long at most
+        // (librdkafka: 500ms): a partition assigned meanwhile (a new topic
+        // of a pattern source, a rebalance) waits behind it, so its first
+        // records come sooner; busy partitions are unaffected.
+        .set("fetch.wait.max.ms", "100");
     for (key, value) in GROUP_DEFAULTS {
         client.set(*key, *value);
     }
