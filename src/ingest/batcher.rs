@@ -80,7 +80,6 @@ pub struct Batch {
     bytes: u64,
     charged: usize,
     unknown_fields: BTreeMap<String, u64>,
-    schemas: BTreeMap<u32, String>,
     /// Notes of records lost before a partition's next records, kept until
     /// a commit covering the partition carries them.
     trimmed: BTreeMap<Arc<PartitionId>, BTreeSet<String>>,
@@ -110,18 +109,8 @@ impl Batch {
         span.received += 1;
     }
 
-    /// Notes the registry schema id of a record of `partition`, taken or
-    /// refused, and where the registry holds it (`label`).
-    pub fn add_schema_id(
-        &mut self,
-        partition: &Arc<PartitionId>,
-        id: u32,
-        label: Option<String>,
-        refused: bool,
-    ) {
-        if let Some(label) = label {
-            self.schemas.entry(id).or_insert(label);
-        }
+    /// Notes the registry schema id of a record of `partition`, taken or refused.
+    pub fn add_schema_id(&mut self, partition: &Arc<PartitionId>, id: u32, refused: bool) {
         if let Some(span) = self.spans.get_mut(partition) {
             match refused {
                 false => span.schema_ids.insert(id),
@@ -144,9 +133,13 @@ impl Batch {
         }
     }
 
-    /// Where the registry holds the schema ids of the batch's records.
-    pub fn schemas(&self) -> BTreeMap<u32, String> {
-        self.schemas.clone()
+    /// The registry schema ids of the batch's records, taken or refused.
+    pub fn schema_ids(&self) -> BTreeSet<u32> {
+        self.spans
+            .values()
+            .flat_map(|s| s.schema_ids.iter().chain(&s.refused_schema_ids))
+            .copied()
+            .collect()
     }
 
     /// Counts of fields the table does not have, per name.

@@ -410,16 +410,14 @@ impl Pipeline {
         }
         for &index in &decoded.kept {
             if let Some(id) = self.decoder.schema_id(&records[index]) {
-                let label = self.decoder.schema_label(id);
                 self.batch
-                    .add_schema_id(&records[index].partition, id, label, false);
+                    .add_schema_id(&records[index].partition, id, false);
             }
         }
         for (index, _) in &decoded.rejected {
             if let Some(id) = self.decoder.schema_id(&records[*index]) {
-                let label = self.decoder.schema_label(id);
                 self.batch
-                    .add_schema_id(&records[*index].partition, id, label, true);
+                    .add_schema_id(&records[*index].partition, id, true);
             }
         }
         for &index in &decoded.skipped {
@@ -528,7 +526,12 @@ impl Pipeline {
             worker: self.parts.worker.clone(),
             partitions,
             unknown_fields: self.batch.unknown_fields(),
-            schemas: self.batch.schemas(),
+            schemas: self
+                .batch
+                .schema_ids()
+                .into_iter()
+                .filter_map(|id| Some((id, self.decoder.schema_label(id)?)))
+                .collect(),
         };
         let updates = self.batch.position_updates();
         self.epoch += 1;
