@@ -135,15 +135,25 @@ fn topic_of(partition: &PartitionId) -> &str {
     &partition.stream
 }
 
-/// Splits items by topic, keeping their order within each topic.
+/// Splits items by topic, keeping their order within each topic (and the
+/// topics in order of first appearance).
 fn by_topic<T>(items: Vec<T>, topic: impl Fn(&T) -> &str) -> Vec<(String, Vec<T>)> {
     let mut out: Vec<(String, Vec<T>)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
     for item in items {
-        let name = topic(&item).to_string();
-        match out.iter_mut().find(|(t, _)| *t == name) {
-            Some((_, group)) => group.push(item),
-            None => out.push((name, vec![item])),
-        }
+        // Records of one topic come in runs: check the last group first.
+        let at = match out.last() {
+            Some((last, _)) if last == topic(&item) => out.len() - 1,
+            _ => match index.get(topic(&item)) {
+                Some(&at) => at,
+                None => {
+                    index.insert(topic(&item).to_string(), out.len());
+                    out.push((topic(&item).to_string(), Vec::new()));
+                    out.len() - 1
+                }
+            },
+        };
+        out[at].1.push(item);
     }
     out
 }
@@ -550,5 +560,28 @@ fn joined_error(
         Ok((_, Ok(()))) => None,
         Ok((_, Err(e))) => Some(IngestError::Pipeline(e)),
         Err(e) => Some(IngestError::Task("?".into(), e.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_are_grouped_by_topic_in_order() {
+        let items = vec![("a", 1), ("a", 2), ("b", 3), ("a", 4), ("c", 5), ("b", 6)];
+        let groups = by_topic(items, |(t, _)| t);
+        let got: Vec<(String, Vec<i32>)> = groups
+            .into_iter()
+            .map(|(t, g)| (t, g.into_iter().map(|(_, n)| n).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), vec![1, 2, 4]),
+                ("b".to_string(), vec![3, 6]),
+                ("c".to_string(), vec![5]),
+            ]
+        );
     }
 }
