@@ -102,7 +102,6 @@ pub async fn preflight(
     if !root.contains("://") || root.starts_with("file://") {
         return Ok(());
     }
-    register_object_stores();
     let problem = |reason: String| {
         TableError::Location {
         location: root.to_string(),
@@ -111,13 +110,8 @@ pub async fn preflight(
         ),
     }
     };
-    let url = Url::parse(root).map_err(|e| problem(e.to_string()))?;
-    let store = DeltaTableBuilder::from_url(url)
-        .map_err(|e| problem(e.to_string()))?
-        .with_storage_options(options(storage_options))
-        .build_storage()
-        .map_err(|e| problem(e.to_string()))?
-        .object_store(None);
+    Url::parse(root).map_err(|e| problem(e.to_string()))?;
+    let store = lake_store(root, storage_options).map_err(|e| problem(e.to_string()))?;
     use futures::StreamExt;
     let listing = async { store.list(None).next().await.transpose() };
     match tokio::time::timeout(std::time::Duration::from_secs(20), listing).await {
