@@ -216,17 +216,9 @@ pub async fn run_with_budget(
         }
         if config.maintenance.enabled {
             let (url, _) = table_urls(config, table_config)?;
-            let maintenance_loop = MaintenanceLoop::new(
-                &table_config.name,
-                url,
-                config.lake.storage_options.clone(),
-                config.maintenance.clone(),
-                table_config.zorder_by.clone(),
-                &worker,
-            )
-            .await
-            .map_err(|e| IngestError::Task(table_config.name.clone(), e.to_string()))?;
-            maintenance.push(scheduler::spawn(maintenance_loop, maintenance_stop.clone()));
+            maintenance.push(
+                spawn_maintenance(config, table_config, url, &worker, &maintenance_stop).await?,
+            );
         } else {
             tracing::info!(
                 table = %table_config.name,
@@ -298,6 +290,27 @@ pub(crate) struct WorkerParts<'a> {
     pub budget: &'a Arc<MemoryBudget>,
     pub stats: &'a Arc<IngestStats>,
     pub kinesis_clients: &'a HashMap<String, aws_sdk_kinesis::Client>,
+}
+
+/// Starts the maintenance loop of the table at `url`.
+pub(crate) async fn spawn_maintenance(
+    config: &Config,
+    table_config: &TableConfig,
+    url: url::Url,
+    worker: &str,
+    stop: &CancellationToken,
+) -> Result<tokio::task::JoinHandle<()>, IngestError> {
+    let maintenance_loop = MaintenanceLoop::new(
+        &table_config.name,
+        url,
+        config.lake.storage_options.clone(),
+        config.maintenance.clone(),
+        table_config.zorder_by.clone(),
+        worker,
+    )
+    .await
+    .map_err(|e| IngestError::Task(table_config.name.clone(), e.to_string()))?;
+    Ok(scheduler::spawn(maintenance_loop, stop.clone()))
 }
 
 /// A table and its dead-letter table, opened or created, with what the

@@ -34,7 +34,6 @@ use crate::catalog::refused::{self, RefusedTopic};
 use crate::config::{Config, KafkaSourceConfig, SourceConfig, TableConfig};
 use crate::decode::{self, DecoderError};
 use crate::erase::suppress::{self, Suppressor, SuppressorSet};
-use crate::maintain::scheduler::{self, MaintenanceLoop};
 use crate::source::{PartitionId, PositionLookup, SourceControl, SourceEvent};
 use crate::table;
 use crate::telemetry::stats::IngestStats;
@@ -534,20 +533,16 @@ impl Router {
         crate::telemetry::metrics::table_started(&table_config.name);
         tracing::info!(topic, table = %table_config.name, "topic takes its table from a template");
         if config.maintenance.enabled {
-            let maintenance_loop = MaintenanceLoop::new(
-                &table_config.name,
-                data_url,
-                config.lake.storage_options.clone(),
-                config.maintenance.clone(),
-                table_config.zorder_by.clone(),
-                &self.parts.worker,
-            )
-            .await
-            .map_err(|e| IngestError::Task(table_config.name.clone(), e.to_string()))?;
-            self.maintenance.push(scheduler::spawn(
-                maintenance_loop,
-                self.parts.maintenance_stop.clone(),
-            ));
+            self.maintenance.push(
+                super::spawn_maintenance(
+                    &config,
+                    table_config,
+                    data_url,
+                    &self.parts.worker,
+                    &self.parts.maintenance_stop,
+                )
+                .await?,
+            );
         }
         Ok(true)
     }
