@@ -495,3 +495,27 @@ pub async fn assert_status_names_schemas(table: &Path, subject: &str) {
         );
     }
 }
+
+/// Two workers ingest `topic` into `config`'s table; after their first
+/// commits one is killed without a drain and a third joins, while 8,000
+/// events are produced in three waves. Returns the good event ids and the
+/// two running workers (stop them once the rows have landed).
+pub async fn crash_and_replace(
+    kafka: &EmbeddedKafka,
+    topic: &str,
+    config: &Config,
+) -> (Vec<String>, Running, Running) {
+    let mut good = produce(kafka, topic, "one", 3000, 0);
+    let a = Running::start(config);
+    let b = Running::start(config);
+    a.wait_for(Duration::from_secs(60), "first commits", |s| s.commits >= 1)
+        .await;
+    b.wait_for(Duration::from_secs(60), "first commits", |s| s.commits >= 1)
+        .await;
+    good.extend(produce(kafka, topic, "two", 3000, 0));
+    // Kill A without a drain: whatever it buffered is lost to it, not to the table.
+    a.kill().await;
+    let c = Running::start(config);
+    good.extend(produce(kafka, topic, "three", 2000, 0));
+    (good, b, c)
+}

@@ -171,18 +171,7 @@ async fn workers_share_an_s3_table_exactly_once_through_a_crash() {
     let kafka = kafka(topic, 4);
     let config = s3_config(&moto, kafka.bootstrap_servers(), topic, &moto.endpoint);
 
-    let mut good = produce(&kafka, topic, "one", 3000, 0);
-    let a = Running::start(&config);
-    let b = Running::start(&config);
-    a.wait_for(Duration::from_secs(60), "first commits", |s| s.commits >= 1)
-        .await;
-    b.wait_for(Duration::from_secs(60), "first commits", |s| s.commits >= 1)
-        .await;
-    good.extend(produce(&kafka, topic, "two", 3000, 0));
-    // Kill A without a drain: whatever it buffered is lost to it, not to the table.
-    a.kill().await;
-    let c = Running::start(&config);
-    good.extend(produce(&kafka, topic, "three", 2000, 0));
+    let (good, b, c) = crash_and_replace(&kafka, topic, &config).await;
     let total = good.len() as u64;
     let table_url = "s3://lake/prod/events/";
     let url = url::Url::parse(table_url).unwrap();
