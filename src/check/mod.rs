@@ -545,36 +545,18 @@ mod tests {
             .iter()
             .map(|f| format!("{:?} {} {}", f.target, f.code, f.message))
             .collect();
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("Bigquery timestamp-ntz column `at`")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("Bigquery timestamp-ntz column `pickup.when`")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("Spark column-name column `user id`")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("Bigquery column-name `user id`")),
-            "{lines:?}"
-        );
-        assert!(
-            lines
-                .iter()
-                .any(|l| l.starts_with("Bigquery timestamp-partition partition column `day`")),
-            "{lines:?}"
-        );
+        for wanted in [
+            "Bigquery timestamp-ntz column `at`",
+            "Bigquery timestamp-ntz column `pickup.when`",
+            "Spark column-name column `user id`",
+            "Bigquery column-name `user id`",
+            "Bigquery timestamp-partition partition column `day`",
+        ] {
+            assert!(
+                lines.iter().any(|l| l.starts_with(wanted)),
+                "{wanted} in {lines:?}"
+            );
+        }
         // With column mapping, Spark takes any name.
         let mut mapped = findings(&[Target::Spark]);
         check_schema(&schema, &[], true, &mut mapped);
