@@ -236,6 +236,24 @@ fn config_starting(
     stream: &str,
     start_from: &str,
 ) -> sluice::config::Config {
+    orders_config(
+        lake,
+        kinesis,
+        stream,
+        &format!("start_from = \"{start_from}\""),
+        r#"metadata_columns = ["source_partition", "source_position", "ingest_time"]"#,
+    )
+}
+
+/// The `orders` table fed by Kinesis source `k` on `stream`;
+/// `source_extra` and `table_extra` add keys to each.
+pub fn orders_config(
+    lake: &Lake,
+    kinesis: &Kinesalite,
+    stream: &str,
+    source_extra: &str,
+    table_extra: &str,
+) -> sluice::config::Config {
     parse_valid(&format!(
         r#"
 [lake]
@@ -246,11 +264,11 @@ max_latency = "300ms"
 enabled = false
 [erasure]
 enabled = false
-{source}start_from = "{start_from}"
+{source}{source_extra}
 [[tables]]
 name = "orders"
 source = "k"
-metadata_columns = ["source_partition", "source_position", "ingest_time"]
+{table_extra}
 {EVENT_COLUMNS}
 "#,
         root = lake.root(),

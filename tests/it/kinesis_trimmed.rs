@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use crate::common::*;
-use crate::kinesis::{create_stream, put_events, Kinesalite};
+use crate::kinesis::{create_stream, orders_config, put_events, Kinesalite};
 
 fn config(
     lake: &Lake,
@@ -17,25 +17,13 @@ fn config(
     stream: &str,
     on_trimmed: &str,
 ) -> sluice::config::Config {
-    parse_valid(&format!(
-        r#"
-[lake]
-root = "{root}"
-[batching]
-max_latency = "300ms"
-[maintenance]
-enabled = false
-[erasure]
-enabled = false
-{source}on_trimmed = "{on_trimmed}"
-[[tables]]
-name = "orders"
-source = "k"
-{EVENT_COLUMNS}
-"#,
-        root = lake.root(),
-        source = kinesis.source("k", stream),
-    ))
+    orders_config(
+        lake,
+        kinesis,
+        stream,
+        &format!("on_trimmed = \"{on_trimmed}\""),
+        "",
+    )
 }
 
 /// A first run with `fail` that commits the `rows` records already put;
