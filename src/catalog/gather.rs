@@ -139,7 +139,7 @@ async fn describe(
     let mut zorder_columns = list(about::ZORDER);
     if zorder_columns.is_empty() {
         if let Some(t) = configured {
-            zorder_columns = t.zorder_by.clone();
+            zorder_columns = t.zorder_columns();
         }
     }
 

@@ -48,7 +48,8 @@ use serde::{Deserialize, Serialize};
 
 pub use format::{Format, FormatSpec, RegistryConfig};
 pub use table::{
-    ColumnConfig, DerivedColumn, EpochUnit, Evolve, MetadataColumn, TableConfig, Transform,
+    ColumnConfig, DerivedColumn, EpochUnit, Evolve, MetadataColumn, TableConfig, TableMode,
+    Transform,
 };
 pub use template::TableTemplate;
 pub use units::{ByteSize, Span};

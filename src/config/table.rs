@@ -62,6 +62,13 @@ pub struct TableConfig {
     /// `before` image too, as the struct column `cdc_before`.
     #[serde(default)]
     pub before_image: bool,
+    /// Change-event tables: `append` (the default) keeps every mutation as
+    /// a row; `mirror` keeps one row per `primary_key`, the latest image.
+    #[serde(default)]
+    pub mode: TableMode,
+    /// Mirror tables: the columns that identify a row of the source table.
+    #[serde(default)]
+    pub primary_key: Vec<String>,
 }
 
 impl TableConfig {
@@ -85,8 +92,32 @@ impl TableConfig {
             owner: None,
             tags: Vec::new(),
             before_image: false,
+            mode: TableMode::Append,
+            primary_key: Vec::new(),
         }
     }
+
+    /// The columns the maintenance loop Z-orders by: `zorder_by`, or for a
+    /// mirror table that names none, its primary key (a merge's keys then
+    /// sit in few files, so a merge rewrites few).
+    pub fn zorder_columns(&self) -> Vec<String> {
+        if self.zorder_by.is_empty() && self.mode == TableMode::Mirror {
+            self.primary_key.clone()
+        } else {
+            self.zorder_by.clone()
+        }
+    }
+}
+
+/// What a table of change events keeps.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum TableMode {
+    /// One row per mutation (a mutation-log table).
+    #[default]
+    Append,
+    /// One row per primary key: the source table's current state.
+    Mirror,
 }
 
 /// One declared column.

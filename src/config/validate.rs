@@ -329,6 +329,9 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 "applies to tables of change events (`format = \"debezium\"`)".into(),
             );
         }
+        for (at, reason) in mirror_problems(table, changes > 0) {
+            add(format!("{key}.{at}"), reason);
+        }
         for problem in table_problems(table, schema_typed) {
             add(format!("{key}.{}", problem.key), problem.reason);
         }
@@ -549,6 +552,70 @@ pub(crate) fn table_problems(table: &TableConfig, schema_typed: bool) -> Vec<Pro
             "partition_by".into(),
             "at least one column must stay out of the partitioning".into(),
         );
+    }
+    out
+}
+
+/// What is wrong with a table's `mode` and `primary_key` (`changes`: the
+/// table reads change events).
+fn mirror_problems(table: &TableConfig, changes: bool) -> Vec<(String, String)> {
+    use crate::config::TableMode;
+    let mut out = Vec::new();
+    if table.mode == TableMode::Append {
+        if !table.primary_key.is_empty() {
+            out.push((
+                "primary_key".into(),
+                "applies to mirror tables (`mode = \"mirror\"`)".into(),
+            ));
+        }
+        return out;
+    }
+    if !changes {
+        out.push((
+            "mode".into(),
+            "`mirror` applies to tables of change events (`format = \"debezium\"`)".into(),
+        ));
+        return out;
+    }
+    if table.primary_key.is_empty() {
+        out.push((
+            "primary_key".into(),
+            "a mirror table needs the columns that identify a row, e.g. `primary_key = [\"id\"]`"
+                .into(),
+        ));
+    }
+    if table.before_image {
+        out.push((
+            "before_image".into(),
+            "applies to mutation-log tables; a mirror table keeps the latest image only".into(),
+        ));
+    }
+    for (j, name) in table.primary_key.iter().enumerate() {
+        match table.columns.iter().find(|c| &c.name == name) {
+            None => out.push((
+                format!("primary_key[{j}]"),
+                format!("`{name}` is not a declared column"),
+            )),
+            Some(c)
+                if !matches!(
+                    c.type_name.as_str(),
+                    "long" | "bigint" | "int" | "integer" | "short" | "string"
+                ) =>
+            {
+                out.push((
+                    format!("primary_key[{j}]"),
+                    format!(
+                        "`{name}` has type {}; a primary key column is a string or an integer",
+                        c.type_name
+                    ),
+                ))
+            }
+            Some(_) if table.partition_by.contains(name) => out.push((
+                format!("primary_key[{j}]"),
+                format!("`{name}` is a partition column (that would make a directory per key)"),
+            )),
+            Some(_) => {}
+        }
     }
     out
 }

@@ -47,11 +47,27 @@ pub const CDC_COLUMNS: [(&str, &str); 6] = [
 /// The column of the `before` image (`before_image = true`).
 pub const BEFORE_COLUMN: &str = "cdc_before";
 
+/// Mirror tables: the change's place in the source's log as text that
+/// sorts in log order (fixed-width numbers), so the position a row was
+/// last changed at can be compared with a later mutation's.
+pub const ORDER_COLUMN: &str = "cdc_order";
+
 /// Decodes Debezium JSON envelopes for one mutation-log table.
 #[derive(Debug, Clone)]
 pub struct DebeziumDecoder {
     rows: JsonDecoder,
     before_image: bool,
+    mirror: Option<MirrorShape>,
+}
+
+/// What a mirror table's change events must carry.
+#[derive(Debug, Clone)]
+struct MirrorShape {
+    /// The primary-key columns: every event names them.
+    key: Vec<String>,
+    /// Declared non-nullable columns: inserts, updates and reads carry them
+    /// (a delete may carry the key alone).
+    required: Vec<String>,
 }
 
 /// The table config the flattened rows are decoded with: the change
@@ -67,7 +83,23 @@ pub fn log_table(table: &TableConfig) -> TableConfig {
             epoch_unit: EpochUnit::Millis,
         })
         .collect();
-    columns.extend(table.columns.iter().cloned());
+    let mirror = table.mode == crate::config::TableMode::Mirror;
+    if mirror {
+        columns.push(ColumnConfig {
+            name: ORDER_COLUMN.to_string(),
+            field: None,
+            type_name: "string".into(),
+            nullable: true,
+            epoch_unit: EpochUnit::Auto,
+        });
+    }
+    columns.extend(table.columns.iter().cloned().map(|mut c| {
+        // A delete may carry the key alone; `flatten` checks the others.
+        if mirror && !table.primary_key.contains(&c.name) {
+            c.nullable = true;
+        }
+        c
+    }));
     if table.before_image {
         let fields: Vec<String> = table
             .columns
@@ -91,9 +123,28 @@ pub fn log_table(table: &TableConfig) -> TableConfig {
 impl DebeziumDecoder {
     /// The decoder of `table`'s declared row image.
     pub fn new(table: &TableConfig) -> Result<Self, DecoderError> {
+        let mirror = (table.mode == crate::config::TableMode::Mirror).then(|| MirrorShape {
+            key: table
+                .primary_key
+                .iter()
+                .map(|name| {
+                    let column = table.columns.iter().find(|c| &c.name == name);
+                    column
+                        .map_or(name.as_str(), ColumnConfig::field)
+                        .to_string()
+                })
+                .collect(),
+            required: table
+                .columns
+                .iter()
+                .filter(|c| !c.nullable && !table.primary_key.contains(&c.name))
+                .map(|c| c.field().to_string())
+                .collect(),
+        });
         Ok(Self {
             rows: JsonDecoder::new(&log_table(table))?,
             before_image: table.before_image,
+            mirror,
         })
     }
 
@@ -191,6 +242,12 @@ impl DebeziumDecoder {
             (_, Some(after), _) => after.clone(),
             (_, None, _) => return Err(format!("`op` = `{op}` without an `after` image")),
         };
+        if let Some(shape) = &self.mirror {
+            shape.check(op, &row)?;
+            if let Some(order) = order(&source) {
+                row.insert(ORDER_COLUMN.into(), Value::String(order));
+            }
+        }
         row.insert("cdc_op".into(), Value::String(op.into()));
         if let Some(ts) = source.get("ts_ms").filter(|v| v.is_number()) {
             row.insert("cdc_ts".into(), ts.clone());
@@ -246,6 +303,73 @@ fn position(source: &Value) -> Value {
         Value::Null
     } else {
         Value::String(parts.join(","))
+    }
+}
+
+impl MirrorShape {
+    /// Refuses an event whose image lacks the key, or (not a delete) a
+    /// required column.
+    fn check(&self, op: &str, row: &Map<String, Value>) -> Result<(), String> {
+        let image = if op == "d" { "before" } else { "after" };
+        let missing = |name: &String| row.get(name).is_none_or(Value::is_null);
+        if let Some(name) = self.key.iter().find(|n| missing(n)) {
+            return Err(format!(
+                "the primary key column `{name}` is missing from the `{image}` image"
+            ));
+        }
+        if op != "d" {
+            if let Some(name) = self.required.iter().find(|n| missing(n)) {
+                return Err(format!(
+                    "the required column `{name}` is missing from the `after` image"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The change's place in the source's log, as text that sorts in log
+/// order; `None` when the source block has no position.
+///
+/// PostgreSQL: `sequence` (the last commit's LSN, then the change's own:
+/// changes stream in commit order, so the pair orders them even when
+/// transactions interleave), else `lsn` alone. MySQL: binlog file, `pos`,
+/// `row`. MongoDB: the oplog time (`ts_ms`), then `ord`.
+fn order(source: &Value) -> Option<String> {
+    let number = |value: Option<&Value>| -> Option<u64> {
+        match value? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => s.parse().ok(),
+            _ => None,
+        }
+    };
+    match source.get("connector").and_then(Value::as_str) {
+        Some("mysql") => {
+            let file = source.get("file")?.as_str()?;
+            let pos = number(source.get("pos"))?;
+            let row = number(source.get("row")).unwrap_or(0);
+            Some(format!("{file}/{pos:020}/{row:010}"))
+        }
+        Some("mongodb") => {
+            let ts = number(source.get("ts_ms"))?;
+            let ord = number(source.get("ord")).unwrap_or(0);
+            Some(format!("{ts:020}/{ord:010}"))
+        }
+        _ => {
+            let sequence: Option<Vec<Value>> = source
+                .get("sequence")
+                .and_then(Value::as_str)
+                .and_then(|s| serde_json::from_str(s).ok());
+            let lsn = number(source.get("lsn"));
+            match sequence.as_deref() {
+                Some([commit, change]) => {
+                    let commit = number(Some(commit)).unwrap_or(0);
+                    let change = number(Some(change)).or(lsn)?;
+                    Some(format!("{commit:020}/{change:020}"))
+                }
+                _ => lsn.map(|lsn| format!("{:020}/{lsn:020}", 0)),
+            }
+        }
     }
 }
 
@@ -317,5 +441,30 @@ mod tests {
         let mongo: Value =
             serde_json::json!({"connector": "mongodb", "ord": 1, "ts_ms": 1558965508000i64});
         assert_eq!(position(&mongo), "ord=1,ts_ms=1558965508000");
+    }
+
+    #[test]
+    fn orders_sort_in_log_order() {
+        let pg = |sequence: &str, lsn: u64| {
+            order(&serde_json::json!({"connector": "postgresql", "sequence": sequence, "lsn": lsn}))
+                .unwrap()
+        };
+        // A transaction that began first but committed later comes after.
+        let early_change_late_commit = pg(r#"["500","120"]"#, 120);
+        let late_change_early_commit = pg(r#"["400","450"]"#, 450);
+        assert!(late_change_early_commit < early_change_late_commit);
+        assert!(pg(r#"[null,"100"]"#, 100) < pg(r#"["100","101"]"#, 101));
+        let mysql = |file: &str, pos: u64, row: u64| {
+            order(&serde_json::json!({"connector": "mysql", "file": file, "pos": pos, "row": row}))
+                .unwrap()
+        };
+        assert!(mysql("mysql-bin.000003", 9000, 0) < mysql("mysql-bin.000004", 4, 0));
+        assert!(mysql("mysql-bin.000003", 484, 0) < mysql("mysql-bin.000003", 484, 1));
+        let mongo = |ts: u64, ord: u64| {
+            order(&serde_json::json!({"connector": "mongodb", "ts_ms": ts, "ord": ord})).unwrap()
+        };
+        assert!(mongo(1000, 31) < mongo(2000, 2));
+        assert!(mongo(2000, 2) < mongo(2000, 10));
+        assert_eq!(order(&serde_json::json!({})), None);
     }
 }

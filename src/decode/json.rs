@@ -371,6 +371,8 @@ mod tests {
             owner: None,
             tags: Vec::new(),
             before_image: false,
+            mode: Default::default(),
+            primary_key: Vec::new(),
             evolve: Default::default(),
         };
         let decoder = JsonDecoder::new(&table).unwrap();

@@ -23,6 +23,7 @@
 //! `erasure.interval` (one worker of a fleet at a time, under a lease).
 
 pub mod apply;
+pub mod find;
 pub mod hashing;
 pub mod keys;
 pub mod ledger;

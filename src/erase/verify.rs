@@ -156,10 +156,10 @@ pub(crate) async fn check_live_rows(
                 .in_range(
                     stats
                         .get("minValues")
-                        .and_then(|m| super::apply::stat_at(m, &needle.column)),
+                        .and_then(|m| super::find::stat_at(m, &needle.column)),
                     stats
                         .get("maxValues")
-                        .and_then(|m| super::apply::stat_at(m, &needle.column)),
+                        .and_then(|m| super::find::stat_at(m, &needle.column)),
                 )
                 .is_empty();
         if !full && !admitted {

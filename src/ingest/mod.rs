@@ -13,6 +13,7 @@
 
 pub mod batcher;
 pub mod budget;
+pub mod mirror;
 pub mod pipeline;
 pub mod router;
 
@@ -305,7 +306,7 @@ pub(crate) async fn spawn_maintenance(
         url,
         config.lake.storage_options.clone(),
         config.maintenance.clone(),
-        table_config.zorder_by.clone(),
+        table_config.zorder_columns(),
         worker,
     )
     .await
@@ -398,6 +399,8 @@ pub(crate) fn pipeline_for(
         stats: parts.stats.clone(),
         suppressor,
         storage_options: config.lake.storage_options.clone(),
+        mirror_key: (table_config.mode == crate::config::TableMode::Mirror)
+            .then(|| table_config.primary_key.clone()),
     })?)
 }
 

@@ -24,18 +24,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::batcher::{Batch, FlushReason};
 use super::budget::MemoryBudget;
+use super::mirror::{discard, Mirror};
 use crate::config::{defaults, BatchingConfig};
 use crate::decode::{Decoded, Decoder};
 use crate::erase::suppress::Suppressor;
 use crate::source::{PartitionId, Record, SourceControl, SourceEvent};
 use crate::table::commit::{
-    commit_with_positions, commit_with_schema, CommitError, PositionUpdate,
+    commit_merge, commit_with_positions, commit_with_schema, CommitError, PositionUpdate,
 };
 use crate::table::dead_letter::{self, DeadLetter};
 use crate::table::lineage::{CommitKind, CommitLineage, PartitionRange};
 use crate::table::recorded_positions;
 use crate::table::writer::TableWriter;
 use crate::telemetry::stats::IngestStats;
+
+/// Times a merge is planned again after concurrent rewrites removed a file it rewrote.
+const MERGE_REPLANS: u32 = 10;
 
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +85,14 @@ pub enum PipelineError {
         /// The commit error.
         source: Box<CommitError>,
     },
+    /// A mirror table's merge could not be planned.
+    #[error("merging into {table}: {source}")]
+    Merge {
+        /// The table.
+        table: String,
+        /// The cause.
+        source: Box<super::mirror::MergeError>,
+    },
 }
 
 /// What a pipeline needs besides its events.
@@ -109,6 +121,8 @@ pub struct PipelineParts {
     pub suppressor: Arc<Suppressor>,
     /// Object-store options (writers for a grown schema open the table by URL).
     pub storage_options: std::collections::BTreeMap<String, String>,
+    /// A mirror table's primary key: batches are merged by it, not appended.
+    pub mirror_key: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +151,8 @@ pub struct Pipeline {
     grown: Option<arrow::datatypes::SchemaRef>,
     /// Files of this batch finished under an earlier schema.
     earlier: Vec<deltalake::kernel::Add>,
+    /// A mirror table's open batch (its rows are merged, not streamed to files).
+    mirror: Option<Mirror>,
 }
 
 impl Pipeline {
@@ -152,6 +168,10 @@ impl Pipeline {
         let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
         let decoder = Arc::new(parts.decoder.clone());
         let schema = writer.arrow_schema();
+        let mirror = parts
+            .mirror_key
+            .clone()
+            .map(|key| Mirror::new(key, parts.key.clone(), target));
         Ok(Self {
             parts,
             writer,
@@ -167,6 +187,7 @@ impl Pipeline {
             schema,
             grown: None,
             earlier: Vec::new(),
+            mirror,
         })
     }
 
@@ -459,7 +480,9 @@ impl Pipeline {
                     }
                 })?
             };
-            if batch.num_rows() > 0 {
+            if let (Some(mirror), true) = (&mut self.mirror, batch.num_rows() > 0) {
+                mirror.push(batch);
+            } else if batch.num_rows() > 0 {
                 self.writer
                     .write(batch)
                     .await
@@ -514,25 +537,14 @@ impl Pipeline {
             source: Box::new(source),
         };
         self.commit_dead_letters().await?;
+        if self.mirror.is_some() {
+            return self.flush_merge(reason, started).await;
+        }
         let mut adds = std::mem::take(&mut self.earlier);
         adds.extend(self.writer.finish().await.map_err(write_error)?);
         let files = adds.len() as u64;
         let bytes: u64 = adds.iter().map(|a| a.size as u64).sum();
-        let partitions = self.batch.lineage();
-        let rows: u64 = partitions.iter().map(|r| r.committed).sum();
-        let dead: u64 = partitions.iter().map(|r| r.dead_lettered).sum();
-        let lineage = CommitLineage {
-            kind: CommitKind::Data,
-            worker: self.parts.worker.clone(),
-            partitions,
-            unknown_fields: self.batch.unknown_fields(),
-            schemas: self
-                .batch
-                .schema_ids()
-                .into_iter()
-                .filter_map(|id| Some((id, self.decoder.schema_label(id)?)))
-                .collect(),
-        };
+        let lineage = self.lineage(None);
         let updates = self.batch.position_updates();
         self.epoch += 1;
         let result = commit_with_schema(
@@ -548,6 +560,109 @@ impl Pipeline {
         if result.is_ok() {
             self.grown = None;
         }
+        self.committed(result, &lineage, files, bytes, reason, started)
+    }
+
+    /// Merges a mirror table's batch: planned, then committed while every
+    /// file it rewrote is live; planned again when a concurrent rewrite
+    /// removed one.
+    async fn flush_merge(
+        &mut self,
+        reason: FlushReason,
+        started: Instant,
+    ) -> Result<(), PipelineError> {
+        let mirror = self.mirror.as_ref().expect("a mirror table");
+        let updates = self.batch.position_updates();
+        self.epoch += 1;
+        let mut replans = 0;
+        let (result, plan) = loop {
+            // The merge must see every file committed so far, its own last commit's too.
+            self.parts
+                .table
+                .update_state()
+                .await
+                .map_err(|source| PipelineError::Merge {
+                    table: self.parts.name.clone(),
+                    source: Box::new(source.into()),
+                })?;
+            let plan =
+                mirror
+                    .plan(&self.parts.table)
+                    .await
+                    .map_err(|source| PipelineError::Merge {
+                        table: self.parts.name.clone(),
+                        source: Box::new(source),
+                    })?;
+            if super::mirror::injected_crash(&self.parts.name) {
+                return Err(PipelineError::Merge {
+                    table: self.parts.name.clone(),
+                    source: Box::new(super::mirror::MergeError::Injected),
+                });
+            }
+            let lineage = self.lineage(Some(plan.summary.clone()));
+            let result = commit_merge(
+                &mut self.parts.table,
+                plan.actions.clone(),
+                &plan.inputs,
+                &updates,
+                &lineage,
+                &self.parts.worker,
+                self.epoch,
+            )
+            .await;
+            match result {
+                Err(CommitError::Moved(path)) if replans < MERGE_REPLANS => {
+                    replans += 1;
+                    tracing::info!(table = %self.parts.name, %path, replans, "a file the merge rewrote was rewritten meanwhile; planning again");
+                    discard(&self.parts.table, &plan).await;
+                }
+                Err(_) => {
+                    discard(&self.parts.table, &plan).await;
+                    break (result, plan);
+                }
+                Ok(_) => break (result, plan),
+            }
+        };
+        self.mirror.as_mut().expect("a mirror table").clear();
+        let files = plan.written().count() as u64;
+        let bytes: u64 = plan.written().map(|a| a.size as u64).sum();
+        if result.is_ok() {
+            crate::telemetry::metrics::merged(&self.parts.name, &plan.summary);
+        }
+        let lineage = self.lineage(Some(plan.summary));
+        self.committed(result, &lineage, files, bytes, reason, started)
+    }
+
+    /// The lineage of the open batch's data commit.
+    fn lineage(&self, merge: Option<crate::table::lineage::MergeSummary>) -> CommitLineage {
+        CommitLineage {
+            kind: CommitKind::Data,
+            worker: self.parts.worker.clone(),
+            partitions: self.batch.lineage(),
+            unknown_fields: self.batch.unknown_fields(),
+            schemas: self
+                .batch
+                .schema_ids()
+                .into_iter()
+                .filter_map(|id| Some((id, self.decoder.schema_label(id)?)))
+                .collect(),
+            merge,
+        }
+    }
+
+    /// Ends the open batch after its commit: counts it, or re-seeks its
+    /// partitions when it was fenced.
+    fn committed(
+        &mut self,
+        result: Result<i64, CommitError>,
+        lineage: &CommitLineage,
+        files: u64,
+        bytes: u64,
+        reason: FlushReason,
+        started: Instant,
+    ) -> Result<(), PipelineError> {
+        let rows: u64 = lineage.partitions.iter().map(|r| r.committed).sum();
+        let dead: u64 = lineage.partitions.iter().map(|r| r.dead_lettered).sum();
         let (spans, charged) = self.batch.take();
         self.parts.budget.release(charged);
         match result {
@@ -627,6 +742,9 @@ impl Pipeline {
         let rows = self.batch.rows();
         self.dead.clear();
         self.earlier.clear();
+        if let Some(mirror) = &mut self.mirror {
+            mirror.clear();
+        }
         let (spans, charged) = self.batch.take();
         self.parts.budget.release(charged);
         self.parts
@@ -728,6 +846,7 @@ impl Pipeline {
                 partitions: ranges,
                 unknown_fields: Default::default(),
                 schemas: Default::default(),
+                merge: None,
             };
             match commit_with_positions(
                 &mut self.parts.dead_table,

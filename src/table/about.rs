@@ -62,8 +62,9 @@ impl About {
         if !table.tags.is_empty() {
             properties.insert(TAGS.into(), table.tags.join(","));
         }
-        if !table.zorder_by.is_empty() {
-            properties.insert(ZORDER.into(), table.zorder_by.join(","));
+        let zorder = table.zorder_columns();
+        if !zorder.is_empty() {
+            properties.insert(ZORDER.into(), zorder.join(","));
         }
         Self {
             description: table.description.clone(),

@@ -10,6 +10,16 @@
 //! winner touched one of our app ids; we reload and check again, so the race
 //! ends in `Stale` too. Conflicts that do not touch our partitions (another
 //! table writer, maintenance) are retried with backoff.
+//!
+//! A mirror table's merge also removes the files it rewrote
+//! ([`commit_merge`]): it lands only while each of them is still live. A
+//! compaction, Z-order or erasure that removed one first ends the attempt
+//! in [`CommitError::Moved`] (the merge is planned again on the new
+//! version); one that tries to remove one after is refused by its own
+//! check. The check is made on the snapshot the merge is built on, and the
+//! merge is not rebased by delta-rs when another commit takes that version
+//! first (delta-rs's conflict check does not see a compaction's removes,
+//! whose `dataChange` is false): it is checked again on the new version.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -55,6 +65,10 @@ pub enum CommitError {
     /// (two workers added the same field with different types).
     #[error("schema conflict: column {0}; the batch cannot be committed")]
     SchemaConflict(String),
+    /// A file the commit removes was removed by a concurrent commit (a
+    /// compaction, Z-order or erasure): a merge must be planned again.
+    #[error("{0} was removed by a concurrent commit")]
+    Moved(String),
     /// The commit kept failing.
     #[error("commit failed after {attempts} attempts: {source}")]
     Failed {
@@ -92,17 +106,63 @@ pub async fn commit_with_schema(
     query_id: &str,
     epoch: i64,
 ) -> Result<i64, CommitError> {
-    let app_ids: Vec<String> = updates.iter().map(|u| u.app_id.clone()).collect();
+    let commit = Fenced {
+        grown,
+        inputs: &[],
+        updates,
+        lineage,
+        query_id,
+        epoch,
+    };
+    commit_fenced(table, actions, &commit).await
+}
+
+/// [`commit_with_positions`] for a merge into a mirror table: `actions`
+/// also remove `inputs`, and the commit lands only while every one of them
+/// is still live ([`CommitError::Moved`] otherwise).
+pub async fn commit_merge(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    inputs: &[String],
+    updates: &[PositionUpdate],
+    lineage: &CommitLineage,
+    query_id: &str,
+    epoch: i64,
+) -> Result<i64, CommitError> {
+    let commit = Fenced {
+        grown: None,
+        inputs,
+        updates,
+        lineage,
+        query_id,
+        epoch,
+    };
+    commit_fenced(table, actions, &commit).await
+}
+
+/// What a fenced commit carries besides its actions.
+struct Fenced<'a> {
+    grown: Option<&'a arrow::datatypes::SchemaRef>,
+    inputs: &'a [String],
+    updates: &'a [PositionUpdate],
+    lineage: &'a CommitLineage,
+    query_id: &'a str,
+    epoch: i64,
+}
+
+async fn commit_fenced(
+    table: &mut DeltaTable,
+    actions: Vec<Action>,
+    commit: &Fenced<'_>,
+) -> Result<i64, CommitError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = try_commit(
-            table, &actions, grown, updates, &app_ids, lineage, query_id, epoch,
-        )
-        .await;
+        let result = try_commit(table, &actions, commit).await;
         let error = match result {
             Ok(version) => return Ok(version),
             Err(Attempt::Stale(stale)) => return Err(stale),
+            Err(Attempt::Moved(path)) => return Err(CommitError::Moved(path)),
             Err(Attempt::Conflict(column)) => return Err(CommitError::SchemaConflict(column)),
             Err(Attempt::Retry(error)) => error,
         };
@@ -123,23 +183,27 @@ pub async fn commit_with_schema(
 
 enum Attempt {
     Stale(CommitError),
+    Moved(String),
     Conflict(String),
     Retry(DeltaTableError),
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn try_commit(
     table: &mut DeltaTable,
     actions: &[Action],
-    grown: Option<&arrow::datatypes::SchemaRef>,
-    updates: &[PositionUpdate],
-    app_ids: &[String],
-    lineage: &CommitLineage,
-    query_id: &str,
-    epoch: i64,
+    commit: &Fenced<'_>,
 ) -> Result<i64, Attempt> {
+    let Fenced {
+        grown,
+        inputs,
+        updates,
+        lineage,
+        query_id,
+        epoch,
+    } = *commit;
     table.update_state().await.map_err(Attempt::Retry)?;
-    let recorded = recorded_positions(table, app_ids)
+    let app_ids: Vec<String> = updates.iter().map(|u| u.app_id.clone()).collect();
+    let recorded = recorded_positions(table, &app_ids)
         .await
         .map_err(Attempt::Retry)?;
     for update in updates {
@@ -162,13 +226,34 @@ async fn try_commit(
     let properties = CommitProperties::default()
         .with_application_transactions(txns)
         .with_metadata([(COMMIT_INFO_KEY.to_string(), lineage)])
-        .with_max_retries(3)
+        // A merge is checked against the version it commits on: delta-rs
+        // must not rebase it over a commit it did not check (its conflict
+        // check ignores a compaction's removes, which have dataChange=false).
+        .with_max_retries(if inputs.is_empty() { 3 } else { 0 })
         // delta-rs would otherwise list the whole log after every commit to
         // expire old entries, a cost that grows with history; the
         // maintenance loop and `sluice checkpoint` expire the log instead.
         .with_cleanup_expired_logs(Some(false));
+    if !inputs.is_empty() {
+        // Checked on the snapshot the commit is built on, which it lands
+        // right after or not at all (no rebase below).
+        let snapshot = table.snapshot().map_err(Attempt::Retry)?;
+        let live: std::collections::HashSet<String> = snapshot
+            .log_data()
+            .iter()
+            .map(|f| f.path().to_string())
+            .collect();
+        if let Some(gone) = inputs.iter().find(|p| !live.contains(*p)) {
+            return Err(Attempt::Moved(gone.clone()));
+        }
+    }
     let operation = DeltaOperation::StreamingUpdate {
-        output_mode: OutputMode::Append,
+        // A merge replaces rows; a batch of events only appends them.
+        output_mode: if inputs.is_empty() {
+            OutputMode::Append
+        } else {
+            OutputMode::Update
+        },
         query_id: query_id.to_string(),
         epoch_id: epoch,
     };

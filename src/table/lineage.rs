@@ -35,6 +35,34 @@ pub struct CommitLineage {
     /// (`subject vN`, by id), as far as the registry said.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub schemas: std::collections::BTreeMap<u32, String>,
+    /// A mirror table's merge: what it did to the table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge: Option<MergeSummary>,
+}
+
+/// What a merge did, recorded in its commit's lineage (`merge`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MergeSummary {
+    /// Mutations in the batch.
+    pub mutations: u64,
+    /// Distinct primary keys among them.
+    pub keys: u64,
+    /// Rows appended (the latest images of inserted and updated keys).
+    pub upserted: u64,
+    /// Keys whose latest mutation is a delete.
+    pub deleted: u64,
+    /// Existing rows removed (replaced or deleted).
+    pub removed: u64,
+    /// Keys whose mutation was at or before the position the table holds.
+    pub stale: u64,
+    /// Files whose statistics admitted a key.
+    pub files_in_range: u64,
+    /// Files whose key column was read.
+    pub files_read: u64,
+    /// Files rewritten.
+    pub files_rewritten: u64,
+    /// Bytes of the files rewritten.
+    pub bytes_rewritten: u64,
 }
 
 /// The span of one source partition covered by a commit.

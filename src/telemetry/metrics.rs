@@ -31,7 +31,7 @@ pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Ato
 static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
 
 /// The rare events counted in [`EVENTS`]: (metric, label name, help).
-const EVENT_METRICS: [(&str, &str, &str); 8] = [
+const EVENT_METRICS: [(&str, &str, &str); 12] = [
     (
         "sluice_erasure_purges_held_total",
         "table",
@@ -68,6 +68,26 @@ const EVENT_METRICS: [(&str, &str, &str); 8] = [
         "Topics a pattern source found that no table template takes or whose schema cannot be resolved (their records are not ingested; see `sluice catalog`).",
     ),
     (
+        "sluice_merge_files_rewritten_total",
+        "table",
+        "Files a mirror table's merges rewrote without the rows they replaced.",
+    ),
+    (
+        "sluice_merge_bytes_rewritten_total",
+        "table",
+        "Bytes of the files a mirror table's merges rewrote.",
+    ),
+    (
+        "sluice_merge_keys_total",
+        "table",
+        "Primary keys a mirror table's merges applied (after collapsing each batch by key).",
+    ),
+    (
+        "sluice_merge_stale_total",
+        "table",
+        "Keys whose mutation a merge dropped because the table already held that position or a later one (replays).",
+    ),
+    (
         "sluice_tables_created_total",
         "table",
         "Tables a pattern source's templates made for new topics (or opened when another worker made them first).",
@@ -75,11 +95,23 @@ const EVENT_METRICS: [(&str, &str, &str); 8] = [
 ];
 
 fn count_event(metric: &'static str, label: &str) {
+    count_events(metric, label, 1);
+}
+
+fn count_events(metric: &'static str, label: &str, n: u64) {
     *EVENTS
         .lock()
         .expect("events lock")
         .entry((metric, label.to_string()))
-        .or_default() += 1;
+        .or_default() += n;
+}
+
+/// A merge into the mirror table `table` committed.
+pub fn merged(table: &str, summary: &crate::table::lineage::MergeSummary) {
+    count_events(EVENT_METRICS[7].0, table, summary.files_rewritten);
+    count_events(EVENT_METRICS[8].0, table, summary.bytes_rewritten);
+    count_events(EVENT_METRICS[9].0, table, summary.keys - summary.stale);
+    count_events(EVENT_METRICS[10].0, table, summary.stale);
 }
 
 /// A purge of `table` held a request back: its key was still found.
@@ -114,7 +146,7 @@ pub fn topic_refused(topic: &str) {
 
 /// A template's table started taking a topic's records.
 pub fn table_started(table: &str) {
-    count_event(EVENT_METRICS[7].0, table);
+    count_event(EVENT_METRICS[11].0, table);
 }
 
 /// A maintenance round found `table` failing `check --for bigquery`.

@@ -272,6 +272,7 @@ async fn a_straggler_from_a_worker_with_a_slow_clock_is_still_erased() {
         partitions: vec![],
         unknown_fields: Default::default(),
         schemas: Default::default(),
+        merge: None,
     };
     commit_with_positions(
         &mut table,

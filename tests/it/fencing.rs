@@ -16,6 +16,7 @@ fn lineage() -> CommitLineage {
         partitions: vec![],
         unknown_fields: Default::default(),
         schemas: Default::default(),
+        merge: None,
     }
 }
 
@@ -184,6 +185,7 @@ async fn a_failed_seek_after_a_fenced_batch_is_retried_not_skipped() {
         }],
         unknown_fields: Default::default(),
         schemas: Default::default(),
+        merge: None,
     };
     commit_with_positions(
         &mut other,

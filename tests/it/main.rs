@@ -22,6 +22,7 @@ mod kinesis_trimmed;
 mod layout;
 mod maintenance;
 mod memory;
+mod mirror;
 mod protobuf;
 mod protobuf_registry;
 mod rebalance;
