@@ -307,4 +307,53 @@ fn change_event_tables_are_checked_before_anything_runs() {
         "key = \"user_id\"\nevolve = \"add_columns\"",
     ));
     assert!(evolving.contains("tables[0].evolve"), "{evolving}");
+
+    // Mirror tables.
+    let mirror =
+        |extra: &str| changes.replace("key = \"user_id\"", &format!("key = \"user_id\"\n{extra}"));
+    Config::parse(
+        &mirror("mode = \"mirror\"\nprimary_key = [\"user_id\"]"),
+        "mirror",
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let keyless = problems(&mirror("mode = \"mirror\""));
+    assert!(
+        keyless.contains("tables[0].primary_key") && keyless.contains("identify a row"),
+        "{keyless}"
+    );
+    let undeclared = problems(&mirror(
+        "mode = \"mirror\"\nprimary_key = [\"user_id\", \"order_id\"]",
+    ));
+    assert!(
+        undeclared.contains("tables[0].primary_key[1]")
+            && undeclared.contains("`order_id` is not a declared column"),
+        "{undeclared}"
+    );
+    let timed = problems(&mirror("mode = \"mirror\"\nprimary_key = [\"at\"]"));
+    assert!(
+        timed.contains("tables[0].primary_key[0]") && timed.contains("string or an integer"),
+        "{timed}"
+    );
+    let both = problems(&mirror(
+        "mode = \"mirror\"\nprimary_key = [\"user_id\"]\nbefore_image = true",
+    ));
+    assert!(
+        both.contains("tables[0].before_image") && both.contains("latest image"),
+        "{both}"
+    );
+    let events = problems(&GOOD.replace(
+        "key = \"user_id\"",
+        "key = \"user_id\"\nmode = \"mirror\"\nprimary_key = [\"user_id\"]",
+    ));
+    assert!(
+        events.contains("tables[0].mode") && events.contains("change events"),
+        "{events}"
+    );
+    let appended = problems(&mirror("primary_key = [\"user_id\"]"));
+    assert!(
+        appended.contains("tables[0].primary_key") && appended.contains("mirror"),
+        "{appended}"
+    );
 }

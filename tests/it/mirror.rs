@@ -160,6 +160,21 @@ fn send_all(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) {
     broker::flush(&producer).unwrap();
 }
 
+/// Sends `events` from a thread in chunks of 400, 150 ms apart.
+fn send_slowly(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) -> std::thread::JoinHandle<()> {
+    let events = events.to_vec();
+    let producer = kafka.producer().unwrap();
+    std::thread::spawn(move || {
+        for chunk in events.chunks(400) {
+            for (key, value) in chunk {
+                broker::send(&producer, TOPIC, key, value).unwrap();
+            }
+            broker::flush(&producer).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    })
+}
+
 /// A mirror table `customers` and a log table `customers_log` on the topic.
 fn config(lake: &Lake, kafka: &EmbeddedKafka, maintenance: &str) -> sluice::config::Config {
     let source = |name: &str| {
@@ -284,21 +299,9 @@ zorder_unordered_bytes = "256KiB""#,
     erase::file_requests(&config, &[key], &TableChoice::All, "ticket-7", now_ms())
         .await
         .unwrap();
-    let producer = std::thread::spawn({
-        let events = changes.events[half..].to_vec();
-        let producer = kafka.producer().unwrap();
-        // In chunks over several seconds, so merges keep landing while
-        // the maintenance loop compacts and Z-orders.
-        move || {
-            for chunk in events.chunks(400) {
-                for (key, value) in chunk {
-                    broker::send(&producer, TOPIC, key, value).unwrap();
-                }
-                broker::flush(&producer).unwrap();
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        }
-    });
+    // Over several seconds, so merges keep landing while the maintenance
+    // loop compacts and Z-orders.
+    let producer = send_slowly(&kafka, &changes.events[half..]);
     erase::apply_all(&config, now_ms(), None).await.unwrap();
     producer.join().unwrap();
     running
@@ -433,4 +436,99 @@ fn log_holds(lake: &Lake, mutations: u64) -> bool {
 
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_with_a_rebalance_mid_stream_keep_the_mirror_exact() {
+    let lake = Lake::new();
+    let kafka = kafka(TOPIC, 6);
+    let changes = changes(3_000, 9_000, 13);
+    let config = config(&lake, &kafka, "[maintenance]\nenabled = false");
+    let (first, rest) = changes.events.split_at(changes.events.len() / 3);
+    let (second, third) = rest.split_at(rest.len() / 2);
+    send_all(&kafka, first);
+    let a = Running::start(&config);
+    a.wait_for(Duration::from_secs(60), "A merging", |s| s.commits >= 2)
+        .await;
+    // B joins: partitions move while more changes arrive.
+    let b = Running::start(&config);
+    send_slowly(&kafka, second).join().unwrap();
+    b.wait_for(Duration::from_secs(60), "B merging", |s| s.commits >= 1)
+        .await;
+    // A leaves mid-stream.
+    send_all(&kafka, third);
+    let a_stats = a.stop().await;
+    let mutations = changes.mutations().count() as u64;
+    b.wait_for(Duration::from_secs(120), "B takes the rest", |_| {
+        log_holds(&lake, mutations)
+    })
+    .await;
+    let b_stats = b.stop().await;
+    assert!(
+        a_stats.commits > 0 && b_stats.commits > 0,
+        "both workers merged: {a_stats:?} {b_stats:?}"
+    );
+    assert_same_state(&mirror_rows(&lake).await, &changes.state);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_a_mirror_cannot_apply_are_dead_letters_with_the_reason() {
+    let lake = Lake::new();
+    let kafka = kafka(TOPIC, 1);
+    let config = config(&lake, &kafka, "[maintenance]\nenabled = false");
+    let row = |name: &str, balance: i64| (name.to_string(), balance);
+    let source = r#"{"connector": "postgresql", "lsn": 900, "db": "shop", "table": "customers"}"#;
+    let events: Vec<(String, Vec<u8>)> = vec![
+        ("1".into(), envelope("c", 1, None, Some(&row("a", 10)), 100, Some(90))),
+        ("2".into(), envelope("c", 2, None, Some(&row("b", 20)), 110, Some(100))),
+        (
+            "3".into(),
+            format!(r#"{{"op": "u", "before": {{"id": 3, "name": "c"}}, "after": null, "source": {source}}}"#)
+                .into_bytes(),
+        ),
+        (
+            "".into(),
+            format!(r#"{{"op": "c", "before": null, "after": {{"name": "keyless"}}, "source": {source}}}"#)
+                .into_bytes(),
+        ),
+        (
+            "5".into(),
+            format!(r#"{{"before": null, "after": {{"id": 5, "name": "e"}}, "source": {source}}}"#)
+                .into_bytes(),
+        ),
+        (
+            "6".into(),
+            format!(r#"{{"op": "c", "before": null, "after": {{"id": 6, "balance": 1}}, "source": {source}}}"#)
+                .into_bytes(),
+        ),
+        ("1".into(), envelope("u", 1, Some(&row("a", 10)), Some(&row("a2", 11)), 120, Some(110))),
+        ("2".into(), envelope("d", 2, Some(&row("b", 20)), None, 130, Some(120))),
+        ("2".into(), Vec::new()),
+    ];
+    send_all(&kafka, &events);
+    let running = Running::start(&config);
+    running
+        .wait_for(Duration::from_secs(60), "every change", |s| {
+            s.committed >= 8 && s.dead_lettered >= 8
+        })
+        .await;
+    let stats = running.stop().await;
+    assert_eq!((stats.committed, stats.dead_lettered), (8, 8), "{stats:?}");
+    let mirror = mirror_rows(&lake).await;
+    assert_eq!(mirror, BTreeMap::from([(1, row("a2", 11))]));
+    let reasons = strings(
+        &kernel_read(&lake.table("customers_dead_letters")).await,
+        "error",
+    );
+    for expected in [
+        "`op` = `u` without an `after` image",
+        "the primary key column `id` is missing from the `after` image",
+        "no `op`",
+        "the required column `name` is missing from the `after` image",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.contains(expected)),
+            "{expected}: {reasons:?}"
+        );
+    }
 }
