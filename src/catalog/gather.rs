@@ -250,6 +250,7 @@ async fn describe(
                 .then(|| ordered_bytes as f64 / all_bytes as f64),
             zorder_columns,
             key: property(crate::maintain::KEY_PROPERTY),
+            primary_key: list(about::PRIMARY_KEY),
             template: property(about::TEMPLATE),
             convention: list(about::CONVENTION)
                 .into_iter()

@@ -176,6 +176,13 @@ fn section(t: &TableEntry) -> String {
         );
     }
     row(&mut out, "key", &opt(&s.key));
+    if !s.primary_key.is_empty() {
+        row(
+            &mut out,
+            "mirror of",
+            &format!("one row per {}", escape(&s.primary_key.join(", "))),
+        );
+    }
     if let Some(template) = &s.template {
         let fields: Vec<String> = s
             .convention

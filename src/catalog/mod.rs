@@ -119,6 +119,8 @@ pub struct Structural {
     pub zordered_share: Option<f64>,
     /// The subject-key column.
     pub key: Option<String>,
+    /// A mirror table's primary key (one row per key), empty otherwise.
+    pub primary_key: Vec<String>,
     /// The name template of the `[[table_templates]]` entry that made it.
     pub template: Option<String>,
     /// Its topic's naming-convention fields (`service` -> `rides-service`).

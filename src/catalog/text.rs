@@ -96,6 +96,9 @@ fn block(t: &TableEntry) -> String {
     if let Some(key) = &s.key {
         layout.push(format!("key {key}"));
     }
+    if !s.primary_key.is_empty() {
+        layout.push(format!("mirror: one row per {}", s.primary_key.join(", ")));
+    }
     if !layout.is_empty() {
         line(&mut out, "layout", layout.join("; "));
     }

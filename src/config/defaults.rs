@@ -22,6 +22,9 @@ pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 pub const ROW_GROUP_BYTES: usize = 64 << 20;
 /// zstd level for data files.
 pub const ZSTD_LEVEL: i32 = 3;
+/// Zstandard level of the files a mirror table's merge writes (fast:
+/// maintenance re-encodes them at [`ZSTD_LEVEL`]).
+pub const MERGE_ZSTD_LEVEL: i32 = 1;
 /// Rows of a writer's first chunk sampled to find columns that go without a
 /// Parquet dictionary.
 pub const DICTIONARY_SAMPLE_ROWS: usize = 8192;

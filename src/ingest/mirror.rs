@@ -44,7 +44,6 @@ use deltalake::kernel::{Action, Add};
 use deltalake::parquet::arrow::async_reader::{
     ParquetObjectReader, ParquetRecordBatchStreamBuilder,
 };
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt as _;
@@ -54,7 +53,7 @@ use crate::erase::find::{confirm, stat_at, Candidate};
 use crate::erase::keys::{KeyKind, KeySet, KeyValue, MatchSource};
 use crate::maintain::files::{live_files_by_partition, with_partition_columns, LiveFile};
 use crate::table::lineage::MergeSummary;
-use crate::table::writer::{writer_properties, TableWriter};
+use crate::table::writer::TableWriter;
 
 /// Candidate files confirmed at once (bloom filter and key column reads: mostly I/O).
 const PARALLEL_CONFIRMS: usize = 8;
@@ -272,7 +271,7 @@ impl Mirror {
                 .collect::<Result<Vec<_>, _>>()?;
             let images = RecordBatch::try_new(batch.schema(), columns)?;
             let mut writer =
-                TableWriter::new(table, Some(&self.bloom_column), self.target_file_size)?;
+                TableWriter::for_merge(table, Some(&self.bloom_column), self.target_file_size)?;
             writer.write(images).await?;
             actions.extend(writer.finish().await?.into_iter().map(Action::Add));
         }
@@ -460,9 +459,10 @@ impl RewriteJob {
         let reader = ParquetObjectReader::new(self.table.object_store(), file.location.clone())
             .with_file_size(file.size);
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
-        let mut writer = RecordBatchWriter::for_table(&self.table)?
-            .with_writer_properties(writer_properties(Some(&self.bloom_column)))
-            .with_target_file_size(REWRITE_TARGET_SIZE);
+        // Profiled like ingestion's files: columns whose values barely
+        // repeat go without a dictionary.
+        let mut writer =
+            TableWriter::for_merge(&self.table, Some(&self.bloom_column), REWRITE_TARGET_SIZE)?;
         let mut stream = builder.with_batch_size(8192).build()?;
         let (mut removed, mut stale) = (0u64, Vec::new());
         while let Some(batch) = stream.try_next().await? {
@@ -504,10 +504,10 @@ impl RewriteJob {
             }
         }
         let adds = if removed == 0 {
-            writer.reset();
+            writer.abort();
             Vec::new()
         } else {
-            writer.flush().await?
+            writer.finish().await?
         };
         Ok(FileMerge {
             file,

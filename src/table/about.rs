@@ -1,7 +1,7 @@
 //! What a table says about itself, in the Delta log where every engine sees
 //! it: the description as `metaData.description`, and `sluice.*` table
-//! properties for the owner, tags, sources, schema source, key and Z-order
-//! columns (Spark's `DESCRIBE TABLE EXTENDED` and `SHOW TBLPROPERTIES` show
+//! properties for the owner, tags, sources, schema source, key, a mirror
+//! table's primary key and Z-order columns (Spark's `DESCRIBE TABLE EXTENDED` and `SHOW TBLPROPERTIES` show
 //! them without sluice).
 //!
 //! They are written when the table is created and brought up to date when
@@ -32,6 +32,8 @@ pub const ZORDER: &str = "sluice.zorder";
 pub const KIND: &str = "sluice.kind";
 /// The data table a dead-letter table belongs to.
 pub const FOR_TABLE: &str = "sluice.table";
+/// A mirror table's primary key, comma-separated (one row per key).
+pub const PRIMARY_KEY: &str = "sluice.primary_key";
 /// The name template of the `[[table_templates]]` entry that made it.
 pub const TEMPLATE: &str = "sluice.template";
 /// The naming convention's fields of its topic (`env=prod,service=...`).
@@ -61,6 +63,9 @@ impl About {
         }
         if !table.tags.is_empty() {
             properties.insert(TAGS.into(), table.tags.join(","));
+        }
+        if table.mode == crate::config::TableMode::Mirror {
+            properties.insert(PRIMARY_KEY.into(), table.primary_key.join(","));
         }
         let zorder = table.zorder_columns();
         if !zorder.is_empty() {

@@ -21,14 +21,14 @@ use crate::config::defaults;
 
 /// Parquet settings for sluice's data files.
 pub fn writer_properties(key_column: Option<&str>) -> WriterProperties {
-    properties(key_column, &[])
+    properties(key_column, &[], defaults::ZSTD_LEVEL)
 }
 
 /// Parquet settings with dictionary encoding off for `plain` columns.
-fn properties(key_column: Option<&str>, plain: &[ColumnPath]) -> WriterProperties {
+fn properties(key_column: Option<&str>, plain: &[ColumnPath], level: i32) -> WriterProperties {
     let mut builder = WriterProperties::builder()
         .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(defaults::ZSTD_LEVEL).expect("valid zstd level"),
+            ZstdLevel::try_new(level).expect("valid zstd level"),
         ))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(defaults::ROW_GROUP_ROWS))
@@ -135,6 +135,7 @@ fn once_share<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<f64> {
 pub struct TableWriter {
     inner: Option<RecordBatchWriter>,
     key_column: Option<String>,
+    level: i32,
     profiled: bool,
     rows: usize,
 }
@@ -150,6 +151,23 @@ impl TableWriter {
             .with_writer_properties(writer_properties(key_column))
             .with_target_file_size(target_file_size);
         Ok(Self::wrap(inner, key_column))
+    }
+
+    /// A writer for a mirror table's merge: zstd at
+    /// [`defaults::MERGE_ZSTD_LEVEL`], since a merge rewrites whole files
+    /// while a batch waits (compaction and Z-order re-encode them at the
+    /// usual level later).
+    pub fn for_merge(
+        table: &DeltaTable,
+        key_column: Option<&str>,
+        target_file_size: u64,
+    ) -> Result<Self, DeltaTableError> {
+        let mut writer = Self::new(table, key_column, target_file_size)?;
+        writer.level = defaults::MERGE_ZSTD_LEVEL;
+        let props = properties(key_column, &[], writer.level);
+        let inner = writer.inner.take().expect("just made");
+        writer.inner = Some(inner.with_writer_properties(props));
+        Ok(writer)
     }
 
     /// A writer of files in `schema` (a schema the table is about to take:
@@ -177,6 +195,7 @@ impl TableWriter {
         Self {
             inner: Some(inner),
             key_column: key_column.map(str::to_owned),
+            level: defaults::ZSTD_LEVEL,
             profiled: false,
             rows: 0,
         }
@@ -194,7 +213,7 @@ impl TableWriter {
             self.profiled = true;
             let plain = distinct_columns(&batch);
             if !plain.is_empty() {
-                let props = properties(self.key_column.as_deref(), &plain);
+                let props = properties(self.key_column.as_deref(), &plain, self.level);
                 let inner = self
                     .inner
                     .take()
@@ -281,7 +300,11 @@ mod tests {
             .collect();
         assert_eq!(plain, ["event_id", "event_time", "pickup.lat"]);
 
-        let props = properties(Some("event_id"), &distinct_columns(&batch));
+        let props = properties(
+            Some("event_id"),
+            &distinct_columns(&batch),
+            defaults::ZSTD_LEVEL,
+        );
         assert!(!props.dictionary_enabled(&ColumnPath::from("event_id")));
         assert!(props.dictionary_enabled(&ColumnPath::from("city")));
         assert!(props

@@ -520,6 +520,12 @@ async fn change_events_a_mirror_cannot_apply_are_dead_letters_with_the_reason() 
         &kernel_read(&lake.table("customers_dead_letters")).await,
         "error",
     );
+    // The catalog says what the table is.
+    let catalog = sluice::catalog::gather::read(&config, 1 << 20, now_ms())
+        .await
+        .unwrap();
+    let text = sluice::catalog::text::render(&catalog);
+    assert!(text.contains("mirror: one row per id"), "{text}");
     for expected in [
         "`op` = `u` without an `after` image",
         "the primary key column `id` is missing from the `after` image",
