@@ -29,10 +29,10 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from bench_forget import live_files  # noqa: E402
 from bench_maintain import measured, table_stats  # noqa: E402
 
 CONFIG = """
@@ -186,18 +186,6 @@ def last_merge(table):
     sys.exit(f"{log} is not a merge")
 
 
-def live(table):
-    files = {}
-    for commit in sorted((Path(table) / "_delta_log").glob("*.json")):
-        for line in commit.read_text().splitlines():
-            action = json.loads(line)
-            if "add" in action:
-                files[action["add"]["path"]] = action["add"]["size"]
-            elif "remove" in action:
-                files.pop(action["remove"]["path"], None)
-    return files
-
-
 def main():
     sluice, work = sys.argv[1], Path(sys.argv[2])
     keys = int(sys.argv[3]) if len(sys.argv) > 3 else 5_000_000
@@ -237,7 +225,7 @@ def main():
             shutil.copytree(source, root)
             table = root / "customers"
             for ndjson, rows_path in batch_paths:
-                before = live(table)
+                before = live_files(table)
                 if tool == "sluice":
                     seconds, rss, _ = sluice_ingest(sluice, root, ndjson, size + 1)
                     merge = last_merge(table)
@@ -245,7 +233,7 @@ def main():
                 else:
                     wall, rss, out = measured([python, "-c", DELTA_RS, str(table), str(rows_path)])
                     seconds = json.loads(out)["seconds"]
-                    after = live(table)
+                    after = live_files(table)
                     gone = [p for p in before if p not in after]
                     rewritten = (len(gone), sum(before[p] for p in gone))
                 runs.setdefault(tool, []).append((seconds, rewritten[0], rewritten[1], rss))

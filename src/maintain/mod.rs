@@ -87,17 +87,12 @@ pub async fn commit_rewrite(
     use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
     for attempt in 0..REWRITE_ATTEMPTS {
         table.update_state().await?;
-        let snapshot = table.snapshot()?;
-        let live: std::collections::HashSet<String> = snapshot
-            .log_data()
-            .iter()
-            .map(|f| f.path().to_string())
-            .collect();
-        if let Some(gone) = inputs.iter().find(|p| !live.contains(*p)) {
+        if let Some(gone) = crate::table::commit::first_gone(table, inputs)? {
             return Ok(RewriteOutcome::Aborted(format!(
                 "{gone} was removed by a concurrent commit"
             )));
         }
+        let snapshot = table.snapshot()?;
         let properties = CommitProperties::default()
             .with_metadata([("sluice".to_string(), info.clone())])
             .with_max_retries(0)

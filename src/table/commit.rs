@@ -234,18 +234,10 @@ async fn try_commit(
         // expire old entries, a cost that grows with history; the
         // maintenance loop and `sluice checkpoint` expire the log instead.
         .with_cleanup_expired_logs(Some(false));
-    if !inputs.is_empty() {
-        // Checked on the snapshot the commit is built on, which it lands
-        // right after or not at all (no rebase below).
-        let snapshot = table.snapshot().map_err(Attempt::Retry)?;
-        let live: std::collections::HashSet<String> = snapshot
-            .log_data()
-            .iter()
-            .map(|f| f.path().to_string())
-            .collect();
-        if let Some(gone) = inputs.iter().find(|p| !live.contains(*p)) {
-            return Err(Attempt::Moved(gone.clone()));
-        }
+    // Checked on the snapshot the commit is built on, which it lands right
+    // after or not at all (no rebase below).
+    if let Some(gone) = first_gone(table, inputs).map_err(Attempt::Retry)? {
+        return Err(Attempt::Moved(gone));
     }
     let operation = DeltaOperation::StreamingUpdate {
         // A merge replaces rows; a batch of events only appends them.
@@ -280,6 +272,24 @@ async fn try_commit(
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     Ok(version as i64)
+}
+
+/// The first of `inputs` (file paths) that is no longer live in `table`'s
+/// loaded snapshot, if any.
+pub fn first_gone(
+    table: &DeltaTable,
+    inputs: &[String],
+) -> Result<Option<String>, DeltaTableError> {
+    if inputs.is_empty() {
+        return Ok(None);
+    }
+    let live: std::collections::HashSet<String> = table
+        .snapshot()?
+        .log_data()
+        .iter()
+        .map(|f| f.path().to_string())
+        .collect();
+    Ok(inputs.iter().find(|p| !live.contains(*p)).cloned())
 }
 
 /// What a grown schema means for the table.
