@@ -80,6 +80,12 @@ pub struct FormatSpec<'a> {
 }
 
 impl FormatSpec<'_> {
+    /// Whether the records carry their schema, so the table's columns come
+    /// from it (Avro, Protobuf, and Debezium envelopes through a registry).
+    pub fn carries_schema(&self) -> bool {
+        self.format.carries_schema() || (self.format == Format::Debezium && self.registry.is_some())
+    }
+
     /// The subject that types the table, if any.
     pub fn table_subject(&self) -> Option<String> {
         match (self.subject, self.topics) {

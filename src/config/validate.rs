@@ -277,11 +277,11 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         }
         let schema_typed = config
             .sources_for(table)
-            .any(|s| s.format_spec().format.carries_schema());
+            .any(|s| s.format_spec().carries_schema());
         if schema_typed
             && config
                 .sources_for(table)
-                .any(|s| !s.format_spec().format.carries_schema())
+                .any(|s| !s.format_spec().carries_schema())
         {
             add(
                 format!("{key}.source"),
@@ -329,6 +329,20 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
                 "applies to tables of change events (`format = \"debezium\"`)".into(),
             );
         }
+        if changes > 0 && schema_typed {
+            if !table.derived.is_empty() {
+                add(
+                    format!("{key}.derived"),
+                    "derived columns are not available on tables of Avro change events yet".into(),
+                );
+            }
+            if !table.metadata_columns.is_empty() {
+                add(
+                    format!("{key}.metadata_columns"),
+                    "metadata columns are not available on tables of Avro change events yet".into(),
+                );
+            }
+        }
         for (at, reason) in mirror_problems(table, changes > 0) {
             add(format!("{key}.{at}"), reason);
         }
@@ -356,7 +370,7 @@ pub(super) fn problems(config: &Config) -> Vec<Problem> {
         let schema_typed = config
             .sources
             .iter()
-            .any(|s| s.name() == template.source && s.format_spec().format.carries_schema());
+            .any(|s| s.name() == template.source && s.format_spec().carries_schema());
         for problem in table_problems(&template.shape(), schema_typed) {
             add(format!("{key}.{}", problem.key), problem.reason);
         }
@@ -591,6 +605,9 @@ fn mirror_problems(table: &TableConfig, changes: bool) -> Vec<(String, String)> 
         ));
     }
     for (j, name) in table.primary_key.iter().enumerate() {
+        if table.columns.is_empty() {
+            break; // typed by the envelope's schema: checked at start
+        }
         match table.columns.iter().find(|c| &c.name == name) {
             None => out.push((
                 format!("primary_key[{j}]"),

@@ -60,9 +60,14 @@ pub(super) fn check_kafka_format(
             Err(reason) => add(format!("{key}.format"), reason),
         },
         (Format::Debezium, None, None) if !protobuf_keys => {}
+        // The Avro converter's envelopes, through the registry.
+        (Format::Debezium, Some(registry), None) if !protobuf_keys => {
+            check_registry(registry, key, add);
+            check_subject(k, key, add);
+        }
         (Format::Debezium, _, _) => add(
             format!("{key}.format"),
-            "`format = \"debezium\"` reads the JSON envelope; `registry`, `schema_file`, `descriptor_set`, `message` and `topic_convention` do not apply".into(),
+            "`format = \"debezium\"` reads the JSON envelope, or the Avro converter's through `[sources.registry]`; `schema_file`, `descriptor_set`, `message` and `topic_convention` do not apply".into(),
         ),
         (Format::Avro, _, _) if protobuf_keys => add(
             format!("{key}.descriptor_set"),

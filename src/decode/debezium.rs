@@ -62,7 +62,7 @@ pub struct DebeziumDecoder {
 
 /// What a mirror table's change events must carry.
 #[derive(Debug, Clone)]
-struct MirrorShape {
+pub(crate) struct MirrorShape {
     /// The primary-key columns: every event names them.
     key: Vec<String>,
     /// Declared non-nullable columns: inserts, updates and reads carry them
@@ -123,24 +123,8 @@ pub fn log_table(table: &TableConfig) -> TableConfig {
 impl DebeziumDecoder {
     /// The decoder of `table`'s declared row image.
     pub fn new(table: &TableConfig) -> Result<Self, DecoderError> {
-        let mirror = (table.mode == crate::config::TableMode::Mirror).then(|| MirrorShape {
-            key: table
-                .primary_key
-                .iter()
-                .map(|name| {
-                    let column = table.columns.iter().find(|c| &c.name == name);
-                    column
-                        .map_or(name.as_str(), ColumnConfig::field)
-                        .to_string()
-                })
-                .collect(),
-            required: table
-                .columns
-                .iter()
-                .filter(|c| !c.nullable && !table.primary_key.contains(&c.name))
-                .map(|c| c.field().to_string())
-                .collect(),
-        });
+        let mirror =
+            (table.mode == crate::config::TableMode::Mirror).then(|| MirrorShape::of(table));
         Ok(Self {
             rows: JsonDecoder::new(&log_table(table))?,
             before_image: table.before_image,
@@ -277,7 +261,7 @@ impl DebeziumDecoder {
 }
 
 /// Where the change stands in the source's log, as text.
-fn position(source: &Value) -> Value {
+pub(crate) fn position(source: &Value) -> Value {
     let text = |key: &str| {
         source.get(key).and_then(|v| match v {
             Value::Null => None,
@@ -307,9 +291,32 @@ fn position(source: &Value) -> Value {
 }
 
 impl MirrorShape {
+    /// What `table`'s events must carry: its primary key (by record field)
+    /// and its declared non-nullable columns.
+    pub(crate) fn of(table: &TableConfig) -> Self {
+        Self {
+            key: table
+                .primary_key
+                .iter()
+                .map(|name| {
+                    let column = table.columns.iter().find(|c| &c.name == name);
+                    column
+                        .map_or(name.as_str(), ColumnConfig::field)
+                        .to_string()
+                })
+                .collect(),
+            required: table
+                .columns
+                .iter()
+                .filter(|c| !c.nullable && !table.primary_key.contains(&c.name))
+                .map(|c| c.field().to_string())
+                .collect(),
+        }
+    }
+
     /// Refuses an event whose image lacks the key, or (not a delete) a
     /// required column.
-    fn check(&self, op: &str, row: &Map<String, Value>) -> Result<(), String> {
+    pub(crate) fn check(&self, op: &str, row: &Map<String, Value>) -> Result<(), String> {
         let image = if op == "d" { "before" } else { "after" };
         let missing = |name: &String| row.get(name).is_none_or(Value::is_null);
         if let Some(name) = self.key.iter().find(|n| missing(n)) {
@@ -335,7 +342,7 @@ impl MirrorShape {
 /// changes stream in commit order, so the pair orders them even when
 /// transactions interleave), else `lsn` alone. MySQL: binlog file, `pos`,
 /// `row`. MongoDB: the oplog time (`ts_ms`), then `ord`.
-fn order(source: &Value) -> Option<String> {
+pub(crate) fn order(source: &Value) -> Option<String> {
     let number = |value: Option<&Value>| -> Option<u64> {
         match value? {
             Value::Number(n) => n.as_u64(),

@@ -1,10 +1,13 @@
 //! Decoding raw records into Arrow batches in a table's schema: JSON
 //! against declared columns, Avro against the table's Avro schema (from a
-//! schema registry or a schema file). See [`Decoder`].
+//! schema registry or a schema file), Protobuf against a message type,
+//! Debezium change events (JSON, or Avro envelopes through a registry).
+//! See [`Decoder`].
 
 pub mod avro;
 pub mod columns;
 pub mod debezium;
+pub mod debezium_avro;
 pub mod evolve;
 pub mod json;
 pub mod json_evolve;
@@ -35,6 +38,8 @@ pub enum Decoder {
     Protobuf(Box<protobuf_decoder::ProtobufDecoder>),
     /// Debezium change events as mutation-log rows.
     Debezium(Box<debezium::DebeziumDecoder>),
+    /// Debezium change events written by the Avro converter.
+    DebeziumAvro(Box<debezium_avro::AvroChanges>),
 }
 
 impl Decoder {
@@ -46,6 +51,7 @@ impl Decoder {
             Decoder::Avro(d) => d.table_schema(),
             Decoder::Protobuf(d) => d.table_schema(),
             Decoder::Debezium(d) => d.table_schema(),
+            Decoder::DebeziumAvro(d) => d.table_schema(),
         }
     }
 
@@ -65,6 +71,7 @@ impl Decoder {
                 true
             }
             Decoder::Avro(d) => d.prepare(records, stop).await,
+            Decoder::DebeziumAvro(d) => d.prepare(records, stop).await,
         }
     }
 
@@ -76,6 +83,7 @@ impl Decoder {
             Decoder::Avro(d) => d.decode(records),
             Decoder::Protobuf(d) => d.decode(records),
             Decoder::Debezium(d) => d.decode(records),
+            Decoder::DebeziumAvro(d) => d.decode(records),
         }
     }
 
@@ -83,6 +91,7 @@ impl Decoder {
     pub fn schema_id(&self, record: &Record) -> Option<u32> {
         match self {
             Decoder::Avro(d) => d.schema_id(record),
+            Decoder::DebeziumAvro(d) => d.schema_id(record),
             Decoder::Protobuf(d) => d.schema_id(record),
             _ => None,
         }
@@ -92,6 +101,7 @@ impl Decoder {
     pub fn schema_label(&self, id: u32) -> Option<String> {
         match self {
             Decoder::Avro(d) => d.schema_label(id),
+            Decoder::DebeziumAvro(d) => d.schema_label(id),
             Decoder::Protobuf(d) => d.schema_label(id),
             _ => None,
         }
@@ -145,6 +155,44 @@ async fn build_decoder(
                 Decoder::Json(JsonDecoder::new(table)?),
                 "columns declared in the config".into(),
             ))
+        }
+        Format::Debezium if spec.registry.is_some() => {
+            let registry_config = spec.registry.expect("checked");
+            let registry =
+                registry::Registry::new(registry_config).map_err(|e| problem(e.to_string()))?;
+            let subject = spec
+                .table_subject()
+                .ok_or_else(|| problem("no subject to type the table".into()))?;
+            let latest = latest_schema(&registry, &subject, stop)
+                .await?
+                .map_err(|e| problem(e.to_string()))?;
+            let described = format!(
+                "subject `{subject}` version {} (id {})",
+                latest.version.map(|v| v.to_string()).unwrap_or("?".into()),
+                latest.id
+            );
+            let in_subject = |e: String| problem(format!("{described}: {e}"));
+            let schema = avro::TableSchema::from_avro(&latest.schema).map_err(in_subject)?;
+            // The envelope is decoded whole; the table's columns are its image's.
+            let envelope_table = TableConfig {
+                columns: Vec::new(),
+                derived: Vec::new(),
+                metadata_columns: Vec::new(),
+                partition_by: Vec::new(),
+                ..table.clone()
+            };
+            let envelope = avro::AvroDecoder::registry(&envelope_table, schema, registry)
+                .map_err(in_subject)?;
+            let decoder = debezium_avro::AvroChanges::new(table, envelope).map_err(in_subject)?;
+            check_columns(table, &decoder.table_schema()).map_err(in_subject)?;
+            check_primary_key(table, &decoder.table_schema()).map_err(in_subject)?;
+            tracing::info!(table = %table.name, %subject, schema_id = latest.id, version = ?latest.version,
+                "change-event table typed from the registry's envelope");
+            let source = format!(
+                "debezium avro registry subject {subject} v{}",
+                latest.version.map(|v| v.to_string()).unwrap_or("?".into())
+            );
+            return Ok((Decoder::DebeziumAvro(Box::new(decoder)), source));
         }
         Format::Debezium => {
             return Ok((
@@ -399,6 +447,24 @@ async fn latest_protobuf(
 /// The rules of config validation that need the columns, for a table typed
 /// by its source's schema: the key is a string or integer column, partition
 /// and Z-order columns exist.
+/// A mirror table's primary key against the schema its events carry: each
+/// a string or integer column.
+fn check_primary_key(table: &TableConfig, schema: &arrow::datatypes::Schema) -> Result<(), String> {
+    use arrow::datatypes::DataType;
+    for name in &table.primary_key {
+        match schema.field_with_name(name).map(|f| f.data_type()) {
+            Ok(DataType::Utf8 | DataType::Int64 | DataType::Int32 | DataType::Int16) => {}
+            Ok(other) => {
+                return Err(format!(
+                    "primary key `{name}` has type {other}; a primary key column is a string or an integer"
+                ))
+            }
+            Err(_) => return Err(format!("primary key `{name}` is not a field of the row image")),
+        }
+    }
+    Ok(())
+}
+
 fn check_columns(table: &TableConfig, schema: &arrow::datatypes::Schema) -> Result<(), String> {
     use arrow::datatypes::DataType;
     let names = || {

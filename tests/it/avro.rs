@@ -30,7 +30,7 @@ pub fn python() -> String {
     python
 }
 
-fn script(name: &str) -> PathBuf {
+pub fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("scripts")
         .join(name)
@@ -491,4 +491,15 @@ fn a_bad_avro_source_config_is_refused_naming_the_key() {
     assert!(url.contains("sources[0].registry.url"), "{url}");
     let json_columns = problems("");
     assert!(json_columns.contains("tables[0].columns"), "{json_columns}");
+    // Avro change events: through the registry only, typed by the envelope.
+    let file = problems("format = \"debezium\"\nschema_file = \"/x.avsc\"");
+    assert!(
+        file.contains("sources[0].format") && file.contains("Avro converter"),
+        "{file}"
+    );
+    let url = problems("format = \"debezium\"\nregistry = { url = \"registry:8081\" }");
+    assert!(
+        url.contains("sources[0].registry.url") && !url.contains("tables[0].columns"),
+        "{url}"
+    );
 }

@@ -9,6 +9,7 @@ mod common;
 mod config_errors;
 mod dead_letters;
 mod debezium;
+mod debezium_avro;
 mod erasure;
 mod erasure_clock;
 mod erasure_hashed;

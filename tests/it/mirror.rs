@@ -150,9 +150,9 @@ pub(crate) fn changes(keys: i64, steps: usize, seed: u64) -> Changes {
     Changes { events, state }
 }
 
-const TOPIC: &str = "shop.public.customers";
+pub(crate) const TOPIC: &str = "shop.public.customers";
 
-fn send_all(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) {
+pub(crate) fn send_all(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) {
     let producer = kafka.producer().unwrap();
     for (key, value) in events {
         broker::send(&producer, TOPIC, key, value).unwrap();
@@ -176,18 +176,45 @@ fn send_slowly(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) -> std::thre
 }
 
 /// A mirror table `customers` and a log table `customers_log` on the topic.
-fn config(lake: &Lake, kafka: &EmbeddedKafka, maintenance: &str) -> sluice::config::Config {
+pub(crate) fn config(
+    lake: &Lake,
+    kafka: &EmbeddedKafka,
+    maintenance: &str,
+) -> sluice::config::Config {
+    config_with(lake, kafka, maintenance, None)
+}
+
+/// [`config`]; with a registry URL the events are Avro envelopes and the
+/// tables are typed by their schema (the log table keeps `before` images).
+pub(crate) fn config_with(
+    lake: &Lake,
+    kafka: &EmbeddedKafka,
+    maintenance: &str,
+    registry: Option<&str>,
+) -> sluice::config::Config {
     let source = |name: &str| {
+        let registry = registry
+            .map(|url| format!("registry = {{ url = \"{url}\" }}\n"))
+            .unwrap_or_default();
         format!(
-            "[[sources]]\nkind = \"kafka\"\nname = \"{name}\"\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\ngroup_id = \"g-{name}\"\nformat = \"debezium\"\nproperties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
+            "[[sources]]\nkind = \"kafka\"\nname = \"{name}\"\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\ngroup_id = \"g-{name}\"\nformat = \"debezium\"\n{registry}properties = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}\n",
             kafka.bootstrap_servers()
         )
     };
-    let columns = r#"[
+    let columns = match registry {
+        Some(_) => String::new(),
+        None => r#"columns = [
   { name = "id", type = "long", nullable = false },
   { name = "name", type = "string", nullable = false },
   { name = "balance", type = "long" },
-]"#;
+]"#
+        .to_string(),
+    };
+    let before = if registry.is_some() {
+        "before_image = true"
+    } else {
+        ""
+    };
     parse_valid(&format!(
         r#"
 [lake]
@@ -204,12 +231,13 @@ source = "mirror"
 key = "id"
 mode = "mirror"
 primary_key = ["id"]
-columns = {columns}
+{columns}
 [[tables]]
 name = "customers_log"
 source = "log"
 key = "id"
-columns = {columns}
+{before}
+{columns}
 "#,
         root = lake.root(),
         mirror = source("mirror"),
@@ -218,7 +246,7 @@ columns = {columns}
 }
 
 /// The mirror table's rows by id, checking there is one per id.
-async fn mirror_rows(lake: &Lake) -> BTreeMap<i64, Row> {
+pub(crate) async fn mirror_rows(lake: &Lake) -> BTreeMap<i64, Row> {
     let batches = kernel_read(&lake.table("customers")).await;
     let mut rows = BTreeMap::new();
     for batch in &batches {
@@ -241,7 +269,7 @@ async fn mirror_rows(lake: &Lake) -> BTreeMap<i64, Row> {
 }
 
 /// Every difference between two states, a few shown.
-fn assert_same_state(actual: &BTreeMap<i64, Row>, expected: &BTreeMap<i64, Row>) {
+pub(crate) fn assert_same_state(actual: &BTreeMap<i64, Row>, expected: &BTreeMap<i64, Row>) {
     let wrong: Vec<String> = expected
         .iter()
         .filter(|(id, row)| actual.get(id) != Some(row))
@@ -409,7 +437,7 @@ async fn a_mirror_survives_a_crash_before_a_merge_commit_and_a_kill_after_commit
 }
 
 /// Whether the log table holds `mutations` rows (by its file statistics).
-fn log_holds(lake: &Lake, mutations: u64) -> bool {
+pub(crate) fn log_holds(lake: &Lake, mutations: u64) -> bool {
     let path = lake.table("customers_log");
     let rows: u64 = std::fs::read_dir(path.join("_delta_log"))
         .into_iter()

@@ -1,0 +1,324 @@
+//! Debezium change events written by Kafka Connect's Avro converter (the
+//! registry wire format): the envelope record (`before`, `after`, `source`,
+//! `op`, `ts_ms`, `transaction`) is decoded by the Avro decoder against the
+//! latest envelope schema of the topic's subject, then flattened into the
+//! same rows as JSON change events (see [`super::debezium`]): the change
+//! columns, then the fields of the row image (`after`, or `before` for a
+//! delete), typed from the envelope's `Value` record with its field docs.
+//!
+//! Tombstones (empty values) are skipped and counted; an event whose `op`
+//! is not c, u, d or r, an insert, update or read without an `after` image,
+//! and (mirror tables) an image without its primary key or a required
+//! column, are dead letters with the reason. Image columns are nullable (a
+//! delete's `before` image may carry the key alone). Derived and metadata
+//! columns are not available on these tables yet.
+
+use std::sync::Arc;
+
+use arrow::array::{
+    make_array, Array, ArrayRef, AsArray, BooleanArray, RecordBatch, StringArray,
+    TimestampMicrosecondArray, UInt32Array,
+};
+use arrow::buffer::NullBuffer;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::avro::AvroDecoder;
+use super::debezium::{order, position, MirrorShape, BEFORE_COLUMN, CDC_COLUMNS, ORDER_COLUMN};
+use super::Decoded;
+use crate::config::{TableConfig, TableMode};
+use crate::source::Record;
+
+/// Source-block fields read for positions and names.
+const SOURCE_FIELDS: [&str; 11] = [
+    "connector",
+    "lsn",
+    "sequence",
+    "file",
+    "pos",
+    "row",
+    "ord",
+    "ts_ms",
+    "db",
+    "table",
+    "collection",
+];
+
+/// Decodes Avro Debezium envelopes for one table.
+#[derive(Debug, Clone)]
+pub struct AvroChanges {
+    envelope: AvroDecoder,
+    before_image: bool,
+    mirror: Option<MirrorShape>,
+}
+
+impl AvroChanges {
+    /// Wraps the decoder of the envelope; refuses a schema that is not a
+    /// Debezium envelope.
+    pub fn new(table: &TableConfig, envelope: AvroDecoder) -> Result<Self, String> {
+        let schema = envelope.table_schema();
+        let record = |name: &str| match schema.field_with_name(name).map(|f| f.data_type()) {
+            Ok(DataType::Struct(_)) => Ok(()),
+            _ => Err(format!(
+                "not a Debezium envelope: no `{name}` record (fields: {})",
+                schema
+                    .fields()
+                    .iter()
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        };
+        record("after")?;
+        record("source")?;
+        if schema.field_with_name("op").is_err() {
+            return Err("not a Debezium envelope: no `op` field".into());
+        }
+        let mirror = (table.mode == TableMode::Mirror).then(|| MirrorShape::of(table));
+        Ok(Self {
+            envelope,
+            before_image: table.before_image,
+            mirror,
+        })
+    }
+
+    /// The table's Arrow schema: the change columns, the image's fields,
+    /// then `cdc_before`.
+    pub fn table_schema(&self) -> SchemaRef {
+        let envelope = self.envelope.table_schema();
+        let image = image_fields(&envelope);
+        let mut fields: Vec<Field> = CDC_COLUMNS
+            .iter()
+            .map(|(name, _)| {
+                let data_type = match *name {
+                    "cdc_ts" => crate::table::schema::timestamp_type(),
+                    _ => DataType::Utf8,
+                };
+                Field::new(*name, data_type, *name != "cdc_op")
+            })
+            .collect();
+        if self.mirror.is_some() {
+            fields.push(Field::new(ORDER_COLUMN, DataType::Utf8, true));
+        }
+        fields.extend(image.iter().map(|f| f.as_ref().clone().with_nullable(true)));
+        if self.before_image {
+            fields.push(Field::new(
+                BEFORE_COLUMN,
+                DataType::Struct(image.clone()),
+                true,
+            ));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Fetches the writer schemas the records name (see [`AvroDecoder::prepare`]).
+    pub async fn prepare(&self, records: &[Record], stop: &CancellationToken) -> bool {
+        self.envelope.prepare(records, stop).await
+    }
+
+    /// The registry schema id a record names.
+    pub fn schema_id(&self, record: &Record) -> Option<u32> {
+        self.envelope.schema_id(record)
+    }
+
+    /// Where registry schema `id` is registered.
+    pub fn schema_label(&self, id: u32) -> Option<String> {
+        self.envelope.schema_label(id)
+    }
+
+    /// Decodes `records`: envelopes become rows, tombstones are skipped,
+    /// anything else is rejected with the reason.
+    pub fn decode(&self, records: &[Record]) -> Decoded {
+        let (skipped, events): (Vec<usize>, Vec<usize>) =
+            (0..records.len()).partition(|&i| records[i].payload.is_empty());
+        let inner: Vec<Record> = events.iter().map(|&i| records[i].clone()).collect();
+        let decoded = self.envelope.decode(&inner);
+        let mut rejected: Vec<(usize, String)> = decoded
+            .rejected
+            .into_iter()
+            .map(|(i, reason)| (events[i], reason))
+            .collect();
+        let mut kept = Vec::new();
+        let batch = decoded.batch.and_then(|batch| {
+            let (rows, refused) = self.check(&batch);
+            for (row, reason) in refused {
+                rejected.push((events[decoded.kept[row]], reason));
+            }
+            kept = rows
+                .iter()
+                .map(|&r| events[decoded.kept[r as usize]])
+                .collect();
+            (!rows.is_empty()).then(|| self.flatten(&batch, &UInt32Array::from(rows)))
+        });
+        rejected.sort_by_key(|(i, _)| *i);
+        Decoded {
+            batch,
+            kept,
+            rejected,
+            unknown_fields: Default::default(),
+            skipped,
+        }
+    }
+
+    /// The rows of `batch` that become table rows, and the others with why.
+    fn check(&self, batch: &RecordBatch) -> (Vec<u32>, Vec<(usize, String)>) {
+        let ops = text_column(batch, "op");
+        let after = batch.column_by_name("after").map(|c| c.as_struct());
+        let before = batch.column_by_name("before").map(|c| c.as_struct());
+        let (mut rows, mut refused) = (Vec::new(), Vec::new());
+        for row in 0..batch.num_rows() {
+            let op = ops
+                .as_ref()
+                .filter(|o| o.is_valid(row))
+                .map(|o| o.value(row));
+            let Some(op) = op else {
+                refused.push((row, "not a Debezium change event: no `op`".into()));
+                continue;
+            };
+            if !matches!(op, "c" | "u" | "d" | "r") {
+                refused.push((row, format!(
+                    "`op` = `{op}`: only c, u, d and r change events become rows (truncate and message events do not)"
+                )));
+                continue;
+            }
+            let image = if op == "d" { before } else { after };
+            if op != "d" && image.is_none_or(|i| i.is_null(row)) {
+                refused.push((row, format!("`op` = `{op}` without an `after` image")));
+                continue;
+            }
+            if let Some(shape) = &self.mirror {
+                let mut present = Map::new();
+                if let Some(image) = image.filter(|i| i.is_valid(row)) {
+                    for (field, column) in image.fields().iter().zip(image.columns()) {
+                        if column.is_valid(row) {
+                            present.insert(field.name().clone(), Value::Bool(true));
+                        }
+                    }
+                }
+                if let Err(reason) = shape.check(op, &present) {
+                    refused.push((row, reason));
+                    continue;
+                }
+            }
+            rows.push(row as u32);
+        }
+        (rows, refused)
+    }
+
+    /// The table rows of `batch`'s rows `take`.
+    fn flatten(&self, batch: &RecordBatch, take: &UInt32Array) -> RecordBatch {
+        let batch = arrow::compute::take_record_batch(batch, take).expect("rows in range");
+        let schema = self.table_schema();
+        let rows = batch.num_rows();
+        let ops = text_column(&batch, "op").expect("checked");
+        let source = batch.column_by_name("source").expect("checked").as_struct();
+        let field = |name: &str| -> Option<StringArray> {
+            let column = source.column_by_name(name)?;
+            let text = arrow::compute::cast(column, &DataType::Utf8).ok()?;
+            Some(text.as_string::<i32>().clone())
+        };
+        let fields: Vec<(&str, Option<StringArray>)> =
+            SOURCE_FIELDS.iter().map(|n| (*n, field(n))).collect();
+        let blocks: Vec<Value> = (0..rows)
+            .map(|row| {
+                let mut block = Map::new();
+                for (name, values) in &fields {
+                    if let Some(values) = values.as_ref().filter(|v| v.is_valid(row)) {
+                        block.insert(name.to_string(), Value::String(values.value(row).into()));
+                    }
+                }
+                Value::Object(block)
+            })
+            .collect();
+        let text = |f: &dyn Fn(&Value) -> Option<String>| -> ArrayRef {
+            Arc::new(StringArray::from_iter(blocks.iter().map(f)))
+        };
+        let mut columns: Vec<ArrayRef> = vec![Arc::new(ops.clone())];
+        let ts_ms = field("ts_ms");
+        columns.push(Arc::new(
+            TimestampMicrosecondArray::from_iter((0..rows).map(|row| {
+                let ms = ts_ms.as_ref().filter(|t| t.is_valid(row))?.value(row);
+                ms.parse::<i64>().ok().map(|ms| ms * 1000)
+            }))
+            .with_timezone("UTC"),
+        ));
+        columns.push(text(&|b| position(b).as_str().map(str::to_string)));
+        columns.push(text(&|b| b.get("db")?.as_str().map(str::to_string)));
+        columns.push(text(&|b| {
+            b.get("table")
+                .or_else(|| b.get("collection"))?
+                .as_str()
+                .map(str::to_string)
+        }));
+        let tx: ArrayRef = match batch
+            .column_by_name("transaction")
+            .and_then(|t| t.as_struct_opt().cloned())
+            .and_then(|t| {
+                let id = arrow::compute::cast(t.column_by_name("id")?, &DataType::Utf8).ok()?;
+                Some(with_parent_nulls(&id, t.nulls()))
+            }) {
+            Some(ids) => ids,
+            None => arrow::array::new_null_array(&DataType::Utf8, rows),
+        };
+        columns.push(tx);
+        if self.mirror.is_some() {
+            columns.push(text(&|b| order(b)));
+        }
+        let deletes = BooleanArray::from_iter((0..rows).map(|r| Some(ops.value(r) == "d")));
+        let after = batch.column_by_name("after").expect("checked");
+        let image = match batch.column_by_name("before") {
+            Some(before) => arrow::compute::kernels::zip::zip(&deletes, before, after)
+                .expect("before and after are the same record"),
+            None => after.clone(),
+        };
+        let image = image.as_struct();
+        for child in image.columns() {
+            columns.push(with_parent_nulls(child, image.nulls()));
+        }
+        if self.before_image {
+            let image_type = schema
+                .field_with_name(BEFORE_COLUMN)
+                .expect("declared")
+                .data_type()
+                .clone();
+            let before = match batch.column_by_name("before") {
+                Some(before) => arrow::compute::cast(before, &image_type).expect("same record"),
+                None => arrow::array::new_null_array(&image_type, rows),
+            };
+            columns.push(before);
+        }
+        RecordBatch::try_new(schema, columns).expect("flattened columns match the table schema")
+    }
+}
+
+/// The fields of the envelope's row image (`after`).
+fn image_fields(envelope: &Schema) -> arrow::datatypes::Fields {
+    match envelope.field_with_name("after").map(|f| f.data_type()) {
+        Ok(DataType::Struct(fields)) => fields.clone(),
+        _ => arrow::datatypes::Fields::empty(),
+    }
+}
+
+/// `column` as text (Avro strings may arrive as another string type).
+fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
+    let column = batch.column_by_name(name)?;
+    let text = arrow::compute::cast(column, &DataType::Utf8).ok()?;
+    Some(text.as_string::<i32>().clone())
+}
+
+/// A struct's child with the struct's own nulls folded in (a null image
+/// reads as null columns).
+fn with_parent_nulls(child: &ArrayRef, parent: Option<&NullBuffer>) -> ArrayRef {
+    let Some(parent) = parent else {
+        return child.clone();
+    };
+    let nulls = NullBuffer::union(Some(parent), child.nulls());
+    let data = child
+        .to_data()
+        .into_builder()
+        .nulls(nulls)
+        .build()
+        .expect("same length");
+    make_array(data)
+}

@@ -1,0 +1,136 @@
+//! Change events written by Kafka Connect's Avro converter: Debezium
+//! PostgreSQL envelopes encoded by confluent-kafka's AvroSerializer against
+//! the registry stand-in (`scripts/debezium_avro_events.py`), the same
+//! random changes as the JSON mirror test. The tables are typed by the
+//! envelope's `Value` record (its doc a column comment); the mirror equals
+//! the source's final state, the log holds every change with its `before`
+//! image, and a truncate and an update without an `after` image are dead
+//! letters with the reason.
+
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+
+use crate::avro::{python, read_frames, script, Registry};
+use crate::common::*;
+use crate::mirror::{assert_same_state, changes, config_with, log_holds, mirror_rows, TOPIC};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_change_events_become_mirror_and_log_rows() {
+    let lake = Lake::new();
+    let registry = Registry::start(lake.dir.path());
+    let kafka = kafka(TOPIC, 2);
+    let changes = changes(1_000, 3_000, 5);
+    let mut events: Vec<serde_json::Value> = changes
+        .events
+        .iter()
+        .map(|(_, value)| match value.is_empty() {
+            true => serde_json::Value::Null,
+            false => serde_json::from_slice(value).unwrap(),
+        })
+        .collect();
+    let source = events[0]["source"].clone();
+    events.push(serde_json::json!({"before": null, "after": null, "source": source, "op": "t", "ts_ms": 1, "transaction": null}));
+    events.push(serde_json::json!({"before": {"id": 7, "name": "x", "balance": 1}, "after": null, "source": source, "op": "u", "ts_ms": 1, "transaction": null}));
+    let input = lake.dir.path().join("changes.json");
+    std::fs::write(&input, serde_json::to_vec(&events).unwrap()).unwrap();
+    let frames = lake.dir.path().join("frames");
+    let status = std::process::Command::new(python())
+        .arg(script("debezium_avro_events.py"))
+        .args(["--registry", &registry.url, "--topic", TOPIC, "--changes"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&frames)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let frames = read_frames(&frames);
+    assert_eq!(frames.len(), events.len());
+    let producer = kafka.producer().unwrap();
+    let keys = changes
+        .events
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .chain(["t", "7"]);
+    for (key, frame) in keys.zip(&frames) {
+        sluice::demo::broker::send(&producer, TOPIC, key, frame).unwrap();
+    }
+    sluice::demo::broker::flush(&producer).unwrap();
+
+    let config = config_with(
+        &lake,
+        &kafka,
+        "[maintenance]\nenabled = false",
+        Some(&registry.url),
+    );
+    let mutations = changes.mutations().count() as u64;
+    let running = Running::start(&config);
+    running
+        .wait_for(Duration::from_secs(120), "every change", |s| {
+            s.dead_lettered >= 4 && log_holds(&lake, mutations)
+        })
+        .await;
+    let stats = running.stop().await;
+    assert_eq!(stats.dead_lettered, 4, "{stats:?}");
+    assert_same_state(&mirror_rows(&lake).await, &changes.state);
+
+    let log = kernel_read(&lake.table("customers_log")).await;
+    assert_eq!(
+        log.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
+        mutations
+    );
+    let ops = strings(&log, "cdc_op");
+    let positions = strings(&log, "cdc_position");
+    assert!(
+        positions.iter().all(|p| p.starts_with("lsn=")),
+        "{:?}",
+        &positions[..3]
+    );
+    let before = sluice::table::schema::column_at(&log[0], "cdc_before.name").unwrap();
+    let before = before.as_string::<i32>();
+    let first_update = ops.iter().position(|o| o == "u").unwrap();
+    assert!(
+        first_update < log[0].num_rows(),
+        "an update in the first batch"
+    );
+    assert!(
+        before.is_valid(first_update),
+        "an update keeps its before image"
+    );
+
+    let reasons = strings(
+        &kernel_read(&lake.table("customers_dead_letters")).await,
+        "error",
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("`op` = `t`")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("`op` = `u` without an `after` image")),
+        "{reasons:?}"
+    );
+
+    // Typed by the envelope: the Value record's doc is the column's comment.
+    let table = load(&lake.table("customers")).await;
+    let schema = table.snapshot().unwrap().snapshot().arrow_schema();
+    let name = schema.field_with_name("name").unwrap();
+    assert_eq!(
+        name.metadata().get("comment").map(String::as_str),
+        Some("The customer's name")
+    );
+    let url = url::Url::from_directory_path(lake.table("customers")).unwrap();
+    let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
+        .await
+        .unwrap();
+    let text = sluice::cli::status::render(&status);
+    assert!(text.contains(&format!("{TOPIC}-value v1 (id ")), "{text}");
+    register_for_spark_with(
+        &lake.table("customers"),
+        "mirror_avro_customers",
+        changes.state.len(),
+        serde_json::json!({"comments": {"name": "The customer's name"}}),
+    );
+}
