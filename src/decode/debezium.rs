@@ -17,6 +17,9 @@
 //! | `cdc_db`, `cdc_table` | `source.db`, `source.table` (`source.collection` for MongoDB) |
 //! | `cdc_tx` | `transaction.id`, when the connector adds transaction metadata |
 //!
+//! A delete without a `before` image (MongoDB's by default) takes its key
+//! columns from the Kafka record key (see [`key_image`]).
+//!
 //! Kafka tombstones (an empty value after a delete, for log compaction)
 //! are recognised and skipped: counted in the lineage as skipped, never
 //! dead-lettered. MongoDB's `after` and `before` may be extended-JSON text;
@@ -145,7 +148,7 @@ impl DebeziumDecoder {
         let mut rejected = Vec::new();
         let mut skipped = Vec::new();
         for (index, record) in records.iter().enumerate() {
-            match self.flatten(&record.payload) {
+            match self.flatten(&record.payload, record.key.as_deref()) {
                 Ok(Some(row)) => {
                     flat.push(Record {
                         payload: row.into(),
@@ -175,7 +178,7 @@ impl DebeziumDecoder {
     }
 
     /// The row of one record, `None` for a tombstone.
-    fn flatten(&self, payload: &[u8]) -> Result<Option<Vec<u8>>, String> {
+    fn flatten(&self, payload: &[u8], key: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
         if payload.iter().all(u8::is_ascii_whitespace) {
             return Ok(None);
         }
@@ -222,7 +225,9 @@ impl DebeziumDecoder {
         let source = envelope.get("source").cloned().unwrap_or(Value::Null);
         let mut row = match (op, &after, &before) {
             ("d", _, Some(before)) => before.clone(),
-            ("d", _, None) => Map::new(),
+            ("d", _, None) => {
+                key_image(key, source.get("connector").and_then(Value::as_str)).unwrap_or_default()
+            }
             (_, Some(after), _) => after.clone(),
             (_, None, _) => return Err(format!("`op` = `{op}` without an `after` image")),
         };
@@ -380,6 +385,32 @@ pub(crate) fn order(source: &Value) -> Option<String> {
     }
 }
 
+/// A delete's key columns from the Kafka record key, for an event without
+/// a `before` image (MongoDB's by default): the key document's fields, or
+/// for MongoDB its `id` (the document key as extended-JSON text) as `_id`.
+fn key_image(key: Option<&[u8]>, connector: Option<&str>) -> Option<Map<String, Value>> {
+    let value: Value = serde_json::from_slice(key?).ok()?;
+    let value = match value {
+        Value::Object(mut o) if o.contains_key("schema") && o.contains_key("payload") => {
+            o.remove("payload")?
+        }
+        other => other,
+    };
+    let Value::Object(fields) = value else {
+        return None;
+    };
+    if connector != Some("mongodb") {
+        return Some(plain_json(Value::Object(fields)));
+    }
+    let id = match fields.get("id")? {
+        Value::String(text) => {
+            serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.clone()))
+        }
+        other => other.clone(),
+    };
+    Some(Map::from_iter([("_id".to_string(), extended(id))]))
+}
+
 /// MongoDB extended JSON as plain JSON values: `{"$oid": h}` is `h`,
 /// `{"$date": …}` epoch milliseconds, `{"$numberLong": "7"}` and the other
 /// number wrappers numbers; anything else unchanged, recursively.
@@ -448,6 +479,16 @@ mod tests {
         let mongo: Value =
             serde_json::json!({"connector": "mongodb", "ord": 1, "ts_ms": 1558965508000i64});
         assert_eq!(position(&mongo), "ord=1,ts_ms=1558965508000");
+    }
+
+    #[test]
+    fn a_delete_without_before_takes_its_key_from_the_record_key() {
+        let mongo = key_image(Some(br#"{"id": "{\"$oid\": \"5d28\"}"}"#), Some("mongodb")).unwrap();
+        assert_eq!(mongo["_id"], "5d28");
+        let wrapped = br#"{"schema": {}, "payload": {"id": 1004}}"#;
+        assert_eq!(key_image(Some(wrapped), Some("mysql")).unwrap()["id"], 1004);
+        assert!(key_image(Some(b"not json"), Some("mysql")).is_none());
+        assert!(key_image(None, Some("mongodb")).is_none());
     }
 
     #[test]

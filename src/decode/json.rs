@@ -345,6 +345,7 @@ mod tests {
             position,
             payload: bytes::Bytes::copy_from_slice(json.as_bytes()),
             timestamp_ms: None,
+            key: None,
         }
     }
 

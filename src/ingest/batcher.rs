@@ -282,6 +282,7 @@ mod tests {
             position,
             payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
             timestamp_ms: None,
+            key: None,
         }
     }
 

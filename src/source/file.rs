@@ -300,6 +300,7 @@ impl Reader {
                 position: number,
                 payload: Bytes::copy_from_slice(&line),
                 timestamp_ms: None,
+                key: None,
             };
             if !self
                 .budget
@@ -347,6 +348,7 @@ impl Reader {
                 position: number,
                 payload,
                 timestamp_ms: None,
+                key: None,
             };
             if !self
                 .budget

@@ -110,6 +110,8 @@ impl SourceControl for KafkaSourceHandle {
 
 struct SourceContext {
     source_name: String,
+    /// Keep each record's key (change events).
+    keep_keys: bool,
     start_from: StartFrom,
     grace: Duration,
     lookup: PositionLookup,
@@ -340,6 +342,7 @@ pub fn spawn(
     });
     let context = SourceContext {
         source_name: config.name.clone(),
+        keep_keys: config.format == crate::config::Format::Debezium,
         start_from: config.start_from,
         grace,
         lookup,
@@ -393,6 +396,10 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
                         .map(Bytes::copy_from_slice)
                         .unwrap_or_default(),
                     timestamp_ms: message.timestamp().to_millis(),
+                    key: ctx
+                        .keep_keys
+                        .then(|| message.key().map(Bytes::copy_from_slice))
+                        .flatten(),
                 };
                 if !ctx
                     .budget

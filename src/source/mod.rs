@@ -55,12 +55,15 @@ pub struct Record {
     pub payload: Bytes,
     /// Source timestamp in milliseconds since the epoch, if the source has one.
     pub timestamp_ms: Option<i64>,
+    /// The Kafka record key, kept for change events (a MongoDB delete's
+    /// document key is only there); `None` otherwise.
+    pub key: Option<Bytes>,
 }
 
 impl Record {
     /// Bytes charged to the memory budget while this record is buffered.
     pub fn charge(&self) -> usize {
-        self.payload.len() + 96
+        self.payload.len() + self.key.as_ref().map_or(0, Bytes::len) + 96
     }
 }
 

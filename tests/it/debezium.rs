@@ -51,9 +51,13 @@ async fn change_events_become_mutation_log_rows() {
     )
     .unwrap();
     let producer = kafka.producer().unwrap();
+    // Keyed as Debezium keys them: MongoDB's delete carries its document
+    // key only there.
+    let mongo_key = r#"{"id":"{\"$oid\": \"5d28e5f3ed2c9b00015f1a2b\"}"}"#;
     for (topic, fixture) in topics {
+        let key = if fixture == "mongodb.ndjson" { mongo_key } else { "" };
         for event in events(fixture) {
-            broker::send(&producer, topic, "", &event).unwrap();
+            broker::send(&producer, topic, key, &event).unwrap();
         }
     }
     broker::flush(&producer).unwrap();
@@ -93,21 +97,38 @@ columns = [
   {{ name = "visits", type = "long" }},
   {{ name = "since", type = "timestamp", epoch_unit = "millis" }},
 ]
+[[tables]]
+name = "mongo_mirror"
+source = "mongo_mirror"
+key = "id"
+mode = "mirror"
+primary_key = ["id"]
+columns = [
+  {{ name = "id", field = "_id", type = "string" }},
+  {{ name = "first_name", type = "string" }},
+]
 "#,
         root = lake.root(),
         pg = source("pg", topics[0].0),
         my = source("my", topics[1].0),
-        mongo = source("mongo", topics[2].0),
+        mongo = source("mongo", topics[2].0) + &source("mongo_mirror", topics[2].0),
     );
     let config = parse_valid(&text);
     let running = Running::start(&config);
     running
         .wait_for(Duration::from_secs(60), "changes", |s| {
-            s.committed >= 10 && s.dead_lettered >= 2
+            s.committed >= 13 && s.dead_lettered >= 2
         })
         .await;
     let stats = running.stop().await;
-    assert_eq!((stats.committed, stats.dead_lettered), (10, 2), "{stats:?}");
+    // The mirror's delete took its key from the record key: no dead letter.
+    assert_eq!((stats.committed, stats.dead_lettered), (13, 2), "{stats:?}");
+    let mirror = kernel_read(&lake.table("mongo_mirror")).await;
+    assert_eq!(
+        mirror.iter().map(|b| b.num_rows()).sum::<usize>(),
+        0,
+        "the document was inserted, updated, then deleted"
+    );
 
     let rows = |batches: &[arrow::array::RecordBatch], column: &str| strings(batches, column);
     let pg = kernel_read(&lake.table("pg_customers")).await;
@@ -151,6 +172,11 @@ columns = [
     let mongo = kernel_read(&lake.table("mongo_customers")).await;
     assert_eq!(rows(&mongo, "cdc_op"), ["c", "u", "d"]);
     assert_eq!(rows(&mongo, "id")[0], "5d28e5f3ed2c9b00015f1a2b", "$oid");
+    assert_eq!(
+        rows(&mongo, "id")[2],
+        "5d28e5f3ed2c9b00015f1a2b",
+        "the delete's document key, from the record key"
+    );
     assert_eq!(
         rows(&mongo, "cdc_position")[0],
         "ord=31,ts_ms=1558965508000"

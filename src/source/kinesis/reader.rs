@@ -508,6 +508,7 @@ impl Reader {
                     timestamp_ms: record
                         .approximate_arrival_timestamp()
                         .and_then(|t| t.to_millis().ok()),
+                    key: None,
                 };
                 if !self.budget.try_reserve(item.charge()) {
                     // Hand over what this call read first: the budget may be
