@@ -3,14 +3,15 @@
 encoded by other people's code (confluent-kafka's AvroSerializer against a
 schema registry), for sluice's tests.
 
-    debezium_avro_events.py --registry URL --topic T --changes F.json --out OUT
+    debezium_avro_events.py --registry URL --topic T --changes F.json --out OUT [--add-field NAME]
 
 F.json is a list of change events (`op`, `before`, `after`, `source`,
 `ts_ms`, `transaction`), or null for a tombstone. The envelope schema is the
 one Debezium's PostgreSQL connector registers under `<topic>-value`: the
 row image as a nullable `Value` record (with a field doc), the
 `io.debezium.connector.postgresql.Source` block, `op`, `ts_ms` and the
-transaction block. Frames are written to OUT as a 4-byte big-endian length
+transaction block (`--add-field` gives the `Value` record one more
+optional string field: the next version of the subject). Frames are written to OUT as a 4-byte big-endian length
 and the message bytes (a tombstone is an empty message).
 """
 
@@ -19,7 +20,14 @@ import json
 import struct
 
 
-def envelope_schema(topic):
+def envelope_schema(topic, extra=None):
+    value_fields = [
+        {"name": "id", "type": "long"},
+        {"name": "name", "type": "string", "doc": "The customer's name"},
+        {"name": "balance", "type": ["null", "long"], "default": None},
+    ]
+    if extra:
+        value_fields.append({"name": extra, "type": ["null", "string"], "default": None})
     return {
         "type": "record",
         "name": "Envelope",
@@ -27,11 +35,7 @@ def envelope_schema(topic):
         "fields": [
             {"name": "before", "default": None, "type": ["null", {
                 "type": "record", "name": "Value", "connect.name": f"{topic}.Value",
-                "fields": [
-                    {"name": "id", "type": "long"},
-                    {"name": "name", "type": "string", "doc": "The customer's name"},
-                    {"name": "balance", "type": ["null", "long"], "default": None},
-                ],
+                "fields": value_fields,
             }]},
             {"name": "after", "type": ["null", "Value"], "default": None},
             {"name": "source", "type": {
@@ -77,6 +81,7 @@ def main():
     parser.add_argument("--topic", required=True)
     parser.add_argument("--changes", required=True)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--add-field")
     args = parser.parse_args()
 
     from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -84,7 +89,7 @@ def main():
     from confluent_kafka.serialization import MessageField, SerializationContext
 
     client = SchemaRegistryClient({"url": args.registry})
-    serializer = AvroSerializer(client, json.dumps(envelope_schema(args.topic)))
+    serializer = AvroSerializer(client, json.dumps(envelope_schema(args.topic, args.add_field)))
     context = SerializationContext(args.topic, MessageField.VALUE)
     with open(args.changes) as f:
         changes = json.load(f)

@@ -111,17 +111,24 @@ pub struct Mirror {
     key: Vec<String>,
     bloom_column: String,
     target_file_size: u64,
+    storage_options: std::collections::BTreeMap<String, String>,
     pending: Vec<RecordBatch>,
 }
 
 impl Mirror {
     /// A mirror keyed by `key`, writing files with a bloom filter on
     /// `bloom_column` (the table's subject key).
-    pub fn new(key: Vec<String>, bloom_column: String, target_file_size: u64) -> Self {
+    pub fn new(
+        key: Vec<String>,
+        bloom_column: String,
+        target_file_size: u64,
+        storage_options: std::collections::BTreeMap<String, String>,
+    ) -> Self {
         Self {
             key,
             bloom_column,
             target_file_size,
+            storage_options,
             pending: Vec::new(),
         }
     }
@@ -136,8 +143,13 @@ impl Mirror {
         self.pending.clear();
     }
 
-    /// Plans the batch's merge into `table` and writes its files.
-    pub async fn plan(&self, table: &DeltaTable) -> Result<MergePlan, MergeError> {
+    /// Plans the batch's merge into `table` and writes its files; with
+    /// `grown`, in the schema the table grows to with this commit.
+    pub async fn plan(
+        &self,
+        table: &DeltaTable,
+        grown: Option<&SchemaRef>,
+    ) -> Result<MergePlan, MergeError> {
         let mut summary = MergeSummary::default();
         let Some(first) = self.pending.first() else {
             return Ok(MergePlan {
@@ -146,9 +158,27 @@ impl Mirror {
                 summary,
             });
         };
-        let batch = arrow::compute::concat_batches(&first.schema(), &self.pending)?;
-        summary.mutations = batch.num_rows() as u64;
         let schema = table.snapshot()?.snapshot().arrow_schema();
+        // Rows decoded before the schema grew lack its new columns.
+        let widest = grown.cloned().unwrap_or_else(|| first.schema());
+        let pending = self
+            .pending
+            .iter()
+            .map(|b| {
+                match crate::table::schema::adds_fields(b.schema().fields(), widest.fields()) {
+                    true => crate::table::schema::widen(b, &widest),
+                    false => Ok(b.clone()),
+                }
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let batch = arrow::compute::concat_batches(&widest, &pending)?;
+        summary.mutations = batch.num_rows() as u64;
+        let writers = Writers {
+            table: table.clone(),
+            grown: grown.cloned(),
+            storage_options: self.storage_options.clone(),
+            bloom_column: self.bloom_column.clone(),
+        };
         let keys = KeyColumns::kinds(&schema, &self.key)?;
 
         // 1. Collapse: the last mutation of each key wins.
@@ -216,7 +246,7 @@ impl Mirror {
             table: table.clone(),
             schema: schema.clone(),
             keys: keys.clone(),
-            bloom_column: self.bloom_column.clone(),
+            writers: writers.clone(),
             incoming,
         });
         let mut rewrites = futures::stream::iter(holding.into_iter().map(|c| {
@@ -270,8 +300,7 @@ impl Mirror {
                 .map(|c| arrow::compute::take(c, &indices, None))
                 .collect::<Result<Vec<_>, _>>()?;
             let images = RecordBatch::try_new(batch.schema(), columns)?;
-            let mut writer =
-                TableWriter::for_merge(table, Some(&self.bloom_column), self.target_file_size)?;
+            let mut writer = writers.open(self.target_file_size)?;
             writer.write(images).await?;
             actions.extend(writer.finish().await?.into_iter().map(Action::Add));
         }
@@ -430,12 +459,47 @@ fn in_range(file: LiveFile, keys: &KeySet) -> Option<Candidate> {
     })
 }
 
+/// Opens a merge's file writers: the table's schema, or the one it grows
+/// to with the merge's commit.
+#[derive(Clone)]
+struct Writers {
+    table: DeltaTable,
+    grown: Option<SchemaRef>,
+    storage_options: std::collections::BTreeMap<String, String>,
+    bloom_column: String,
+}
+
+impl Writers {
+    fn open(&self, target_file_size: u64) -> Result<TableWriter, DeltaTableError> {
+        let key = Some(self.bloom_column.as_str());
+        let writer = match &self.grown {
+            None => TableWriter::new(&self.table, key, target_file_size)?,
+            Some(schema) => TableWriter::with_schema(
+                &self.table,
+                &self.storage_options,
+                schema.clone(),
+                key,
+                target_file_size,
+            )?,
+        };
+        Ok(writer.at_merge_level())
+    }
+
+    /// `batch` (read in the table's schema) in the schema files are written in.
+    fn conform(&self, batch: RecordBatch) -> Result<RecordBatch, MergeError> {
+        match &self.grown {
+            Some(grown) => Ok(crate::table::schema::widen(&batch, grown)?),
+            None => Ok(batch),
+        }
+    }
+}
+
 /// What rewriting files needs, shared by the rewrite tasks.
 struct RewriteJob {
     table: DeltaTable,
     schema: SchemaRef,
     keys: Vec<(String, KeyKind)>,
-    bloom_column: String,
+    writers: Writers,
     /// The batch's keys with the position of each one's winning mutation.
     incoming: Arc<HashMap<RowKey, Option<String>>>,
 }
@@ -461,8 +525,7 @@ impl RewriteJob {
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
         // Profiled like ingestion's files: columns whose values barely
         // repeat go without a dictionary.
-        let mut writer =
-            TableWriter::for_merge(&self.table, Some(&self.bloom_column), REWRITE_TARGET_SIZE)?;
+        let mut writer = self.writers.open(REWRITE_TARGET_SIZE)?;
         let mut stream = builder.with_batch_size(8192).build()?;
         let (mut removed, mut stale) = (0u64, Vec::new());
         while let Some(batch) = stream.try_next().await? {
@@ -472,7 +535,7 @@ impl RewriteJob {
             })?;
             let hits = first.matches(column.as_ref())?;
             if hits.true_count() == 0 {
-                writer.write(batch).await?;
+                writer.write(self.writers.conform(batch)?).await?;
                 continue;
             }
             let columns = KeyColumns::of(&batch, &self.keys)?;
@@ -500,7 +563,7 @@ impl RewriteJob {
                 &arrow::array::BooleanArray::from(keep),
             )?;
             if kept.num_rows() > 0 {
-                writer.write(kept).await?;
+                writer.write(self.writers.conform(kept)?).await?;
             }
         }
         let adds = if removed == 0 {

@@ -168,10 +168,14 @@ impl Pipeline {
         let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
         let decoder = Arc::new(parts.decoder.clone());
         let schema = writer.arrow_schema();
-        let mirror = parts
-            .mirror_key
-            .clone()
-            .map(|key| Mirror::new(key, parts.key.clone(), target));
+        let mirror = parts.mirror_key.clone().map(|key| {
+            Mirror::new(
+                key,
+                parts.key.clone(),
+                target,
+                parts.storage_options.clone(),
+            )
+        });
         Ok(Self {
             parts,
             writer,
@@ -585,14 +589,13 @@ impl Pipeline {
                     table: self.parts.name.clone(),
                     source: Box::new(source.into()),
                 })?;
-            let plan =
-                mirror
-                    .plan(&self.parts.table)
-                    .await
-                    .map_err(|source| PipelineError::Merge {
-                        table: self.parts.name.clone(),
-                        source: Box::new(source),
-                    })?;
+            let plan = mirror
+                .plan(&self.parts.table, self.grown.as_ref())
+                .await
+                .map_err(|source| PipelineError::Merge {
+                    table: self.parts.name.clone(),
+                    source: Box::new(source),
+                })?;
             if super::mirror::injected_crash(&self.parts.name) {
                 return Err(PipelineError::Merge {
                     table: self.parts.name.clone(),
@@ -603,6 +606,7 @@ impl Pipeline {
             let result = commit_merge(
                 &mut self.parts.table,
                 plan.actions.clone(),
+                self.grown.as_ref(),
                 &plan.inputs,
                 &updates,
                 &lineage,
@@ -624,6 +628,9 @@ impl Pipeline {
             }
         };
         self.mirror.as_mut().expect("a mirror table").clear();
+        if result.is_ok() {
+            self.grown = None;
+        }
         let files = plan.written().count() as u64;
         let bytes: u64 = plan.written().map(|a| a.size as u64).sum();
         if result.is_ok() {

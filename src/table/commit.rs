@@ -117,12 +117,14 @@ pub async fn commit_with_schema(
     commit_fenced(table, actions, &commit).await
 }
 
-/// [`commit_with_positions`] for a merge into a mirror table: `actions`
-/// also remove `inputs`, and the commit lands only while every one of them
-/// is still live ([`CommitError::Moved`] otherwise).
+/// [`commit_with_schema`] for a merge into a mirror table: `actions` also
+/// remove `inputs`, and the commit lands only while every one of them is
+/// still live ([`CommitError::Moved`] otherwise).
+#[allow(clippy::too_many_arguments)]
 pub async fn commit_merge(
     table: &mut DeltaTable,
     actions: Vec<Action>,
+    grown: Option<&arrow::datatypes::SchemaRef>,
     inputs: &[String],
     updates: &[PositionUpdate],
     lineage: &CommitLineage,
@@ -130,7 +132,7 @@ pub async fn commit_merge(
     epoch: i64,
 ) -> Result<i64, CommitError> {
     let commit = Fenced {
-        grown: None,
+        grown,
         inputs,
         updates,
         lineage,

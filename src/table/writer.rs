@@ -153,21 +153,16 @@ impl TableWriter {
         Ok(Self::wrap(inner, key_column))
     }
 
-    /// A writer for a mirror table's merge: zstd at
+    /// The writer for a mirror table's merge: zstd at
     /// [`defaults::MERGE_ZSTD_LEVEL`], since a merge rewrites whole files
     /// while a batch waits (compaction and Z-order re-encode them at the
     /// usual level later).
-    pub fn for_merge(
-        table: &DeltaTable,
-        key_column: Option<&str>,
-        target_file_size: u64,
-    ) -> Result<Self, DeltaTableError> {
-        let mut writer = Self::new(table, key_column, target_file_size)?;
-        writer.level = defaults::MERGE_ZSTD_LEVEL;
-        let props = properties(key_column, &[], writer.level);
-        let inner = writer.inner.take().expect("just made");
-        writer.inner = Some(inner.with_writer_properties(props));
-        Ok(writer)
+    pub fn at_merge_level(mut self) -> Self {
+        self.level = defaults::MERGE_ZSTD_LEVEL;
+        let props = properties(self.key_column.as_deref(), &[], self.level);
+        let inner = self.inner.take().expect("only taken to be replaced");
+        self.inner = Some(inner.with_writer_properties(props));
+        self
     }
 
     /// A writer of files in `schema` (a schema the table is about to take:

@@ -55,7 +55,11 @@ async fn change_events_become_mutation_log_rows() {
     // key only there.
     let mongo_key = r#"{"id":"{\"$oid\": \"5d28e5f3ed2c9b00015f1a2b\"}"}"#;
     for (topic, fixture) in topics {
-        let key = if fixture == "mongodb.ndjson" { mongo_key } else { "" };
+        let key = if fixture == "mongodb.ndjson" {
+            mongo_key
+        } else {
+            ""
+        };
         for event in events(fixture) {
             broker::send(&producer, topic, key, &event).unwrap();
         }

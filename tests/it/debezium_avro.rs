@@ -5,7 +5,8 @@
 //! envelope's `Value` record (its doc a column comment); the mirror equals
 //! the source's final state, the log holds every change with its `before`
 //! image, and a truncate and an update without an `after` image are dead
-//! letters with the reason.
+//! letters with the reason. Then the envelope's next version adds a field:
+//! the mirror's merge grows the column in its commit.
 
 use std::time::Duration;
 
@@ -13,7 +14,34 @@ use arrow::array::{Array, AsArray};
 
 use crate::avro::{python, read_frames, script, Registry};
 use crate::common::*;
-use crate::mirror::{assert_same_state, changes, config_with, log_holds, mirror_rows, TOPIC};
+use crate::mirror::{assert_same_state, changes, config_with, mirror_rows, TOPIC};
+
+/// `events` (null: a tombstone) encoded by confluent-kafka's serializer;
+/// with `add_field`, under the next version of the envelope schema.
+fn encode(
+    lake: &Lake,
+    registry: &Registry,
+    events: &[serde_json::Value],
+    add_field: Option<&str>,
+) -> Vec<Vec<u8>> {
+    let input = lake.dir.path().join("changes.json");
+    std::fs::write(&input, serde_json::to_vec(events).unwrap()).unwrap();
+    let out = lake.dir.path().join("frames");
+    let mut command = std::process::Command::new(python());
+    command
+        .arg(script("debezium_avro_events.py"))
+        .args(["--registry", &registry.url, "--topic", TOPIC, "--changes"])
+        .arg(&input)
+        .arg("--out")
+        .arg(&out);
+    if let Some(field) = add_field {
+        command.args(["--add-field", field]);
+    }
+    assert!(command.status().unwrap().success());
+    let frames = read_frames(&out);
+    assert_eq!(frames.len(), events.len());
+    frames
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_change_events_become_mirror_and_log_rows() {
@@ -32,20 +60,7 @@ async fn avro_change_events_become_mirror_and_log_rows() {
     let source = events[0]["source"].clone();
     events.push(serde_json::json!({"before": null, "after": null, "source": source, "op": "t", "ts_ms": 1, "transaction": null}));
     events.push(serde_json::json!({"before": {"id": 7, "name": "x", "balance": 1}, "after": null, "source": source, "op": "u", "ts_ms": 1, "transaction": null}));
-    let input = lake.dir.path().join("changes.json");
-    std::fs::write(&input, serde_json::to_vec(&events).unwrap()).unwrap();
-    let frames = lake.dir.path().join("frames");
-    let status = std::process::Command::new(python())
-        .arg(script("debezium_avro_events.py"))
-        .args(["--registry", &registry.url, "--topic", TOPIC, "--changes"])
-        .arg(&input)
-        .arg("--out")
-        .arg(&frames)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let frames = read_frames(&frames);
-    assert_eq!(frames.len(), events.len());
+    let frames = encode(&lake, &registry, &events, None);
     let producer = kafka.producer().unwrap();
     let keys = changes
         .events
@@ -67,17 +82,49 @@ async fn avro_change_events_become_mirror_and_log_rows() {
     let running = Running::start(&config);
     running
         .wait_for(Duration::from_secs(120), "every change", |s| {
-            s.dead_lettered >= 4 && log_holds(&lake, mutations)
+            s.dead_lettered >= 4 && s.committed >= 2 * mutations
+        })
+        .await;
+    assert_same_state(&mirror_rows(&lake).await, &changes.state);
+
+    // The envelope's next version adds `email`: the mirror grows the column
+    // in the merge that first carries it.
+    let (kept, old) = changes
+        .state
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, v.clone()))
+        .unwrap();
+    let mut source = events[0]["source"].clone();
+    source["lsn"] = serde_json::json!(900_000_000);
+    source["sequence"] = serde_json::json!("[\"899999990\",\"900000000\"]");
+    let update = serde_json::json!({
+        "before": {"id": kept, "name": old.0, "balance": old.1, "email": null},
+        "after": {"id": kept, "name": old.0, "balance": old.1, "email": "k@example.com"},
+        "source": source, "op": "u", "ts_ms": 2, "transaction": null});
+    let frames = encode(&lake, &registry, &[update], Some("email"));
+    sluice::demo::broker::send(&producer, TOPIC, &kept.to_string(), &frames[0]).unwrap();
+    sluice::demo::broker::flush(&producer).unwrap();
+    running
+        .wait_for(Duration::from_secs(60), "the grown change", |s| {
+            s.committed >= 2 * (mutations + 1)
         })
         .await;
     let stats = running.stop().await;
     assert_eq!(stats.dead_lettered, 4, "{stats:?}");
     assert_same_state(&mirror_rows(&lake).await, &changes.state);
+    let mirror = kernel_read(&lake.table("customers")).await;
+    let emails: Vec<(String, String)> = strings(&mirror, "id")
+        .into_iter()
+        .zip(strings(&mirror, "email"))
+        .filter(|(_, email)| !email.is_empty())
+        .collect();
+    assert_eq!(emails, [(kept.to_string(), "k@example.com".to_string())]);
 
     let log = kernel_read(&lake.table("customers_log")).await;
     assert_eq!(
         log.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
-        mutations
+        mutations + 1
     );
     let ops = strings(&log, "cdc_op");
     let positions = strings(&log, "cdc_position");
