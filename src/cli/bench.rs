@@ -77,6 +77,15 @@ pub struct BenchArgs {
     /// by a template of a `topic_pattern` source.
     #[arg(long, default_value_t = 200)]
     pub topics: usize,
+    /// How long the benchmark's producer waits to fill a partition's batch
+    /// (kafka, fleet, topics). The embedded broker serves one producer
+    /// batch per partition per fetch, so many small partitions read slowly
+    /// when their batches hold a record or two.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// `max_latency` of the tables (topics).
+    #[arg(long, default_value = "2s")]
+    pub max_latency: String,
     /// A running Kafka broker to use instead of the embedded one
     /// (new-topic; topics are created through its admin API).
     #[arg(long)]
@@ -387,7 +396,8 @@ async fn topics(args: &BenchArgs) -> Result<Measurement, CliError> {
     };
     let run = kafka_workers(args, 1, Encoder::Json, &topics, |source| {
         let text = format!(
-            "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"2s\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[table_templates]]\nsource = \"bench\"\ntopic = '^bench\\.(?P<name>.+)$'\nname = \"rides_{{name}}\"\n{RIDES_TABLE_COLUMNS}"
+            "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"{}\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[table_templates]]\nsource = \"bench\"\ntopic = '^bench\\.(?P<name>.+)$'\nname = \"rides_{{name}}\"\n{RIDES_TABLE_COLUMNS}",
+            args.max_latency
         );
         let config = Config::parse(&text, "bench config")?;
         config.validate()?;
@@ -562,7 +572,9 @@ async fn kafka_workers(
         crate::telemetry::metrics::COMMIT_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
     let rebases_before =
         crate::telemetry::metrics::COMMIT_REBASES.load(std::sync::atomic::Ordering::Relaxed);
-    let producer = cluster.producer().map_err(CliError::Demo)?;
+    let producer = cluster
+        .producer_lingering(args.linger_ms)
+        .map_err(CliError::Demo)?;
     let count = args.events;
     let started = Instant::now();
     let received = total.clone();

@@ -29,6 +29,8 @@ impl EmbeddedKafka {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let topics = topics.to_vec();
+        // The mock cluster makes a topic in about a tenth of a second.
+        let patience = Duration::from_secs(30) + Duration::from_millis(500) * topics.len() as u32;
         let thread = std::thread::Builder::new()
             .name("embedded-kafka".into())
             .spawn(move || {
@@ -51,7 +53,7 @@ impl EmbeddedKafka {
             })
             .map_err(|e| e.to_string())?;
         let bootstrap = ready_rx
-            .recv_timeout(Duration::from_secs(30))
+            .recv_timeout(patience)
             .map_err(|_| "mock cluster did not start".to_string())??;
         Ok(Self {
             bootstrap,
@@ -65,13 +67,21 @@ impl EmbeddedKafka {
         &self.bootstrap
     }
 
-    /// Creates another topic on the running cluster through the admin-less
-    /// route: producing to it auto-creates it with the broker default, so
-    /// callers that need a partition count should use [`EmbeddedKafka::start`].
+    /// A producer for the cluster (librdkafka's default 5 ms linger).
+    /// Producing to a topic the cluster lacks creates it with the broker's
+    /// default partition count; callers that need a count should name the
+    /// topic in [`EmbeddedKafka::start_with`].
     pub fn producer(&self) -> Result<BaseProducer, String> {
+        self.producer_lingering(5)
+    }
+
+    /// A producer that waits up to `linger_ms` to fill a partition's batch.
+    /// The embedded broker serves one producer batch per partition per
+    /// fetch, so the batches' size bounds how fast a consumer reads.
+    pub fn producer_lingering(&self, linger_ms: u64) -> Result<BaseProducer, String> {
         ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
-            .set("linger.ms", "5")
+            .set("linger.ms", linger_ms.to_string())
             .set("queue.buffering.max.messages", "1000000")
             .set("queue.buffering.max.kbytes", "65536")
             .create()

@@ -38,7 +38,10 @@ fn properties(key_column: Option<&str>, plain: &[ColumnPath], level: i32) -> Wri
         let path = ColumnPath::new(key.split('.').map(str::to_string).collect());
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
-            .set_column_bloom_filter_fpp(path, defaults::KEY_BLOOM_FPP);
+            .set_column_bloom_filter_fpp(path.clone(), defaults::KEY_BLOOM_FPP)
+            // A row group holds at most this many keys; the filter is folded
+            // down to the keys it saw when the row group closes.
+            .set_column_bloom_filter_max_ndv(path, defaults::ROW_GROUP_ROWS as u64);
     }
     for path in plain {
         builder = builder.set_column_dictionary_enabled(path.clone(), false);
