@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use serde::Serialize;
 use url::Url;
 
-use crate::table::lineage::{CommitLineage, COMMIT_INFO_KEY};
+use crate::table::lineage::{CommitLineage, MergeSummary, COMMIT_INFO_KEY};
 use crate::table::{open, recorded_positions, TableError};
 
 /// The status of one table.
@@ -40,6 +40,19 @@ pub struct TableStatus {
     /// Where the registry holds the schema ids the partitions name
     /// (`subject vN`, by id), as recorded at ingestion.
     pub schemas: BTreeMap<u32, String>,
+    /// A mirror table's merges over the retained history (none for
+    /// append tables).
+    pub merges: Option<MergeTotals>,
+}
+
+/// What a mirror table's merges did, summed over the retained history.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct MergeTotals {
+    /// Merge commits.
+    pub commits: u64,
+    /// Their counts added up.
+    #[serde(flatten)]
+    pub sums: MergeSummary,
 }
 
 /// Position and lineage of one source partition.
@@ -145,7 +158,13 @@ pub async fn status_of(
             }
         }
     }
+    let mut merges: Option<MergeTotals> = None;
     for lineage in ordered {
+        if let Some(merge) = &lineage.merge {
+            let totals = merges.get_or_insert_with(MergeTotals::default);
+            totals.commits += 1;
+            totals.sums.absorb(merge);
+        }
         for (field, count) in &lineage.unknown_fields {
             *unknown_fields.entry(field.clone()).or_insert(0) += count;
         }
@@ -208,5 +227,6 @@ pub async fn status_of(
         partitions: by_partition.into_values().collect(),
         unknown_fields,
         schemas,
+        merges,
     })
 }

@@ -47,6 +47,20 @@ pub fn render(s: &TableStatus) -> String {
     if let Some(t) = &s.last_commit_time {
         out.push_str(&format!("last commit  {t}\n"));
     }
+    if let Some(m) = &s.merges {
+        let rewritten = crate::config::ByteSize(m.sums.bytes_rewritten);
+        out.push_str(&format!(
+            "merges       {} ({} mutations of {} keys: {} upserted, {} deleted, {} stale; {} rows replaced; {} files rewritten, {rewritten})\n",
+            m.commits,
+            m.sums.mutations,
+            m.sums.keys,
+            m.sums.upserted,
+            m.sums.deleted,
+            m.sums.stale,
+            m.sums.removed,
+            m.sums.files_rewritten,
+        ));
+    }
     for (field, count) in &s.unknown_fields {
         out.push_str(&format!(
             "unknown field `{field}` in {count} record(s) (not a column; `evolve = \"add_columns\"` adds it)\n"

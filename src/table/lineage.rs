@@ -65,6 +65,22 @@ pub struct MergeSummary {
     pub bytes_rewritten: u64,
 }
 
+impl MergeSummary {
+    /// Adds `other`'s counts to these.
+    pub fn absorb(&mut self, other: &MergeSummary) {
+        self.mutations += other.mutations;
+        self.keys += other.keys;
+        self.upserted += other.upserted;
+        self.deleted += other.deleted;
+        self.removed += other.removed;
+        self.stale += other.stale;
+        self.files_in_range += other.files_in_range;
+        self.files_read += other.files_read;
+        self.files_rewritten += other.files_rewritten;
+        self.bytes_rewritten += other.bytes_rewritten;
+    }
+}
+
 /// The span of one source partition covered by a commit.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PartitionRange {

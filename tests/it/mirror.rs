@@ -548,6 +548,21 @@ async fn change_events_a_mirror_cannot_apply_are_dead_letters_with_the_reason() 
         &kernel_read(&lake.table("customers_dead_letters")).await,
         "error",
     );
+    // `status` sums the merges: the four changes that hold a key, and the
+    // rows they left (appended images less the rows they replaced).
+    let url = url::Url::from_directory_path(lake.table("customers")).unwrap();
+    let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
+        .await
+        .unwrap();
+    let merges = status.merges.clone().expect("a mirror's status has merges");
+    assert!(merges.commits >= 1, "{merges:?}");
+    assert_eq!(merges.sums.mutations, 4, "{merges:?}");
+    assert_eq!(merges.sums.upserted - merges.sums.removed, 1, "{merges:?}");
+    let rendered = sluice::cli::status::render(&status);
+    assert!(
+        rendered.contains(&format!("merges       {} (4 mutations", merges.commits)),
+        "{rendered}"
+    );
     // The catalog says what the table is.
     let catalog = sluice::catalog::gather::read(&config, 1 << 20, now_ms())
         .await
