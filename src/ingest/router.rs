@@ -20,7 +20,7 @@
 //! nothing is recorded for it, so once a template takes it (after a
 //! restart) it is read from the start.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -122,8 +122,9 @@ pub struct RouterParts {
 pub struct Router {
     parts: RouterParts,
     routes: HashMap<String, Route>,
-    /// Running pipelines by table name, and the topic that made each.
-    pipelines: HashMap<String, (mpsc::Sender<SourceEvent>, String)>,
+    /// Running pipelines by table name, with the table's URL and the
+    /// topics that have fed it.
+    pipelines: HashMap<String, (mpsc::Sender<SourceEvent>, url::Url, BTreeSet<String>)>,
     /// Assignments of topics whose table has no pipeline yet.
     waiting: HashMap<String, Vec<crate::source::Assignment>>,
     tasks: JoinSet<(String, Result<(), PipelineError>)>,
@@ -227,7 +228,7 @@ impl Router {
                     match self.route_of(&topic).await {
                         Route::Refused(_) => {}
                         Route::Table(table) => match self.pipelines.get(&table.name) {
-                            Some((tx, _)) => {
+                            Some((tx, _, _)) => {
                                 let _ = tx.send(SourceEvent::Assigned(group)).await;
                             }
                             None => self.waiting.entry(topic).or_default().extend(group),
@@ -258,6 +259,7 @@ impl Router {
                         }
                     }
                     let tx = self.pipelines[&table.name].0.clone();
+                    self.note_feeder(&topic, &table.name);
                     if let Some(assigned) = self.waiting.remove(&topic) {
                         let _ = tx.send(SourceEvent::Assigned(assigned)).await;
                     }
@@ -273,7 +275,7 @@ impl Router {
                     let Some(Route::Table(table)) = self.routes.get(&topic) else {
                         continue;
                     };
-                    if let Some((tx, _)) = self.pipelines.get(&table.name) {
+                    if let Some((tx, _, _)) = self.pipelines.get(&table.name) {
                         let (answer, wait) = std::sync::mpsc::channel();
                         if tx
                             .send(SourceEvent::Revoked {
@@ -308,12 +310,12 @@ impl Router {
                 }
             }
             SourceEvent::Failed(message) => {
-                for (tx, _) in self.pipelines.values() {
+                for (tx, _, _) in self.pipelines.values() {
                     let _ = tx.send(SourceEvent::Failed(message.clone())).await;
                 }
             }
             SourceEvent::End => {
-                for (tx, _) in self.pipelines.values() {
+                for (tx, _, _) in self.pipelines.values() {
                     let _ = tx.send(SourceEvent::End).await;
                 }
             }
@@ -324,7 +326,9 @@ impl Router {
     /// The running pipeline `partition`'s records go to.
     fn pipeline_of(&self, partition: &PartitionId) -> Option<mpsc::Sender<SourceEvent>> {
         match self.routes.get(topic_of(partition)) {
-            Some(Route::Table(table)) => self.pipelines.get(&table.name).map(|(tx, _)| tx.clone()),
+            Some(Route::Table(table)) => {
+                self.pipelines.get(&table.name).map(|(tx, _, _)| tx.clone())
+            }
             _ => None,
         }
     }
@@ -360,14 +364,7 @@ impl Router {
                 table.name
             ));
         }
-        let merge = self
-            .parts
-            .config
-            .table_templates
-            .iter()
-            .filter(|t| t.source == self.parts.source.name)
-            .find(|t| t.table_for(topic).is_some())
-            .is_some_and(|t| t.merge);
+        let merge = self.merges(topic);
         let taken = self.routes.iter().find(|(other, route)| {
             *other != topic && matches!(route, Route::Table(t) if t.name == table.name)
         });
@@ -378,6 +375,44 @@ impl Router {
             )),
             _ => Route::Table(table),
         }
+    }
+
+    /// Whether the template that takes `topic` lets several topics feed
+    /// one table.
+    fn merges(&self, topic: &str) -> bool {
+        self.parts
+            .config
+            .table_templates
+            .iter()
+            .filter(|t| t.source == self.parts.source.name)
+            .find(|t| t.table_for(topic).is_some())
+            .is_some_and(|t| t.merge)
+    }
+
+    /// Notes, once per run, that `topic` feeds `table`: a table several
+    /// topics feed lists each in `sluice.sources` (in the background; a
+    /// failure is a warning).
+    fn note_feeder(&mut self, topic: &str, table: &str) {
+        let known = |(_, _, topics): &(_, _, BTreeSet<String>)| topics.contains(topic);
+        if self.pipelines.get(table).is_none_or(known) {
+            return;
+        }
+        let merges = self.merges(topic);
+        let Some((_, url, topics)) = self.pipelines.get_mut(table) else {
+            return;
+        };
+        topics.insert(topic.to_string());
+        if !merges {
+            return;
+        }
+        let (url, entry) = (url.clone(), format!("kafka:{topic}"));
+        let options = self.parts.config.lake.storage_options.clone();
+        let name = table.to_string();
+        tokio::spawn(async move {
+            if let Err(error) = table::about::add_source(&url, &options, &entry).await {
+                tracing::warn!(table = %name, source = %entry, %error, "sluice.sources not updated");
+            }
+        });
     }
 
     async fn refuse(&self, topic: &str, reason: &str) {
@@ -448,6 +483,11 @@ impl Router {
             about
                 .properties
                 .insert(table::about::CONVENTION.to_string(), fields.join(","));
+        }
+        if self.merges(topic) {
+            // Several topics feed the table: each adds itself to
+            // `sluice.sources` when it first does ([`Router::note_feeder`]).
+            about.properties.remove(table::about::SOURCES);
         }
         let tables = open_tables(&config, table_config, &decoder, &about).await?;
         // Requests filed for every table cover this one from its first record.
@@ -521,8 +561,10 @@ impl Router {
         let name = table_config.name.clone();
         self.tasks
             .spawn(async move { (name, pipeline.run(rx, token).await) });
-        self.pipelines
-            .insert(table_config.name.clone(), (tx, topic.to_string()));
+        self.pipelines.insert(
+            table_config.name.clone(),
+            (tx, data_url.clone(), BTreeSet::new()),
+        );
         refused::clear(
             &config.lake.root,
             &config.lake.storage_options,

@@ -135,6 +135,48 @@ impl About {
     }
 }
 
+/// Adds `entry` (`kafka:topic`) to the table's `sluice.sources` unless it
+/// is listed; the list stays sorted. A concurrent metadata change (another
+/// worker adding its topic) is met by reading the table again.
+pub async fn add_source(
+    url: &url::Url,
+    storage_options: &BTreeMap<String, String>,
+    entry: &str,
+) -> Result<(), deltalake::DeltaTableError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let table = super::open(url, storage_options)
+            .await
+            .map_err(|e| deltalake::DeltaTableError::Generic(e.to_string()))?;
+        let listed = table
+            .snapshot()?
+            .metadata()
+            .configuration()
+            .get(SOURCES)
+            .cloned()
+            .unwrap_or_default();
+        let mut sources: std::collections::BTreeSet<&str> =
+            listed.split(',').filter(|s| !s.is_empty()).collect();
+        if !sources.insert(entry) {
+            return Ok(());
+        }
+        let joined = sources.into_iter().collect::<Vec<_>>().join(",");
+        match table
+            .set_tbl_properties()
+            .with_properties(HashMap::from([(SOURCES.to_string(), joined)]))
+            .with_raise_if_not_exists(false)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(error) if attempt >= 5 => return Err(error),
+            Err(_) => {
+                tokio::time::sleep(std::time::Duration::from_millis(100 * attempt)).await;
+            }
+        }
+    }
+}
+
 /// `kafka:topic`, `kinesis:stream`, `file:path` for each source, comma-separated.
 pub fn sources<'a>(sources: impl Iterator<Item = &'a SourceConfig>) -> String {
     let mut out = Vec::new();

@@ -407,6 +407,29 @@ async fn merge_lets_several_topics_feed_one_table() {
         if merge {
             let all: Vec<String> = prod_ids.iter().chain(&staging_ids).cloned().collect();
             assert_exactly_once(rows, &all);
+            // Both topics are the table's sources (each added itself).
+            let expected = format!("kafka:{prod},kafka:{staging}");
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let url =
+                    url::Url::from_directory_path(lake.table("clicks_service__Click")).unwrap();
+                let table = sluice::table::open(&url, &no_options()).await.unwrap();
+                let sources = table
+                    .snapshot()
+                    .unwrap()
+                    .metadata()
+                    .configuration()
+                    .get("sluice.sources")
+                    .cloned();
+                if sources.as_deref() == Some(expected.as_str()) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "sluice.sources is {sources:?}, expected {expected}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         } else {
             let notes: Vec<_> = std::fs::read_dir(lake.dir.path().join("_sluice_topics/prod"))
                 .unwrap()
