@@ -425,6 +425,7 @@ async fn a_mirror_survives_a_crash_before_a_merge_commit_and_a_kill_after_commit
     let last = Running::start(&config);
     last.wait_for(Duration::from_secs(120), "the rest", |_| {
         log_holds(&lake, mutations)
+            && logged_positions(&lake, "customers") == logged_positions(&lake, "customers_log")
     })
     .await;
     last.stop().await;
@@ -462,6 +463,37 @@ pub(crate) fn log_holds(lake: &Lake, mutations: u64) -> bool {
     rows >= mutations
 }
 
+/// The latest `txn` position of each topic partition (`topic/partition`,
+/// whichever source read it) in the JSON commits of `table`: the mirror and
+/// the log read the same partitions through two sources.
+pub(crate) fn logged_positions(lake: &Lake, table: &str) -> BTreeMap<String, i64> {
+    let mut commits: Vec<std::path::PathBuf> =
+        std::fs::read_dir(lake.table(table).join("_delta_log"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+    commits.sort();
+    let mut positions = BTreeMap::new();
+    for commit in commits {
+        for line in std::fs::read_to_string(&commit).unwrap_or_default().lines() {
+            let Ok(action) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if let (Some(app), Some(version)) = (
+                action["txn"]["appId"].as_str(),
+                action["txn"]["version"].as_i64(),
+            ) {
+                let partition = app.splitn(3, '/').nth(2).unwrap_or(app);
+                positions.insert(partition.to_string(), version);
+            }
+        }
+    }
+    positions
+}
+
 fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -487,8 +519,11 @@ async fn two_workers_with_a_rebalance_mid_stream_keep_the_mirror_exact() {
     send_all(&kafka, third);
     let a_stats = a.stop().await;
     let mutations = changes.mutations().count() as u64;
+    // The log and the mirror are two pipelines: the mirror has merged
+    // everything once it records the positions the complete log records.
     b.wait_for(Duration::from_secs(120), "B takes the rest", |_| {
         log_holds(&lake, mutations)
+            && logged_positions(&lake, "customers") == logged_positions(&lake, "customers_log")
     })
     .await;
     let b_stats = b.stop().await;
