@@ -232,7 +232,8 @@ impl Default for MaintenanceConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LakeConfig {
-    /// A local directory or an object-store URL (`file:///...`, `s3://bucket/prefix`).
+    /// A local directory or an object-store URL (`file:///...`, `s3://bucket/prefix`,
+    /// `az://container/prefix`, `abfss://...`, `gs://bucket/prefix`).
     pub root: String,
     /// Options passed to the object store (credentials, endpoint, region).
     #[serde(default)]

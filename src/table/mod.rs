@@ -73,7 +73,9 @@ impl TableError {
 /// Registers the object stores sluice can write to besides local disk
 /// (`s3://`, and S3-compatible stores through an endpoint override; Azure
 /// Blob Storage and Data Lake Storage as `az://container/path`,
-/// `abfss://container@account.dfs.core.windows.net/path`), and
+/// `abfss://container@account.dfs.core.windows.net/path`; Google Cloud
+/// Storage as `gs://bucket/path`, `google_base_url` for emulators and
+/// private endpoints), and
 /// local disk's own ([`local_store`]: listing the log from a version does
 /// not stat every log file).
 pub fn register_object_stores() {
@@ -81,6 +83,7 @@ pub fn register_object_stores() {
     ONCE.call_once(|| {
         deltalake::aws::register_handlers(None);
         deltalake::azure::register_handlers(None);
+        deltalake::gcp::register_handlers(None);
         #[cfg(unix)]
         deltalake::logstore::object_store_factories().insert(
             Url::parse("file://").expect("valid url"),

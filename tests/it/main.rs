@@ -18,6 +18,7 @@ mod exactly_once;
 mod fencing;
 mod fleet;
 mod format_files;
+mod gcs;
 mod kinesis;
 mod kinesis_trimmed;
 mod layout;
