@@ -27,6 +27,7 @@ use std::time::Duration;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Transaction};
 use deltalake::protocol::{DeltaOperation, OutputMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::lineage::{CommitLineage, COMMIT_INFO_KEY};
@@ -263,15 +264,29 @@ async fn try_commit(
     }
     all.extend_from_slice(actions);
     let snapshot = table.snapshot().map_err(Attempt::Retry)?;
-    let finalized = CommitBuilder::from(properties)
+    let checkpoint_interval = snapshot.table_config().checkpoint_interval().get();
+    let committed = CommitBuilder::from(properties)
         .with_actions(all)
         .build(Some(snapshot), table.log_store(), operation)
+        .into_prepared_commit_future()
+        .await
+        .map_err(Attempt::Retry)?
         .await
         .map_err(Attempt::Retry)?;
-    let version = finalized.version();
+    let version = committed.version;
     if version > read_version + 1 {
         crate::telemetry::metrics::COMMIT_REBASES
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    // The commit is in the log. delta-rs's post-commit hook loads the new
+    // version (replaying every live file's statistics) and checkpoints when
+    // one is due; the next commit loads the table anyway, so the hook runs
+    // only for the checkpoint. A failed checkpoint does not undo the
+    // commit: the maintenance loop writes the next one.
+    if (version + 1).is_multiple_of(checkpoint_interval) {
+        if let Err(error) = committed.await {
+            tracing::warn!(version, %error, "checkpoint after commit failed");
+        }
     }
     Ok(version as i64)
 }
