@@ -60,14 +60,21 @@ pub(super) fn check_kafka_format(
             Err(reason) => add(format!("{key}.format"), reason),
         },
         (Format::Debezium, None, None) if !protobuf_keys => {}
-        // The Avro converter's envelopes, through the registry.
-        (Format::Debezium, Some(registry), None) if !protobuf_keys => {
+        // The Avro and Protobuf converters' envelopes, through the registry
+        // (`message` or `topic_convention` names a Protobuf envelope's message).
+        (Format::Debezium, Some(registry), None) if k.descriptor_set.is_none() => {
             check_registry(registry, key, add);
             check_subject(k, key, add);
+            if k.message.is_some() && k.topic_convention.is_some() {
+                add(
+                    format!("{key}.message"),
+                    "give either `message` or `topic_convention`, not both".into(),
+                );
+            }
         }
         (Format::Debezium, _, _) => add(
             format!("{key}.format"),
-            "`format = \"debezium\"` reads the JSON envelope, or the Avro converter's through `[sources.registry]`; `schema_file`, `descriptor_set`, `message` and `topic_convention` do not apply".into(),
+            "`format = \"debezium\"` reads the JSON envelope, or the Avro and Protobuf converters' through `[sources.registry]` (`message` or `topic_convention` may name a Protobuf envelope's message); `schema_file` and `descriptor_set` do not apply".into(),
         ),
         (Format::Avro, _, _) if protobuf_keys => add(
             format!("{key}.descriptor_set"),

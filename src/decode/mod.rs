@@ -1,13 +1,13 @@
 //! Decoding raw records into Arrow batches in a table's schema: JSON
 //! against declared columns, Avro against the table's Avro schema (from a
 //! schema registry or a schema file), Protobuf against a message type,
-//! Debezium change events (JSON, or Avro envelopes through a registry).
+//! Debezium change events (JSON, or Avro and Protobuf envelopes through a registry).
 //! See [`Decoder`].
 
 pub mod avro;
 pub mod columns;
 pub mod debezium;
-pub mod debezium_avro;
+pub mod debezium_registry;
 pub mod evolve;
 pub mod json;
 pub mod json_evolve;
@@ -38,8 +38,8 @@ pub enum Decoder {
     Protobuf(Box<protobuf_decoder::ProtobufDecoder>),
     /// Debezium change events as mutation-log rows.
     Debezium(Box<debezium::DebeziumDecoder>),
-    /// Debezium change events written by the Avro converter.
-    DebeziumAvro(Box<debezium_avro::AvroChanges>),
+    /// Debezium change events written by the Avro or Protobuf converter.
+    DebeziumRegistry(Box<debezium_registry::RegistryChanges>),
 }
 
 impl Decoder {
@@ -51,7 +51,7 @@ impl Decoder {
             Decoder::Avro(d) => d.table_schema(),
             Decoder::Protobuf(d) => d.table_schema(),
             Decoder::Debezium(d) => d.table_schema(),
-            Decoder::DebeziumAvro(d) => d.table_schema(),
+            Decoder::DebeziumRegistry(d) => d.table_schema(),
         }
     }
 
@@ -71,7 +71,7 @@ impl Decoder {
                 true
             }
             Decoder::Avro(d) => d.prepare(records, stop).await,
-            Decoder::DebeziumAvro(d) => d.prepare(records, stop).await,
+            Decoder::DebeziumRegistry(d) => d.prepare(records, stop).await,
         }
     }
 
@@ -83,7 +83,7 @@ impl Decoder {
             Decoder::Avro(d) => d.decode(records),
             Decoder::Protobuf(d) => d.decode(records),
             Decoder::Debezium(d) => d.decode(records),
-            Decoder::DebeziumAvro(d) => d.decode(records),
+            Decoder::DebeziumRegistry(d) => d.decode(records),
         }
     }
 
@@ -91,7 +91,7 @@ impl Decoder {
     pub fn schema_id(&self, record: &Record) -> Option<u32> {
         match self {
             Decoder::Avro(d) => d.schema_id(record),
-            Decoder::DebeziumAvro(d) => d.schema_id(record),
+            Decoder::DebeziumRegistry(d) => d.schema_id(record),
             Decoder::Protobuf(d) => d.schema_id(record),
             _ => None,
         }
@@ -101,7 +101,7 @@ impl Decoder {
     pub fn schema_label(&self, id: u32) -> Option<String> {
         match self {
             Decoder::Avro(d) => d.schema_label(id),
-            Decoder::DebeziumAvro(d) => d.schema_label(id),
+            Decoder::DebeziumRegistry(d) => d.schema_label(id),
             Decoder::Protobuf(d) => d.schema_label(id),
             _ => None,
         }
@@ -172,7 +172,6 @@ async fn build_decoder(
                 latest.id
             );
             let in_subject = |e: String| problem(format!("{described}: {e}"));
-            let schema = avro::TableSchema::from_avro(&latest.schema).map_err(in_subject)?;
             // The envelope is decoded whole; the table's columns are its image's.
             let envelope_table = TableConfig {
                 columns: Vec::new(),
@@ -181,18 +180,50 @@ async fn build_decoder(
                 partition_by: Vec::new(),
                 ..table.clone()
             };
-            let envelope = avro::AvroDecoder::registry(&envelope_table, schema, registry)
-                .map_err(in_subject)?;
-            let decoder = debezium_avro::AvroChanges::new(table, envelope).map_err(in_subject)?;
+            let (envelope, kind) = match latest.kind.as_str() {
+                "AVRO" => {
+                    let schema =
+                        avro::TableSchema::from_avro(&latest.schema).map_err(in_subject)?;
+                    let envelope = avro::AvroDecoder::registry(&envelope_table, schema, registry)
+                        .map_err(in_subject)?;
+                    (debezium_registry::Envelope::Avro(envelope), "avro")
+                }
+                "PROTOBUF" => {
+                    let entry = latest_protobuf(&registry, &subject, stop)
+                        .await?
+                        .map_err(|e| in_subject(e.to_string()))?;
+                    let (pool, file) = protobuf_registry::pool_of(&registry, &entry)
+                        .await
+                        .map_err(|e| in_subject(e.to_string()))?;
+                    let message = registry_message(&spec, &pool, &file).map_err(in_subject)?;
+                    let in_message =
+                        |e: String| in_subject(format!("message `{}`: {e}", message.full_name()));
+                    protobuf::check_message(&message).map_err(in_message)?;
+                    let envelope = protobuf_decoder::ProtobufDecoder::registry(
+                        &envelope_table,
+                        &message,
+                        registry,
+                    )
+                    .map_err(in_message)?;
+                    (debezium_registry::Envelope::Protobuf(envelope), "protobuf")
+                }
+                other => {
+                    return Err(in_subject(format!(
+                        "a {other} schema; Debezium envelopes are read as Avro or Protobuf"
+                    )))
+                }
+            };
+            let decoder =
+                debezium_registry::RegistryChanges::new(table, envelope).map_err(in_subject)?;
             check_columns(table, &decoder.table_schema()).map_err(in_subject)?;
             check_primary_key(table, &decoder.table_schema()).map_err(in_subject)?;
             tracing::info!(table = %table.name, %subject, schema_id = latest.id, version = ?latest.version,
-                "change-event table typed from the registry's envelope");
+                kind, "change-event table typed from the registry's envelope");
             let source = format!(
-                "debezium avro registry subject {subject} v{}",
+                "debezium {kind} registry subject {subject} v{}",
                 latest.version.map(|v| v.to_string()).unwrap_or("?".into())
             );
-            return Ok((Decoder::DebeziumAvro(Box::new(decoder)), source));
+            return Ok((Decoder::DebeziumRegistry(Box::new(decoder)), source));
         }
         Format::Debezium => {
             return Ok((
@@ -263,6 +294,13 @@ async fn build_decoder(
                 let latest = latest_schema(&registry, &subject, stop)
                     .await?
                     .map_err(|e| problem(e.to_string()))?;
+                if latest.kind != "AVRO" {
+                    return Err(problem(format!(
+                        "schema registry {}: subject `{subject}` holds a {} schema, not AVRO",
+                        registry.url(),
+                        latest.kind
+                    )));
+                }
                 let schema = avro::TableSchema::from_avro(&latest.schema).map_err(|e| {
                     problem(format!(
                         "subject `{subject}` version {:?} (id {}): {e}",

@@ -60,6 +60,8 @@ pub struct Registered {
     pub schema: Arc<String>,
     /// The subject's version, when looked up by subject.
     pub version: Option<u32>,
+    /// `AVRO` (the registry's default), `PROTOBUF` or `JSON`.
+    pub kind: String,
 }
 
 /// A schema as the registry holds it, of any type.
@@ -185,11 +187,14 @@ impl Registry {
             return Ok(found);
         }
         let body = self.get(&format!("schemas/ids/{id}")).await?;
-        let schema = Arc::new(schema_text(&body, &self.base)?);
-        self.by_id
-            .lock()
-            .expect("registry cache lock")
-            .insert(id, schema.clone());
+        let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_string();
+        let schema = Arc::new(entry_of(&body, &self.base)?.schema);
+        if kind == "AVRO" {
+            self.by_id
+                .lock()
+                .expect("registry cache lock")
+                .insert(id, schema.clone());
+        }
         Ok(schema)
     }
 
@@ -202,7 +207,8 @@ impl Registry {
             .cloned()
     }
 
-    /// The latest version of `subject`.
+    /// The latest version of `subject`, of any schema type (see
+    /// [`Registered::kind`]).
     pub async fn latest(&self, subject: &str) -> Result<Registered, RegistryError> {
         let path = format!("subjects/{}/versions/latest", encode(subject));
         let body = self.get(&path).await.map_err(|e| match e {
@@ -218,11 +224,14 @@ impl Registry {
                 url: self.base.clone(),
                 reason: format!("subject `{subject}`: no schema id in the answer"),
             })?;
-        let schema = Arc::new(schema_text(&body, &self.base)?);
-        self.by_id
-            .lock()
-            .expect("registry cache lock")
-            .insert(id, schema.clone());
+        let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_string();
+        let schema = Arc::new(entry_of(&body, &self.base)?.schema);
+        if kind == "AVRO" {
+            self.by_id
+                .lock()
+                .expect("registry cache lock")
+                .insert(id, schema.clone());
+        }
         if let Some(version) = body["version"].as_u64() {
             self.labels
                 .lock()
@@ -234,6 +243,7 @@ impl Registry {
             id,
             schema,
             version: body["version"].as_u64().map(|v| v as u32),
+            kind,
         })
     }
 
@@ -333,24 +343,6 @@ impl Registry {
     }
 }
 
-/// The schema text of a registry answer; only Avro schemas are taken.
-fn schema_text(body: &serde_json::Value, url: &str) -> Result<String, RegistryError> {
-    let kind = body["schemaType"].as_str().unwrap_or("AVRO");
-    if kind != "AVRO" {
-        return Err(RegistryError::Refused {
-            url: url.to_string(),
-            reason: format!("the schema is {kind}, not AVRO"),
-        });
-    }
-    body["schema"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| RegistryError::Refused {
-            url: url.to_string(),
-            reason: "the answer holds no `schema`".into(),
-        })
-}
-
 /// A registry answer as an [`Entry`].
 fn entry_of(body: &serde_json::Value, url: &str) -> Result<Entry, RegistryError> {
     let schema = body["schema"]
@@ -409,16 +401,5 @@ mod tests {
     fn subjects_are_encoded_as_one_path_segment() {
         assert_eq!(encode("rides-value"), "rides-value");
         assert_eq!(encode("a/b c:d"), "a%2Fb%20c%3Ad");
-    }
-
-    #[test]
-    fn only_avro_schemas_are_taken() {
-        let avro = serde_json::json!({"schema": "\"string\""});
-        assert_eq!(schema_text(&avro, "u").unwrap(), "\"string\"");
-        let proto = serde_json::json!({"schema": "syntax", "schemaType": "PROTOBUF"});
-        assert!(schema_text(&proto, "u")
-            .unwrap_err()
-            .to_string()
-            .contains("PROTOBUF"));
     }
 }

@@ -197,6 +197,7 @@ fn the_readme_example_config_is_valid() {
         "AWS_KEY",
         "AWS_SECRET",
         "AZURE_KEY",
+        "GCS_KEY_JSON",
     ] {
         std::env::set_var(name, "x");
     }

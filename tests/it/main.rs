@@ -10,6 +10,7 @@ mod config_errors;
 mod dead_letters;
 mod debezium;
 mod debezium_avro;
+mod debezium_protobuf;
 mod erasure;
 mod erasure_clock;
 mod erasure_hashed;

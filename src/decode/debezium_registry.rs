@@ -1,17 +1,19 @@
-//! Debezium change events written by Kafka Connect's Avro converter (the
-//! registry wire format): the envelope record (`before`, `after`, `source`,
-//! `op`, `ts_ms`, `transaction`) is decoded by the Avro decoder against the
-//! latest envelope schema of the topic's subject, then flattened into the
-//! same rows as JSON change events (see [`super::debezium`]): the change
-//! columns, then the fields of the row image (`after`, or `before` for a
-//! delete), typed from the envelope's `Value` record with its field docs.
+//! Debezium change events written by Kafka Connect's Avro or Protobuf
+//! converter (the registry wire format): the envelope (`before`, `after`,
+//! `source`, `op`, `ts_ms`, `transaction`) is decoded by the Avro or
+//! Protobuf decoder against the latest envelope schema of the topic's
+//! subject, then flattened into the same rows as JSON change events (see
+//! [`super::debezium`]): the change columns, then the fields of the row
+//! image (`after`, or `before` for a delete), typed from the envelope's
+//! `Value` record or message with its field docs or comments.
 //!
-//! Tombstones (empty values) are skipped and counted; an event whose `op`
-//! is not c, u, d or r, an insert, update or read without an `after` image,
-//! and (mirror tables) an image without its primary key or a required
-//! column, are dead letters with the reason. Image columns are nullable (a
-//! delete's `before` image may carry the key alone). Derived and metadata
-//! columns are not available on these tables yet.
+//! Tombstones (empty values) are skipped and counted; an event without an
+//! `op` (a Protobuf string reads empty when unset) or whose `op` is not c,
+//! u, d or r, an insert, update or read without an `after` image, and
+//! (mirror tables) an image without its primary key or a required column,
+//! are dead letters with the reason. Image columns are nullable (a delete's
+//! `before` image may carry the key alone). Derived and metadata columns
+//! are not available on these tables yet.
 
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::avro::AvroDecoder;
 use super::debezium::{order, position, MirrorShape, BEFORE_COLUMN, CDC_COLUMNS, ORDER_COLUMN};
+use super::protobuf_decoder::ProtobufDecoder;
 use super::Decoded;
 use crate::config::{TableConfig, TableMode};
 use crate::source::Record;
@@ -45,18 +48,64 @@ const SOURCE_FIELDS: [&str; 11] = [
     "collection",
 ];
 
-/// Decodes Avro Debezium envelopes for one table.
+/// The decoder of the envelope itself, by the subject's schema type.
 #[derive(Debug, Clone)]
-pub struct AvroChanges {
-    envelope: AvroDecoder,
+pub enum Envelope {
+    /// Kafka Connect's Avro converter.
+    Avro(AvroDecoder),
+    /// Kafka Connect's Protobuf converter.
+    Protobuf(ProtobufDecoder),
+}
+
+impl Envelope {
+    fn table_schema(&self) -> SchemaRef {
+        match self {
+            Envelope::Avro(d) => d.table_schema(),
+            Envelope::Protobuf(d) => d.table_schema(),
+        }
+    }
+
+    async fn prepare(&self, records: &[Record], stop: &CancellationToken) -> bool {
+        match self {
+            Envelope::Avro(d) => d.prepare(records, stop).await,
+            Envelope::Protobuf(d) => d.prepare(records, stop).await,
+        }
+    }
+
+    fn schema_id(&self, record: &Record) -> Option<u32> {
+        match self {
+            Envelope::Avro(d) => d.schema_id(record),
+            Envelope::Protobuf(d) => d.schema_id(record),
+        }
+    }
+
+    fn schema_label(&self, id: u32) -> Option<String> {
+        match self {
+            Envelope::Avro(d) => d.schema_label(id),
+            Envelope::Protobuf(d) => d.schema_label(id),
+        }
+    }
+
+    fn decode(&self, records: &[Record]) -> Decoded {
+        match self {
+            Envelope::Avro(d) => d.decode(records),
+            Envelope::Protobuf(d) => d.decode(records),
+        }
+    }
+}
+
+/// Decodes registry-framed Debezium envelopes for one table.
+#[derive(Debug, Clone)]
+pub struct RegistryChanges {
+    envelope: Envelope,
     before_image: bool,
     mirror: Option<MirrorShape>,
 }
 
-impl AvroChanges {
+impl RegistryChanges {
     /// Wraps the decoder of the envelope; refuses a schema that is not a
     /// Debezium envelope.
-    pub fn new(table: &TableConfig, envelope: AvroDecoder) -> Result<Self, String> {
+    pub fn new(table: &TableConfig, envelope: Envelope) -> Result<Self, String> {
         let schema = envelope.table_schema();
         let record = |name: &str| match schema.field_with_name(name).map(|f| f.data_type()) {
             Ok(DataType::Struct(_)) => Ok(()),
@@ -72,8 +121,11 @@ impl AvroChanges {
         };
         record("after")?;
         record("source")?;
-        if schema.field_with_name("op").is_err() {
-            return Err("not a Debezium envelope: no `op` field".into());
+        if !matches!(
+            schema.field_with_name("op").map(|f| f.data_type()),
+            Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+        ) {
+            return Err("not a Debezium envelope: no `op` string field".into());
         }
         let mirror = (table.mode == TableMode::Mirror).then(|| MirrorShape::of(table));
         Ok(Self {
@@ -112,7 +164,8 @@ impl AvroChanges {
         Arc::new(Schema::new(fields))
     }
 
-    /// Fetches the writer schemas the records name (see [`AvroDecoder::prepare`]).
+    /// Fetches the writer schemas the records name, waiting while the
+    /// registry is unavailable; `false` if `stop` fired first.
     pub async fn prepare(&self, records: &[Record], stop: &CancellationToken) -> bool {
         self.envelope.prepare(records, stop).await
     }
@@ -171,7 +224,8 @@ impl AvroChanges {
             let op = ops
                 .as_ref()
                 .filter(|o| o.is_valid(row))
-                .map(|o| o.value(row));
+                .map(|o| o.value(row))
+                .filter(|o| !o.is_empty());
             let Some(op) = op else {
                 refused.push((row, "not a Debezium change event: no `op`".into()));
                 continue;
@@ -300,7 +354,7 @@ fn image_fields(envelope: &Schema) -> arrow::datatypes::Fields {
     }
 }
 
-/// `column` as text (Avro strings may arrive as another string type).
+/// `column` as text (strings may arrive as another string type).
 fn text_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
     let column = batch.column_by_name(name)?;
     let text = arrow::compute::cast(column, &DataType::Utf8).ok()?;
