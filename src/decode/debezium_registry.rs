@@ -52,9 +52,9 @@ const SOURCE_FIELDS: [&str; 11] = [
 #[derive(Debug, Clone)]
 pub enum Envelope {
     /// Kafka Connect's Avro converter.
-    Avro(AvroDecoder),
+    Avro(Box<AvroDecoder>),
     /// Kafka Connect's Protobuf converter.
-    Protobuf(ProtobufDecoder),
+    Protobuf(Box<ProtobufDecoder>),
 }
 
 impl Envelope {

@@ -186,7 +186,10 @@ async fn build_decoder(
                         avro::TableSchema::from_avro(&latest.schema).map_err(in_subject)?;
                     let envelope = avro::AvroDecoder::registry(&envelope_table, schema, registry)
                         .map_err(in_subject)?;
-                    (debezium_registry::Envelope::Avro(envelope), "avro")
+                    (
+                        debezium_registry::Envelope::Avro(Box::new(envelope)),
+                        "avro",
+                    )
                 }
                 "PROTOBUF" => {
                     let entry = latest_protobuf(&registry, &subject, stop)
@@ -205,7 +208,10 @@ async fn build_decoder(
                         registry,
                     )
                     .map_err(in_message)?;
-                    (debezium_registry::Envelope::Protobuf(envelope), "protobuf")
+                    (
+                        debezium_registry::Envelope::Protobuf(Box::new(envelope)),
+                        "protobuf",
+                    )
                 }
                 other => {
                     return Err(in_subject(format!(
