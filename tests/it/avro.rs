@@ -491,11 +491,19 @@ fn a_bad_avro_source_config_is_refused_naming_the_key() {
     assert!(url.contains("sources[0].registry.url"), "{url}");
     let json_columns = problems("");
     assert!(json_columns.contains("tables[0].columns"), "{json_columns}");
-    // Avro change events: through the registry only, typed by the envelope.
+    // Avro and Protobuf change events: through the registry only, typed by
+    // the envelope.
     let file = problems("format = \"debezium\"\nschema_file = \"/x.avsc\"");
     assert!(
-        file.contains("sources[0].format") && file.contains("Avro converter"),
+        file.contains("sources[0].format") && file.contains("Avro and Protobuf converters'"),
         "{file}"
+    );
+    let both = problems(
+        "format = \"debezium\"\nregistry = { url = \"http://registry:8081\" }\nmessage = \"a.Envelope\"\ntopic_convention = '^(?P<message>.+)$'",
+    );
+    assert!(
+        both.contains("sources[0].message") && both.contains("not both"),
+        "{both}"
     );
     let url = problems("format = \"debezium\"\nregistry = { url = \"registry:8081\" }");
     assert!(
