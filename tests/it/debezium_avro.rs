@@ -10,17 +10,19 @@
 
 use std::time::Duration;
 
-use arrow::array::{Array, AsArray};
+use arrow::array::Array;
 
 use crate::avro::{python, read_frames, script, Registry};
 use crate::common::*;
 use crate::mirror::{assert_same_state, changes, config_with, mirror_rows, TOPIC};
 
-/// `events` (null: a tombstone) encoded by confluent-kafka's serializer;
-/// with `add_field`, under the next version of the envelope schema.
-fn encode(
+/// `events` (null: a tombstone) encoded by `script` (a Python encoder
+/// using confluent-kafka's serializer); with `add_field`, under the next
+/// version of the envelope schema.
+pub(crate) fn encode(
     lake: &Lake,
     registry: &Registry,
+    script_name: &str,
     events: &[serde_json::Value],
     add_field: Option<&str>,
 ) -> Vec<Vec<u8>> {
@@ -29,7 +31,7 @@ fn encode(
     let out = lake.dir.path().join("frames");
     let mut command = std::process::Command::new(python());
     command
-        .arg(script("debezium_avro_events.py"))
+        .arg(script(script_name))
         .args(["--registry", &registry.url, "--topic", TOPIC, "--changes"])
         .arg(&input)
         .arg("--out")
@@ -43,12 +45,17 @@ fn encode(
     frames
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn avro_change_events_become_mirror_and_log_rows() {
-    let lake = Lake::new();
-    let registry = Registry::start(lake.dir.path());
-    let kafka = kafka(TOPIC, 2);
-    let changes = changes(1_000, 3_000, 5);
+/// The mirror test's random changes as JSON envelopes (null: a tombstone),
+/// followed by `extra` events (keys `x0`, `x1`, ...), encoded by
+/// `script_name` and sent to the topic.
+pub(crate) fn send_changes(
+    lake: &Lake,
+    registry: &Registry,
+    kafka: &sluice::demo::broker::EmbeddedKafka,
+    script_name: &str,
+    changes: &crate::mirror::Changes,
+    extra: impl Fn(&serde_json::Value) -> Vec<serde_json::Value>,
+) -> Vec<serde_json::Value> {
     let mut events: Vec<serde_json::Value> = changes
         .events
         .iter()
@@ -57,20 +64,116 @@ async fn avro_change_events_become_mirror_and_log_rows() {
             false => serde_json::from_slice(value).unwrap(),
         })
         .collect();
-    let source = events[0]["source"].clone();
-    events.push(serde_json::json!({"before": null, "after": null, "source": source, "op": "t", "ts_ms": 1, "transaction": null}));
-    events.push(serde_json::json!({"before": {"id": 7, "name": "x", "balance": 1}, "after": null, "source": source, "op": "u", "ts_ms": 1, "transaction": null}));
-    let frames = encode(&lake, &registry, &events, None);
+    let added = extra(&events[0]["source"]);
+    let extra_keys: Vec<String> = (0..added.len()).map(|n| format!("x{n}")).collect();
+    events.extend(added);
+    let frames = encode(lake, registry, script_name, &events, None);
     let producer = kafka.producer().unwrap();
     let keys = changes
         .events
         .iter()
         .map(|(k, _)| k.as_str())
-        .chain(["t", "7"]);
+        .chain(extra_keys.iter().map(String::as_str));
     for (key, frame) in keys.zip(&frames) {
         sluice::demo::broker::send(&producer, TOPIC, key, frame).unwrap();
     }
     sluice::demo::broker::flush(&producer).unwrap();
+    events
+}
+
+/// Sends an update of the first key of the final state under the
+/// envelope's next version, which adds `email`; returns the key.
+pub(crate) fn send_grown_update(
+    lake: &Lake,
+    registry: &Registry,
+    kafka: &sluice::demo::broker::EmbeddedKafka,
+    script_name: &str,
+    changes: &crate::mirror::Changes,
+    first: &serde_json::Value,
+) -> i64 {
+    let (kept, old) = changes
+        .state
+        .iter()
+        .next()
+        .map(|(k, v)| (*k, v.clone()))
+        .unwrap();
+    let mut source = first["source"].clone();
+    source["lsn"] = serde_json::json!(900_000_000);
+    source["sequence"] = serde_json::json!("[\"899999990\",\"900000000\"]");
+    let update = serde_json::json!({
+        "before": {"id": kept, "name": old.0, "balance": old.1},
+        "after": {"id": kept, "name": old.0, "balance": old.1, "email": "k@example.com"},
+        "source": source, "op": "u", "ts_ms": 2, "transaction": null});
+    let frames = encode(lake, registry, script_name, &[update], Some("email"));
+    let producer = kafka.producer().unwrap();
+    sluice::demo::broker::send(&producer, TOPIC, &kept.to_string(), &frames[0]).unwrap();
+    sluice::demo::broker::flush(&producer).unwrap();
+    kept
+}
+
+/// The mirror holds `email` for `kept` alone; the log holds every change
+/// (positions by LSN, `before` images of updates); the dead letters carry
+/// each of `reasons`.
+pub(crate) async fn assert_envelope_tables(
+    lake: &Lake,
+    changes: &crate::mirror::Changes,
+    kept: i64,
+    reasons: &[&str],
+) {
+    assert_same_state(&mirror_rows(lake).await, &changes.state);
+    let mirror = kernel_read(&lake.table("customers")).await;
+    let emails: Vec<(String, String)> = strings(&mirror, "id")
+        .into_iter()
+        .zip(strings(&mirror, "email"))
+        .filter(|(_, email)| !email.is_empty())
+        .collect();
+    assert_eq!(emails, [(kept.to_string(), "k@example.com".to_string())]);
+
+    let mutations = changes.mutations().count() as u64;
+    let log = kernel_read(&lake.table("customers_log")).await;
+    assert_eq!(
+        log.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
+        mutations + 1
+    );
+    let positions = strings(&log, "cdc_position");
+    assert!(
+        positions.iter().all(|p| p.starts_with("lsn=")),
+        "{:?}",
+        &positions[..3]
+    );
+    let ops = strings(&log, "cdc_op");
+    let first_update = ops.iter().position(|o| o == "u").unwrap();
+    let before = sluice::table::schema::column_at(&log[0], "cdc_before.name").unwrap();
+    assert!(
+        first_update < log[0].num_rows() && before.is_valid(first_update),
+        "an update in the first batch keeps its before image"
+    );
+
+    let found = strings(
+        &kernel_read(&lake.table("customers_dead_letters")).await,
+        "error",
+    );
+    for wanted in reasons {
+        assert!(
+            found.iter().any(|r| r.contains(wanted)),
+            "no `{wanted}` in {found:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avro_change_events_become_mirror_and_log_rows() {
+    let script_name = "debezium_avro_events.py";
+    let lake = Lake::new();
+    let registry = Registry::start(lake.dir.path());
+    let kafka = kafka(TOPIC, 2);
+    let changes = changes(1_000, 3_000, 5);
+    let events = send_changes(&lake, &registry, &kafka, script_name, &changes, |source| {
+        vec![
+            serde_json::json!({"before": null, "after": null, "source": source, "op": "t", "ts_ms": 1, "transaction": null}),
+            serde_json::json!({"before": {"id": 7, "name": "x", "balance": 1}, "after": null, "source": source, "op": "u", "ts_ms": 1, "transaction": null}),
+        ]
+    });
 
     let config = config_with(
         &lake,
@@ -89,22 +192,7 @@ async fn avro_change_events_become_mirror_and_log_rows() {
 
     // The envelope's next version adds `email`: the mirror grows the column
     // in the merge that first carries it.
-    let (kept, old) = changes
-        .state
-        .iter()
-        .next()
-        .map(|(k, v)| (*k, v.clone()))
-        .unwrap();
-    let mut source = events[0]["source"].clone();
-    source["lsn"] = serde_json::json!(900_000_000);
-    source["sequence"] = serde_json::json!("[\"899999990\",\"900000000\"]");
-    let update = serde_json::json!({
-        "before": {"id": kept, "name": old.0, "balance": old.1, "email": null},
-        "after": {"id": kept, "name": old.0, "balance": old.1, "email": "k@example.com"},
-        "source": source, "op": "u", "ts_ms": 2, "transaction": null});
-    let frames = encode(&lake, &registry, &[update], Some("email"));
-    sluice::demo::broker::send(&producer, TOPIC, &kept.to_string(), &frames[0]).unwrap();
-    sluice::demo::broker::flush(&producer).unwrap();
+    let kept = send_grown_update(&lake, &registry, &kafka, script_name, &changes, &events[0]);
     running
         .wait_for(Duration::from_secs(60), "the grown change", |s| {
             s.committed >= 2 * (mutations + 1)
@@ -112,53 +200,13 @@ async fn avro_change_events_become_mirror_and_log_rows() {
         .await;
     let stats = running.stop().await;
     assert_eq!(stats.dead_lettered, 4, "{stats:?}");
-    assert_same_state(&mirror_rows(&lake).await, &changes.state);
-    let mirror = kernel_read(&lake.table("customers")).await;
-    let emails: Vec<(String, String)> = strings(&mirror, "id")
-        .into_iter()
-        .zip(strings(&mirror, "email"))
-        .filter(|(_, email)| !email.is_empty())
-        .collect();
-    assert_eq!(emails, [(kept.to_string(), "k@example.com".to_string())]);
-
-    let log = kernel_read(&lake.table("customers_log")).await;
-    assert_eq!(
-        log.iter().map(|b| b.num_rows() as u64).sum::<u64>(),
-        mutations + 1
-    );
-    let ops = strings(&log, "cdc_op");
-    let positions = strings(&log, "cdc_position");
-    assert!(
-        positions.iter().all(|p| p.starts_with("lsn=")),
-        "{:?}",
-        &positions[..3]
-    );
-    let before = sluice::table::schema::column_at(&log[0], "cdc_before.name").unwrap();
-    let before = before.as_string::<i32>();
-    let first_update = ops.iter().position(|o| o == "u").unwrap();
-    assert!(
-        first_update < log[0].num_rows(),
-        "an update in the first batch"
-    );
-    assert!(
-        before.is_valid(first_update),
-        "an update keeps its before image"
-    );
-
-    let reasons = strings(
-        &kernel_read(&lake.table("customers_dead_letters")).await,
-        "error",
-    );
-    assert!(
-        reasons.iter().any(|r| r.contains("`op` = `t`")),
-        "{reasons:?}"
-    );
-    assert!(
-        reasons
-            .iter()
-            .any(|r| r.contains("`op` = `u` without an `after` image")),
-        "{reasons:?}"
-    );
+    assert_envelope_tables(
+        &lake,
+        &changes,
+        kept,
+        &["`op` = `t`", "`op` = `u` without an `after` image"],
+    )
+    .await;
 
     // Typed by the envelope: the Value record's doc is the column's comment.
     let table = load(&lake.table("customers")).await;
