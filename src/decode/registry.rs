@@ -187,14 +187,14 @@ impl Registry {
             return Ok(found);
         }
         let body = self.get(&format!("schemas/ids/{id}")).await?;
-        let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_string();
-        let schema = Arc::new(entry_of(&body, &self.base)?.schema);
-        if kind == "AVRO" {
-            self.by_id
-                .lock()
-                .expect("registry cache lock")
-                .insert(id, schema.clone());
+        let (kind, schema) = typed_text(&body, &self.base)?;
+        if kind != "AVRO" {
+            return Err(RegistryError::Refused {
+                url: self.base.clone(),
+                reason: format!("schema id {id} is {kind}, not AVRO"),
+            });
         }
+        self.remember(id, &schema);
         Ok(schema)
     }
 
@@ -205,6 +205,14 @@ impl Registry {
             .expect("registry cache lock")
             .get(&id)
             .cloned()
+    }
+
+    /// Caches Avro schema `id`'s text.
+    fn remember(&self, id: u32, schema: &Arc<String>) {
+        self.by_id
+            .lock()
+            .expect("registry cache lock")
+            .insert(id, schema.clone());
     }
 
     /// The latest version of `subject`, of any schema type (see
@@ -224,13 +232,9 @@ impl Registry {
                 url: self.base.clone(),
                 reason: format!("subject `{subject}`: no schema id in the answer"),
             })?;
-        let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_string();
-        let schema = Arc::new(entry_of(&body, &self.base)?.schema);
+        let (kind, schema) = typed_text(&body, &self.base)?;
         if kind == "AVRO" {
-            self.by_id
-                .lock()
-                .expect("registry cache lock")
-                .insert(id, schema.clone());
+            self.remember(id, &schema);
         }
         if let Some(version) = body["version"].as_u64() {
             self.labels
@@ -343,6 +347,13 @@ impl Registry {
     }
 }
 
+/// The schema type (`AVRO` when the answer names none) and text of a
+/// registry answer.
+fn typed_text(body: &serde_json::Value, url: &str) -> Result<(String, Arc<String>), RegistryError> {
+    let kind = body["schemaType"].as_str().unwrap_or("AVRO").to_string();
+    Ok((kind, Arc::new(entry_of(body, url)?.schema)))
+}
+
 /// A registry answer as an [`Entry`].
 fn entry_of(body: &serde_json::Value, url: &str) -> Result<Entry, RegistryError> {
     let schema = body["schema"]
@@ -401,5 +412,15 @@ mod tests {
     fn subjects_are_encoded_as_one_path_segment() {
         assert_eq!(encode("rides-value"), "rides-value");
         assert_eq!(encode("a/b c:d"), "a%2Fb%20c%3Ad");
+    }
+
+    #[test]
+    fn an_answer_without_a_schema_type_is_avro() {
+        let avro = serde_json::json!({"schema": "\"string\""});
+        let (kind, text) = typed_text(&avro, "u").unwrap();
+        assert_eq!((kind.as_str(), text.as_str()), ("AVRO", "\"string\""));
+        let proto = serde_json::json!({"schema": "syntax", "schemaType": "PROTOBUF"});
+        assert_eq!(typed_text(&proto, "u").unwrap().0, "PROTOBUF");
+        assert!(typed_text(&serde_json::json!({}), "u").is_err());
     }
 }
