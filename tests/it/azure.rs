@@ -8,7 +8,6 @@
 //! `abfss://` URL.
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -42,11 +41,7 @@ impl Azurite {
             binary.exists(),
             "no Azurite under {dir}: run scripts/test, which installs it (or set SLUICE_AZURITE_DIR)"
         );
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let child = Command::new(binary)
             .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
             .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
@@ -54,14 +49,7 @@ impl Azurite {
             .stderr(Stdio::null())
             .spawn()
             .expect("start azurite");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "Azurite did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port, "Azurite");
         Self {
             child,
             endpoint: format!("http://127.0.0.1:{port}/{ACCOUNT}"),

@@ -19,11 +19,9 @@
 //! logic itself is proven on S3 (moto) and Azure (Azurite).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::TryStreamExt;
 use object_store::ObjectStore;
@@ -48,11 +46,7 @@ struct FakeGcs {
 impl FakeGcs {
     fn start(seed: &Path) -> Self {
         let binary = binary();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let child = Command::new(binary)
             .args(["-scheme", "http", "-host", "127.0.0.1"])
@@ -64,14 +58,7 @@ impl FakeGcs {
             .stderr(Stdio::null())
             .spawn()
             .expect("start fake-gcs-server");
-        let started = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "fake-gcs-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_port(port, "fake-gcs-server");
         Self {
             child,
             base_url: format!("http://{host}"),
