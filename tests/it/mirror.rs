@@ -160,12 +160,16 @@ pub(crate) fn send_all(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) {
     broker::flush(&producer).unwrap();
 }
 
-/// Sends `events` from a thread in chunks of 400, 150 ms apart.
-fn send_slowly(kafka: &EmbeddedKafka, events: &[(String, Vec<u8>)]) -> std::thread::JoinHandle<()> {
+/// Sends `events` from a thread in chunks of `chunk`, 150 ms apart.
+fn send_slowly(
+    kafka: &EmbeddedKafka,
+    events: &[(String, Vec<u8>)],
+    chunk: usize,
+) -> std::thread::JoinHandle<()> {
     let events = events.to_vec();
     let producer = kafka.producer().unwrap();
     std::thread::spawn(move || {
-        for chunk in events.chunks(400) {
+        for chunk in events.chunks(chunk) {
             for (key, value) in chunk {
                 broker::send(&producer, TOPIC, key, value).unwrap();
             }
@@ -327,9 +331,9 @@ zorder_unordered_bytes = "256KiB""#,
     erase::file_requests(&config, &[key], &TableChoice::All, "ticket-7", now_ms())
         .await
         .unwrap();
-    // Over several seconds, so merges keep landing while the maintenance
-    // loop compacts and Z-orders.
-    let producer = send_slowly(&kafka, &changes.events[half..]);
+    // Over about 10 seconds, so merges keep landing while the maintenance
+    // loop (every second) compacts and Z-orders, on a loaded machine too.
+    let producer = send_slowly(&kafka, &changes.events[half..], 200);
     erase::apply_all(&config, now_ms(), None).await.unwrap();
     producer.join().unwrap();
     running
@@ -510,9 +514,11 @@ async fn two_workers_with_a_rebalance_mid_stream_keep_the_mirror_exact() {
     let a = Running::start(&config);
     a.wait_for(Duration::from_secs(60), "A merging", |s| s.commits >= 2)
         .await;
-    // B joins: partitions move while more changes arrive.
+    // B joins: partitions move while more changes arrive, for about 5
+    // seconds (longer than a rebalance takes on a loaded machine: B must
+    // have records left to merge once it holds partitions).
     let b = Running::start(&config);
-    send_slowly(&kafka, second).join().unwrap();
+    send_slowly(&kafka, second, 100).join().unwrap();
     b.wait_for(Duration::from_secs(60), "B merging", |s| s.commits >= 1)
         .await;
     // A leaves mid-stream.
