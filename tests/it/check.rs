@@ -21,13 +21,13 @@ async fn codes(table: &std::path::Path) -> (BTreeSet<String>, sluice::check::Rep
     (codes, report)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn foreign_tables_get_a_finding_for_each_defect() {
-    let dir = tempfile::tempdir().unwrap();
+/// Writes `scripts/foreign_tables.py`'s tables under `dir`; returns each
+/// table's name with the finding codes its defect calls for.
+pub(crate) fn foreign_tables(dir: &std::path::Path) -> BTreeMap<String, Vec<String>> {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/foreign_tables.py");
     let output = Command::new(python())
         .arg(script)
-        .arg(dir.path())
+        .arg(dir)
         .output()
         .unwrap();
     assert!(
@@ -35,7 +35,13 @@ async fn foreign_tables_get_a_finding_for_each_defect() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let expected: BTreeMap<String, Vec<String>> = serde_json::from_slice(&output.stdout).unwrap();
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_tables_get_a_finding_for_each_defect() {
+    let dir = tempfile::tempdir().unwrap();
+    let expected = foreign_tables(dir.path());
     assert_eq!(expected.len(), 9);
     for (name, wanted) in &expected {
         let (found, report) = codes(&dir.path().join(name)).await;

@@ -161,6 +161,52 @@ pub(crate) async fn assert_envelope_tables(
     }
 }
 
+/// Runs ingestion over the changes `send_changes` sent (one dead letter
+/// per table for each of `reasons`), sends the grown update, stops, and
+/// checks the tables ([`assert_envelope_tables`]) and that `sluice status`
+/// names the subject's first version.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn ingest_and_check(
+    lake: &Lake,
+    registry: &Registry,
+    kafka: &sluice::demo::broker::EmbeddedKafka,
+    script_name: &str,
+    changes: &crate::mirror::Changes,
+    first: &serde_json::Value,
+    config: &sluice::config::Config,
+    reasons: &[&str],
+) {
+    // The mirror and the log each dead-letter every bad event.
+    let dead = 2 * reasons.len() as u64;
+    let mutations = changes.mutations().count() as u64;
+    let running = Running::start(config);
+    running
+        .wait_for(Duration::from_secs(120), "every change", |s| {
+            s.dead_lettered >= dead && s.committed >= 2 * mutations
+        })
+        .await;
+    assert_same_state(&mirror_rows(lake).await, &changes.state);
+
+    // The envelope's next version adds `email`: the mirror grows the column
+    // in the merge that first carries it.
+    let kept = send_grown_update(lake, registry, kafka, script_name, changes, first);
+    running
+        .wait_for(Duration::from_secs(60), "the grown change", |s| {
+            s.committed >= 2 * (mutations + 1)
+        })
+        .await;
+    let stats = running.stop().await;
+    assert_eq!(stats.dead_lettered, dead, "{stats:?}");
+    assert_envelope_tables(lake, changes, kept, reasons).await;
+
+    let url = url::Url::from_directory_path(lake.table("customers")).unwrap();
+    let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
+        .await
+        .unwrap();
+    let text = sluice::cli::status::render(&status);
+    assert!(text.contains(&format!("{TOPIC}-value v1 (id ")), "{text}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn avro_change_events_become_mirror_and_log_rows() {
     let script_name = "debezium_avro_events.py";
@@ -181,29 +227,14 @@ async fn avro_change_events_become_mirror_and_log_rows() {
         "[maintenance]\nenabled = false",
         Some(&registry.url),
     );
-    let mutations = changes.mutations().count() as u64;
-    let running = Running::start(&config);
-    running
-        .wait_for(Duration::from_secs(120), "every change", |s| {
-            s.dead_lettered >= 4 && s.committed >= 2 * mutations
-        })
-        .await;
-    assert_same_state(&mirror_rows(&lake).await, &changes.state);
-
-    // The envelope's next version adds `email`: the mirror grows the column
-    // in the merge that first carries it.
-    let kept = send_grown_update(&lake, &registry, &kafka, script_name, &changes, &events[0]);
-    running
-        .wait_for(Duration::from_secs(60), "the grown change", |s| {
-            s.committed >= 2 * (mutations + 1)
-        })
-        .await;
-    let stats = running.stop().await;
-    assert_eq!(stats.dead_lettered, 4, "{stats:?}");
-    assert_envelope_tables(
+    ingest_and_check(
         &lake,
+        &registry,
+        &kafka,
+        script_name,
         &changes,
-        kept,
+        &events[0],
+        &config,
         &["`op` = `t`", "`op` = `u` without an `after` image"],
     )
     .await;
@@ -216,12 +247,6 @@ async fn avro_change_events_become_mirror_and_log_rows() {
         name.metadata().get("comment").map(String::as_str),
         Some("The customer's name")
     );
-    let url = url::Url::from_directory_path(lake.table("customers")).unwrap();
-    let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
-        .await
-        .unwrap();
-    let text = sluice::cli::status::render(&status);
-    assert!(text.contains(&format!("{TOPIC}-value v1 (id ")), "{text}");
     register_for_spark_with(
         &lake.table("customers"),
         "mirror_avro_customers",

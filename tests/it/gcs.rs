@@ -129,24 +129,6 @@ fn binary() -> PathBuf {
     PathBuf::from(String::from_utf8(output.stdout).unwrap().trim())
 }
 
-/// Writes `scripts/foreign_tables.py`'s tables under `dir`; returns each
-/// table's name.
-fn foreign_tables(dir: &Path) -> Vec<String> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/foreign_tables.py");
-    let output = Command::new(python())
-        .arg(script)
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let expected: BTreeMap<String, Vec<String>> = serde_json::from_slice(&output.stdout).unwrap();
-    expected.into_keys().collect()
-}
-
 /// Each finding as `target severity code`, sorted.
 async fn findings(url: &url::Url, options: &BTreeMap<String, String>) -> BTreeSet<String> {
     let table = sluice::table::open(url, options).await.unwrap();
@@ -174,7 +156,7 @@ async fn tables_on_gcs_are_checked_and_read_as_on_local_disk() {
     let seed = tempfile::tempdir().unwrap();
     let local = seed.path().join("lake");
     std::fs::create_dir(&local).unwrap();
-    let names = foreign_tables(&local);
+    let names: Vec<String> = crate::check::foreign_tables(&local).into_keys().collect();
     assert!(names.len() >= 9, "{names:?}");
     let gcs = FakeGcs::start(seed.path());
 
