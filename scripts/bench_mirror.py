@@ -76,7 +76,7 @@ text = pa.string()
 schema = pa.schema([
     ("cdc_op", text), ("cdc_ts", pa.timestamp("us", "UTC")), ("cdc_position", text),
     ("cdc_order", text), ("cdc_db", text), ("cdc_table", text), ("cdc_tx", text),
-    ("id", pa.int64()), ("name", text), ("email", text), ("balance", pa.int64()), ("note", text),
+    ("cdc_patched", text), ("id", pa.int64()), ("name", text), ("email", text), ("balance", pa.int64()), ("note", text),
 ])
 rows = [json.loads(l) for l in open(sys.argv[2])]
 batch = pa.Table.from_pylist(rows, schema=schema)
@@ -124,7 +124,7 @@ def flat(op, row, lsn):
     """The batch as delta-rs's merge source: the mirror table's columns."""
     order = f"{lsn - 1:020}/{lsn:020}"
     return {"cdc_op": op, "cdc_ts": None, "cdc_position": f"lsn={lsn}", "cdc_order": order,
-            "cdc_db": "shop", "cdc_table": "customers", "cdc_tx": None, **row}
+            "cdc_db": "shop", "cdc_table": "customers", "cdc_tx": None, "cdc_patched": None, **row}
 
 
 def write_snapshot(path, keys, rng):

@@ -16,6 +16,7 @@
 //! | `cdc_position` | PostgreSQL `lsn=…`, MySQL `file=…,pos=…,row=…`, MongoDB `ord=…,ts=…` |
 //! | `cdc_db`, `cdc_table` | `source.db`, `source.table` (`source.collection` for MongoDB) |
 //! | `cdc_tx` | `transaction.id`, when the connector adds transaction metadata |
+//! | `cdc_patched` | a partial update's columns, comma-separated (see below) |
 //!
 //! A delete without a `before` image (MongoDB's by default) takes its key
 //! columns from the Kafka record key (see [`key_image`]).
@@ -27,6 +28,17 @@
 //! milliseconds, `$numberLong`/`$numberInt`/`$numberDouble`/
 //! `$numberDecimal` as numbers. Truncate (`t`) and message (`m`) events, and
 //! records that are not an envelope, are dead letters with the reason.
+//!
+//! MongoDB updates captured without the full document are partial: the
+//! oplog `patch` of older connectors (`$set`/`$unset`, or the `diff` of
+//! oplog v2) or the change stream's `updateDescription` (`updatedFields`,
+//! `removedFields`). Their row holds the document key (from `filter` or
+//! the record key), the fields set and the fields removed (as nulls), and
+//! `cdc_patched` names the columns they set or removed; a mirror table
+//! applies them to the row it holds (see `ingest::mirror`). A patch of a
+//! field inside a column (`address.city`) or an array truncation is a dead
+//! letter: only whole columns can be applied. A patch whose document is
+//! whole (a replacement) is read as the full image.
 //!
 //! The flattened rows are decoded by the JSON decoder against the table's
 //! columns (the same rules, types and dead letters as JSON tables).
@@ -47,6 +59,10 @@ pub const CDC_COLUMNS: [(&str, &str); 6] = [
     ("cdc_tx", "string"),
 ];
 
+/// The columns a partial update sets or removes, comma-separated (null
+/// for a change with a full image).
+pub const PATCHED_COLUMN: &str = "cdc_patched";
+
 /// The column of the `before` image (`before_image = true`).
 pub const BEFORE_COLUMN: &str = "cdc_before";
 
@@ -61,6 +77,11 @@ pub struct DebeziumDecoder {
     rows: JsonDecoder,
     before_image: bool,
     mirror: Option<MirrorShape>,
+    /// Column name of each declared field (a partial update names columns).
+    columns: std::collections::HashMap<String, String>,
+    /// Fields of the declared non-nullable columns (a partial update on a
+    /// log table must set them).
+    required: Vec<String>,
 }
 
 /// What a mirror table's change events must carry.
@@ -86,6 +107,13 @@ pub fn log_table(table: &TableConfig) -> TableConfig {
             epoch_unit: EpochUnit::Millis,
         })
         .collect();
+    columns.push(ColumnConfig {
+        name: PATCHED_COLUMN.to_string(),
+        field: None,
+        type_name: "string".into(),
+        nullable: true,
+        epoch_unit: EpochUnit::Auto,
+    });
     let mirror = table.mode == crate::config::TableMode::Mirror;
     if mirror {
         columns.push(ColumnConfig {
@@ -132,6 +160,17 @@ impl DebeziumDecoder {
             rows: JsonDecoder::new(&log_table(table))?,
             before_image: table.before_image,
             mirror,
+            columns: table
+                .columns
+                .iter()
+                .map(|c| (c.field().to_string(), c.name.clone()))
+                .collect(),
+            required: table
+                .columns
+                .iter()
+                .filter(|c| !c.nullable)
+                .map(|c| c.field().to_string())
+                .collect(),
         })
     }
 
@@ -220,9 +259,33 @@ impl DebeziumDecoder {
                 )),
             }
         };
-        let after = image("after")?;
+        let mut after = image("after")?;
         let before = image("before")?;
         let source = envelope.get("source").cloned().unwrap_or(Value::Null);
+        let mut patched = None;
+        if op == "u" && after.is_none() {
+            match super::debezium_patch::update(&envelope)? {
+                Some(super::debezium_patch::Update::Full(document)) => after = Some(document),
+                Some(super::debezium_patch::Update::Partial(partial)) => {
+                    let connector = source.get("connector").and_then(Value::as_str);
+                    let document_key = super::debezium_patch::filter(&envelope)?
+                        .or_else(|| key_image(key, connector))
+                        .ok_or("a partial update without its document key (no `filter` and no record key)")?;
+                    let (row, columns) = partial.row(document_key, &self.columns)?;
+                    if self.mirror.is_none() {
+                        if let Some(field) = self.required.iter().find(|f| !row.contains_key(*f)) {
+                            return Err(format!(
+                                "a partial update leaves the required column `{}` unset: declare it nullable to keep MongoDB's partial updates",
+                                self.columns.get(field).map_or(field.as_str(), String::as_str)
+                            ));
+                        }
+                    }
+                    after = Some(row);
+                    patched = Some(columns.join(","));
+                }
+                None => {}
+            }
+        }
         let mut row = match (op, &after, &before) {
             ("d", _, Some(before)) => before.clone(),
             ("d", _, None) => {
@@ -231,6 +294,9 @@ impl DebeziumDecoder {
             (_, Some(after), _) => after.clone(),
             (_, None, _) => return Err(format!("`op` = `{op}` without an `after` image")),
         };
+        if let Some(columns) = patched {
+            row.insert(PATCHED_COLUMN.into(), Value::String(columns));
+        }
         if let Some(shape) = &self.mirror {
             shape.check(op, &row)?;
             if let Some(order) = order(&source) {
@@ -329,7 +395,8 @@ impl MirrorShape {
                 "the primary key column `{name}` is missing from the `{image}` image"
             ));
         }
-        if op != "d" {
+        // A partial update carries the fields it sets; the row it applies to has the rest.
+        if op != "d" && !row.contains_key(PATCHED_COLUMN) {
             if let Some(name) = self.required.iter().find(|n| missing(n)) {
                 return Err(format!(
                     "the required column `{name}` is missing from the `after` image"
@@ -388,7 +455,7 @@ pub(crate) fn order(source: &Value) -> Option<String> {
 /// A delete's key columns from the Kafka record key, for an event without
 /// a `before` image (MongoDB's by default): the key document's fields, or
 /// for MongoDB its `id` (the document key as extended-JSON text) as `_id`.
-fn key_image(key: Option<&[u8]>, connector: Option<&str>) -> Option<Map<String, Value>> {
+pub(crate) fn key_image(key: Option<&[u8]>, connector: Option<&str>) -> Option<Map<String, Value>> {
     let value: Value = serde_json::from_slice(key?).ok()?;
     let value = match value {
         Value::Object(mut o) if o.contains_key("schema") && o.contains_key("payload") => {
@@ -414,7 +481,7 @@ fn key_image(key: Option<&[u8]>, connector: Option<&str>) -> Option<Map<String, 
 /// MongoDB extended JSON as plain JSON values: `{"$oid": h}` is `h`,
 /// `{"$date": …}` epoch milliseconds, `{"$numberLong": "7"}` and the other
 /// number wrappers numbers; anything else unchanged, recursively.
-fn plain_json(value: Value) -> Map<String, Value> {
+pub(crate) fn plain_json(value: Value) -> Map<String, Value> {
     match extended(value) {
         Value::Object(o) => o,
         _ => Map::new(),

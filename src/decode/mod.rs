@@ -7,6 +7,7 @@
 pub mod avro;
 pub mod columns;
 pub mod debezium;
+mod debezium_patch;
 pub mod debezium_registry;
 pub mod evolve;
 pub mod json;

@@ -48,6 +48,7 @@ use deltalake::{DeltaTable, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt as _;
 
+use super::mirror_patch::{Patches, Source};
 use crate::decode::debezium::ORDER_COLUMN;
 use crate::erase::find::{confirm, stat_at, Candidate};
 use crate::erase::keys::{KeyKind, KeySet, KeyValue, MatchSource};
@@ -113,6 +114,8 @@ pub struct Mirror {
     target_file_size: u64,
     storage_options: std::collections::BTreeMap<String, String>,
     pending: Vec<RecordBatch>,
+    /// The declared image columns (a partial update may leave them unset).
+    image: HashSet<String>,
 }
 
 impl Mirror {
@@ -130,7 +133,15 @@ impl Mirror {
             target_file_size,
             storage_options,
             pending: Vec::new(),
+            image: HashSet::new(),
         }
+    }
+
+    /// With the table's declared image columns, which partial updates
+    /// (MongoDB `patch`) may leave unset (see [`super::mirror_patch`]).
+    pub fn with_image(mut self, columns: &[String]) -> Self {
+        self.image = columns.iter().cloned().collect();
+        self
     }
 
     /// Adds decoded mutations, in arrival order.
@@ -202,6 +213,7 @@ impl Mirror {
             }
         }
         summary.keys = winners.len() as u64;
+        let patches = Patches::of(&batch, &columns, &self.image).map(Arc::new);
         let incoming: Arc<HashMap<RowKey, Option<String>>> = Arc::new(
             winners
                 .iter()
@@ -248,6 +260,7 @@ impl Mirror {
             keys: keys.clone(),
             writers: writers.clone(),
             incoming,
+            patches: patches.clone(),
         });
         let mut rewrites = futures::stream::iter(holding.into_iter().map(|c| {
             let job = job.clone();
@@ -255,12 +268,17 @@ impl Mirror {
         }))
         .buffer_unordered(PARALLEL_FILES);
         let mut stale: HashSet<RowKey> = HashSet::new();
+        let mut resolved: HashSet<RowKey> = HashSet::new();
         let mut actions = Vec::new();
         let mut inputs = Vec::new();
         let now_ms = chrono::Utc::now().timestamp_millis();
         while let Some(joined) = rewrites.next().await {
             let merged = joined.map_err(|e| MergeError::Find(format!("task failed: {e}")))??;
             stale.extend(merged.stale);
+            resolved.extend(merged.resolved);
+            summary.upserted += merged.upserted;
+            summary.deleted += merged.deleted;
+            summary.unmatched += merged.unmatched;
             if merged.removed == 0 {
                 continue;
             }
@@ -280,8 +298,21 @@ impl Mirror {
         // 4. Append the latest images.
         let ops = string_column(&batch, "cdc_op");
         let mut rows: Vec<u32> = Vec::with_capacity(winners.len());
+        let mut folded: Vec<Vec<Source>> = Vec::new();
         for (key, row) in winners {
-            if stale.contains(&key) {
+            if stale.contains(&key) || resolved.contains(&key) {
+                continue;
+            }
+            if let Some(chain) = patches.as_ref().and_then(|p| Some((p, p.chain(&key)?))) {
+                // The key has no row in the table: fold onto nothing.
+                let (patches, chain) = chain;
+                let fold = patches.fold(None, chain);
+                summary.unmatched += fold.unmatched;
+                match fold.row {
+                    Some(sources) => folded.push(sources),
+                    None if fold.unmatched == 0 => summary.deleted += 1,
+                    None => {}
+                }
                 continue;
             }
             if ops.as_ref().is_some_and(|o| o.value(row as usize) == "d") {
@@ -291,8 +322,14 @@ impl Mirror {
             }
         }
         rows.sort_unstable();
-        summary.upserted = rows.len() as u64;
-        if !rows.is_empty() {
+        summary.upserted += (rows.len() + folded.len()) as u64;
+        if summary.unmatched > 0 {
+            tracing::warn!(
+                unmatched = summary.unmatched,
+                "partial updates of keys the table does not hold were not applied"
+            );
+        }
+        if !rows.is_empty() || !folded.is_empty() {
             let indices = UInt32Array::from(rows);
             let columns = batch
                 .columns()
@@ -301,7 +338,12 @@ impl Mirror {
                 .collect::<Result<Vec<_>, _>>()?;
             let images = RecordBatch::try_new(batch.schema(), columns)?;
             let mut writer = writers.open(self.target_file_size)?;
-            writer.write(images).await?;
+            if images.num_rows() > 0 {
+                writer.write(images).await?;
+            }
+            if let (Some(patches), false) = (&patches, folded.is_empty()) {
+                writer.write(patches.build(None, &folded)?).await?;
+            }
             actions.extend(writer.finish().await?.into_iter().map(Action::Add));
         }
         Ok(MergePlan {
@@ -345,29 +387,29 @@ pub async fn discard(table: &DeltaTable, plan: &MergePlan) {
 /// Whether a mutation at `incoming` replaces what is held at `held`: a
 /// later position does; an equal or earlier one is a replay. Without both
 /// positions the later arrival wins.
-fn applies(held: Option<&str>, incoming: Option<&str>) -> bool {
+pub(super) fn applies(held: Option<&str>, incoming: Option<&str>) -> bool {
     match (held, incoming) {
         (Some(held), Some(incoming)) => incoming > held,
         _ => true,
     }
 }
 
-fn string_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
+pub(super) fn string_column(batch: &RecordBatch, name: &str) -> Option<StringArray> {
     batch
         .column_by_name(name)
         .and_then(|c| c.as_string_opt::<i32>().cloned())
 }
 
-fn order_at(orders: Option<&StringArray>, row: usize) -> Option<&str> {
+pub(super) fn order_at(orders: Option<&StringArray>, row: usize) -> Option<&str> {
     orders.and_then(|o| o.is_valid(row).then(|| o.value(row)))
 }
 
 /// A row's primary key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct RowKey(Vec<KeyValue>);
+pub(super) struct RowKey(Vec<KeyValue>);
 
 /// The primary-key columns of a batch, cast once.
-struct KeyColumns(Vec<KeyArray>);
+pub(super) struct KeyColumns(Vec<KeyArray>);
 
 enum KeyArray {
     Int(Int64Array),
@@ -393,7 +435,7 @@ impl KeyColumns {
             .collect()
     }
 
-    fn of(batch: &RecordBatch, keys: &[(String, KeyKind)]) -> Result<Self, MergeError> {
+    pub(super) fn of(batch: &RecordBatch, keys: &[(String, KeyKind)]) -> Result<Self, MergeError> {
         let arrays = keys
             .iter()
             .map(|(name, kind)| {
@@ -417,7 +459,7 @@ impl KeyColumns {
         Ok(Self(arrays))
     }
 
-    fn key_at(&self, row: usize) -> Option<RowKey> {
+    pub(super) fn key_at(&self, row: usize) -> Option<RowKey> {
         self.0
             .iter()
             .map(|array| match array {
@@ -502,6 +544,8 @@ struct RewriteJob {
     writers: Writers,
     /// The batch's keys with the position of each one's winning mutation.
     incoming: Arc<HashMap<RowKey, Option<String>>>,
+    /// The mutations of keys with a partial update.
+    patches: Option<Arc<Patches>>,
 }
 
 /// One file's part of a merge.
@@ -510,6 +554,14 @@ struct FileMerge {
     adds: Vec<Add>,
     removed: u64,
     stale: Vec<RowKey>,
+    /// Keys with a partial update whose mutations were folded onto the row here.
+    resolved: Vec<RowKey>,
+    /// Rows written from those folds.
+    upserted: u64,
+    /// Of those keys, the ones that ended deleted.
+    deleted: u64,
+    /// Partial updates that came after a delete of their key.
+    unmatched: u64,
 }
 
 impl RewriteJob {
@@ -528,6 +580,7 @@ impl RewriteJob {
         let mut writer = self.writers.open(REWRITE_TARGET_SIZE)?;
         let mut stream = builder.with_batch_size(8192).build()?;
         let (mut removed, mut stale) = (0u64, Vec::new());
+        let (mut resolved, mut upserted, mut deleted, mut unmatched) = (Vec::new(), 0, 0, 0);
         while let Some(batch) = stream.try_next().await? {
             let batch = with_partition_columns(batch, &self.schema, &file.partition)?;
             let column = batch.column_by_name(first.column()).ok_or_else(|| {
@@ -541,6 +594,7 @@ impl RewriteJob {
             let columns = KeyColumns::of(&batch, &self.keys)?;
             let orders = string_column(&batch, ORDER_COLUMN);
             let mut keep = vec![true; batch.num_rows()];
+            let mut folded: Vec<Vec<Source>> = Vec::new();
             for (row, hit) in hits.iter().enumerate() {
                 if hit != Some(true) {
                     continue;
@@ -551,6 +605,30 @@ impl RewriteJob {
                 let Some(incoming) = self.incoming.get(&key) else {
                     continue; // another column of a composite key differs
                 };
+                if let Some((patches, chain)) = self
+                    .patches
+                    .as_ref()
+                    .and_then(|p| Some((p, p.chain(&key)?)))
+                {
+                    let after = patches.after(chain, order_at(orders.as_ref(), row));
+                    if after.is_empty() {
+                        stale.push(key);
+                        continue;
+                    }
+                    keep[row] = false;
+                    removed += 1;
+                    let fold = patches.fold(Some(row), &after);
+                    unmatched += fold.unmatched;
+                    match fold.row {
+                        Some(sources) => {
+                            upserted += 1;
+                            folded.push(sources);
+                        }
+                        None => deleted += 1,
+                    }
+                    resolved.push(key);
+                    continue;
+                }
                 if applies(order_at(orders.as_ref(), row), incoming.as_deref()) {
                     keep[row] = false;
                     removed += 1;
@@ -565,6 +643,10 @@ impl RewriteJob {
             if kept.num_rows() > 0 {
                 writer.write(self.writers.conform(kept)?).await?;
             }
+            if let (Some(patches), false) = (&self.patches, folded.is_empty()) {
+                let held = self.writers.conform(batch.clone())?;
+                writer.write(patches.build(Some(&held), &folded)?).await?;
+            }
         }
         let adds = if removed == 0 {
             writer.abort();
@@ -577,6 +659,10 @@ impl RewriteJob {
             adds,
             removed,
             stale,
+            resolved,
+            upserted,
+            deleted,
+            unmatched,
         })
     }
 }

@@ -14,6 +14,7 @@
 pub mod batcher;
 pub mod budget;
 pub mod mirror;
+mod mirror_patch;
 pub mod pipeline;
 pub mod router;
 
@@ -401,6 +402,12 @@ pub(crate) fn pipeline_for(
         storage_options: config.lake.storage_options.clone(),
         mirror_key: (table_config.mode == crate::config::TableMode::Mirror)
             .then(|| table_config.primary_key.clone()),
+        mirror_image: table_config
+            .columns
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|name| !table_config.primary_key.contains(name))
+            .collect(),
     })?)
 }
 

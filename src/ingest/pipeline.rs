@@ -123,6 +123,8 @@ pub struct PipelineParts {
     pub storage_options: std::collections::BTreeMap<String, String>,
     /// A mirror table's primary key: batches are merged by it, not appended.
     pub mirror_key: Option<Vec<String>>,
+    /// A mirror table's declared image columns (a partial update may leave them unset).
+    pub mirror_image: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -175,6 +177,7 @@ impl Pipeline {
                 target,
                 parts.storage_options.clone(),
             )
+            .with_image(&parts.mirror_image)
         });
         Ok(Self {
             parts,

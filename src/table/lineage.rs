@@ -63,6 +63,10 @@ pub struct MergeSummary {
     pub files_rewritten: u64,
     /// Bytes of the files rewritten.
     pub bytes_rewritten: u64,
+    /// Partial updates (MongoDB `patch`) of keys the table does not hold:
+    /// there was no row to apply them to.
+    #[serde(default)]
+    pub unmatched: u64,
 }
 
 impl MergeSummary {
@@ -72,6 +76,7 @@ impl MergeSummary {
         self.keys += other.keys;
         self.upserted += other.upserted;
         self.deleted += other.deleted;
+        self.unmatched += other.unmatched;
         self.removed += other.removed;
         self.stale += other.stale;
         self.files_in_range += other.files_in_range;

@@ -26,6 +26,7 @@ mod layout;
 mod maintenance;
 mod memory;
 mod mirror;
+mod mongo_patches;
 mod protobuf;
 mod protobuf_registry;
 mod rebalance;

@@ -1,0 +1,236 @@
+//! MongoDB partial updates: change events whose `after` is null and whose
+//! change is an oplog `patch` (`$set`/`$unset`, oplog v2 `diff`) or a
+//! change stream's `updateDescription`, encoded by pymongo's `bson.json_util`
+//! (`scripts/mongo_patch_events.py`): random inserts, whole-document
+//! updates, partial updates and deletes over 300 documents, with
+//! connector-restart replays. A mirror table must end equal to the
+//! collection (each partial update applied to the row held in the table or
+//! to an insert earlier in the batch); the log table holds every event
+//! once with `cdc_patched` naming the columns of each partial one; a
+//! change inside a field and an array truncation are dead letters with
+//! their reasons.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arrow::array::{Array, AsArray};
+use sluice::demo::broker::{self, EmbeddedKafka};
+
+use crate::avro::{python, script};
+use crate::common::*;
+
+const TOPIC: &str = "shop.shop.people";
+
+/// A document as the mirror holds it: name, visits, since (ms).
+type Doc = (Option<String>, Option<i64>, Option<i64>);
+
+struct Generated {
+    events: Vec<(String, String)>,
+    expected: BTreeMap<String, Doc>,
+    mutations: u64,
+    partial: usize,
+}
+
+fn generate(lake: &Lake) -> Generated {
+    let out = lake.dir.path().join("mongo");
+    std::fs::create_dir_all(&out).unwrap();
+    let status = std::process::Command::new(python())
+        .arg(script("mongo_patch_events.py"))
+        .arg(&out)
+        .args(["300", "3000", "11"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the generator failed");
+    let events = std::fs::read_to_string(out.join("events.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                v["key"].as_str().unwrap().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("expected.json")).unwrap()).unwrap();
+    let rows = expected["rows"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(id, d)| {
+            let doc = (
+                d["name"].as_str().map(str::to_string),
+                d["visits"].as_i64(),
+                d["since_ms"].as_i64(),
+            );
+            (id.clone(), doc)
+        })
+        .collect();
+    Generated {
+        events,
+        expected: rows,
+        mutations: expected["mutations"].as_u64().unwrap(),
+        partial: expected["partial"].as_u64().unwrap() as usize,
+    }
+}
+
+fn config(lake: &Lake, kafka: &EmbeddedKafka) -> sluice::config::Config {
+    let source = |name: &str| {
+        format!(
+            "[[sources]]\nkind = \"kafka\"\nname = \"{name}\"\nbrokers = \"{}\"\ntopics = [\"{TOPIC}\"]\ngroup_id = \"g-{name}\"\nformat = \"debezium\"\n",
+            kafka.bootstrap_servers()
+        )
+    };
+    let columns = r#"columns = [
+  { name = "id", field = "_id", type = "string", nullable = false },
+  { name = "name", type = "string" },
+  { name = "visits", type = "long" },
+  { name = "since", type = "timestamp", epoch_unit = "millis" },
+]"#;
+    parse_valid(&format!(
+        r#"
+[lake]
+root = "{root}"
+[batching]
+max_latency = "300ms"
+[maintenance]
+enabled = false
+[erasure]
+enabled = false
+{mirror}{log}
+[[tables]]
+name = "people"
+source = "mirror"
+key = "id"
+mode = "mirror"
+primary_key = ["id"]
+{columns}
+[[tables]]
+name = "people_log"
+source = "log"
+key = "id"
+{columns}
+"#,
+        root = lake.root(),
+        mirror = source("mirror"),
+        log = source("log"),
+    ))
+}
+
+/// The mirror's documents by id, checking there is one row per id.
+async fn mirror_docs(lake: &Lake) -> BTreeMap<String, Doc> {
+    let mut docs = BTreeMap::new();
+    for batch in kernel_read(&lake.table("people")).await {
+        let ids = batch.column_by_name("id").unwrap().as_string::<i32>();
+        let names = batch.column_by_name("name").unwrap().as_string::<i32>();
+        let visits = batch
+            .column_by_name("visits")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        let since = batch
+            .column_by_name("since")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+        for row in 0..batch.num_rows() {
+            let doc = (
+                names.is_valid(row).then(|| names.value(row).to_string()),
+                visits.is_valid(row).then(|| visits.value(row)),
+                since.is_valid(row).then(|| since.value(row) / 1000),
+            );
+            let id = ids.value(row).to_string();
+            assert!(docs.insert(id.clone(), doc).is_none(), "{id} has two rows");
+        }
+    }
+    docs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_updates_apply_to_the_mirror_and_are_logged_with_their_columns() {
+    test_log();
+    let lake = Lake::new();
+    let generated = generate(&lake);
+    let kafka = kafka(TOPIC, 2);
+    let config = config(&lake, &kafka);
+    let running = Running::start(&config);
+    // In parts, so partial updates meet rows committed by earlier merges
+    // as well as inserts in their own batch.
+    let producer = kafka.producer().unwrap();
+    let parts = generated.events.chunks(generated.events.len() / 6 + 1);
+    let mut sent = 0u64;
+    for part in parts {
+        for (key, value) in part {
+            broker::send(&producer, TOPIC, key, value.as_bytes()).unwrap();
+        }
+        broker::flush(&producer).unwrap();
+        sent += part.iter().filter(|(_, v)| !v.is_empty()).count() as u64;
+        running
+            .wait_for(Duration::from_secs(60), "a part", |s| {
+                s.committed + s.dead_lettered >= 2 * sent
+            })
+            .await;
+    }
+    assert_eq!(sent, generated.mutations);
+    let stats = running.stop().await;
+    assert_eq!(stats.dead_lettered, 4, "two bad events, in each table");
+
+    let docs = mirror_docs(&lake).await;
+    let wrong: Vec<String> = generated
+        .expected
+        .iter()
+        .filter(|(id, doc)| docs.get(*id) != Some(doc))
+        .map(|(id, doc)| format!("{id}: expected {doc:?}, found {:?}", docs.get(id)))
+        .chain(
+            docs.keys()
+                .filter(|id| !generated.expected.contains_key(*id))
+                .map(|id| format!("{id}: deleted, still in the mirror")),
+        )
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} documents differ, e.g. {:?}",
+        wrong.len(),
+        generated.expected.len(),
+        &wrong[..wrong.len().min(5)]
+    );
+
+    register_for_spark(&lake.table("people"), "mirror_mongo_people", docs.len());
+
+    // The log: every event once, the partial ones naming their columns.
+    let log = kernel_read(&lake.table("people_log")).await;
+    let rows: usize = log.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows as u64, generated.mutations - 2);
+    let patched: Vec<String> = log
+        .iter()
+        .flat_map(|b| {
+            let column = b.column_by_name("cdc_patched").unwrap().as_string::<i32>();
+            column
+                .iter()
+                .flatten()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(patched.len(), generated.partial);
+    let columns = ["name", "visits", "since"];
+    assert!(patched
+        .iter()
+        .all(|p| p.split(',').all(|c| columns.contains(&c))));
+    assert!(
+        patched.iter().any(|p| p.contains(',')),
+        "some set two columns"
+    );
+
+    for table in ["people_dead_letters", "people_log_dead_letters"] {
+        let dead = strings(&kernel_read(&lake.table(table)).await, "error");
+        assert_eq!(dead.len(), 2, "{table}: {dead:?}");
+        assert!(
+            dead.iter().any(|e| e.contains("`address.city`")),
+            "{dead:?}"
+        );
+        assert!(
+            dead.iter().any(|e| e.contains("truncates an array")),
+            "{dead:?}"
+        );
+    }
+}
