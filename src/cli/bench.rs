@@ -10,8 +10,8 @@
 //!   `--input` in commits of 10 rows; reports the mean commit latency (batch
 //!   flush to landed commit, including the checkpoint every 10 commits).
 //! - `kafka`: the same events produced to the embedded broker while sluice
-//!   consumes them, never more than 100k ahead (the broker keeps only 5 MB
-//!   per partition), timed from the first produced event to the last commit;
+//!   consumes them, never more than 100k ahead per 16 partitions (the broker
+//!   keeps only 5 MB per partition), timed from the first produced event to the last commit;
 //!   the producer shares the CPU.
 //! - `fleet`: like `kafka`, with `--workers` consumers of one group in this
 //!   process writing one table on an S3 server (`--s3-endpoint`), reporting
@@ -530,14 +530,19 @@ struct KafkaRun {
     fleet: FleetFigures,
 }
 
+/// Records the producer may be ahead of the consumers per 16 partitions
+/// (~44 MB of demo events, about half of what 16 partitions retain).
+const AHEAD_PER_16_PARTITIONS: u64 = 100_000;
+
 /// Produces `args.events` ride events to an embedded broker while `workers`
 /// ingest runs (one consumer each, same group) consume them into the table
 /// of `config(source section)`.
 ///
 /// The embedded broker keeps 5 MB per partition, so the events are produced
-/// while sluice consumes them, at most 100k (~44 MB) ahead of it (16
-/// partitions keep ~80 MB), and the clock runs from the first produced
-/// event to the last commit.
+/// while sluice consumes them, at most 100k (~44 MB) ahead of it per 16
+/// partitions (16 partitions keep ~80 MB; 200 topics of one partition keep
+/// 1 GB), and the clock runs from the first produced event to the last
+/// commit.
 async fn kafka_workers(
     args: &BenchArgs,
     workers: usize,
@@ -576,14 +581,16 @@ async fn kafka_workers(
         .producer_lingering(args.linger_ms)
         .map_err(CliError::Demo)?;
     let count = args.events;
+    let partitions: u64 = topics.created.iter().map(|(_, p)| *p as u64).sum();
+    let ahead = AHEAD_PER_16_PARTITIONS * partitions.max(16) / 16;
     let started = Instant::now();
     let received = total.clone();
     let produced = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let mut events = RideEvents::new(1, 100_000, 0.0);
         let mut bytes = 0u64;
         for n in 0..count {
-            // Stay within what the broker retains: at most 100k records ahead of the consumers.
-            while n >= received(|s| s.received) + 100_000 {
+            // Stay within what the broker retains.
+            while n >= received(|s| s.received) + ahead {
                 std::thread::sleep(Duration::from_millis(2));
             }
             let event = events.next_event();
