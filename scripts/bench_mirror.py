@@ -107,7 +107,7 @@ def image(rng, key, version):
         "name": f"customer-{key}-{version}",
         "email": f"c{key}@example.com",
         "balance": rng.randrange(1_000_000),
-        "note": os.urandom(100).hex(),
+        "note": os.urandom(180).hex(),
     }
 
 
