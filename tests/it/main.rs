@@ -30,6 +30,7 @@ mod mongo_patches;
 mod protobuf;
 mod protobuf_registry;
 mod rebalance;
+mod registry_types;
 mod s3;
 mod serve;
 mod signals;
