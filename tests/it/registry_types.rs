@@ -78,7 +78,7 @@ async fn a_subject_of_another_schema_type_is_refused_before_anything_is_written(
 
     let debezium = refusal(&config(
         &lake,
-        &brokers,
+        brokers,
         &registry.url,
         "debezium",
         "changes",
@@ -89,7 +89,7 @@ async fn a_subject_of_another_schema_type_is_refused_before_anything_is_written(
             && debezium.contains("a JSON schema; Debezium envelopes are read as Avro or Protobuf"),
         "{debezium}"
     );
-    let avro = refusal(&config(&lake, &brokers, &registry.url, "avro", "rides")).await;
+    let avro = refusal(&config(&lake, brokers, &registry.url, "avro", "rides")).await;
     assert!(
         avro.contains("subject `rides-value` holds a PROTOBUF schema, not AVRO"),
         "{avro}"
