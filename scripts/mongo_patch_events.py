@@ -20,7 +20,8 @@ pymongo's bson.json_util (extended JSON), in the shapes the connector uses:
 
 About 3% of the steps replay the last 40 events in order (a restarted
 connector); replays change nothing. Two events are bad on purpose: a patch
-of a field inside a field and an array truncation (dead letters).
+of a field inside a field and an array truncation (dead letters); the last
+patches a document the collection never held.
 """
 
 import datetime
@@ -153,6 +154,11 @@ events.append((record_key(some), envelope(bad_step, "u", patch=dumps({"$v": 1, "
                                           filter=dumps({"_id": some}))))
 events.append((record_key(some), envelope(bad_step + 1, "u", updateDescription={
     "updatedFields": "{}", "removedFields": [], "truncatedArrays": [{"field": "tags", "newSize": 1}]})))
+
+# A partial update of a document the collection never held: nothing to apply it to.
+stray = ObjectId("f" * 24)
+events.append((record_key(stray), envelope(bad_step + 2, "u", patch=dumps({"$v": 1, "$set": {"name": "nobody"}}),
+                                           filter=dumps({"_id": stray}))))
 
 with open(f"{out}/events.jsonl", "w") as f:
     for key, value in events:

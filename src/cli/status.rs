@@ -49,8 +49,12 @@ pub fn render(s: &TableStatus) -> String {
     }
     if let Some(m) = &s.merges {
         let rewritten = crate::config::ByteSize(m.sums.bytes_rewritten);
+        let unmatched = match m.sums.unmatched {
+            0 => String::new(),
+            n => format!(", {n} partial updates without a row"),
+        };
         out.push_str(&format!(
-            "merges       {} ({} mutations of {} keys: {} upserted, {} deleted, {} stale; {} rows replaced; {} files rewritten, {rewritten})\n",
+            "merges       {} ({} mutations of {} keys: {} upserted, {} deleted, {} stale{unmatched}; {} rows replaced; {} files rewritten, {rewritten})\n",
             m.commits,
             m.sums.mutations,
             m.sums.keys,

@@ -8,7 +8,8 @@
 //! to an insert earlier in the batch); the log table holds every event
 //! once with `cdc_patched` naming the columns of each partial one; a
 //! change inside a field and an array truncation are dead letters with
-//! their reasons.
+//! their reasons; a partial update of a document never inserted changes
+//! nothing and is counted (`sluice status`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -195,6 +196,29 @@ async fn partial_updates_apply_to_the_mirror_and_are_logged_with_their_columns()
     );
 
     register_for_spark(&lake.table("people"), "mirror_mongo_people", docs.len());
+
+    // The merges' counts add up to the rows the mirror holds, partial
+    // updates folded onto held rows included.
+    let url = url::Url::from_directory_path(lake.table("people")).unwrap();
+    let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
+        .await
+        .unwrap();
+    let merges = status.merges.clone().expect("a mirror's status has merges");
+    assert_eq!(
+        merges.sums.upserted - merges.sums.removed,
+        docs.len() as u64,
+        "{merges:?}"
+    );
+    assert!(merges.sums.unmatched >= 1, "the stray patch: {merges:?}");
+    let rendered = sluice::cli::status::render(&status);
+    assert_eq!(
+        rendered.contains(&format!(
+            ", {} partial updates without a row;",
+            merges.sums.unmatched
+        )),
+        merges.sums.unmatched > 0,
+        "{rendered}"
+    );
 
     // The log: every event once, the partial ones naming their columns.
     let log = kernel_read(&lake.table("people_log")).await;
