@@ -273,7 +273,10 @@ pub(crate) async fn mirror_rows(lake: &Lake) -> BTreeMap<i64, Row> {
 }
 
 /// Every difference between two states, a few shown.
-pub(crate) fn assert_same_state(actual: &BTreeMap<i64, Row>, expected: &BTreeMap<i64, Row>) {
+pub(crate) fn assert_same_state<K: Ord + std::fmt::Display, V: PartialEq + std::fmt::Debug>(
+    actual: &BTreeMap<K, V>,
+    expected: &BTreeMap<K, V>,
+) {
     let wrong: Vec<String> = expected
         .iter()
         .filter(|(id, row)| actual.get(id) != Some(row))

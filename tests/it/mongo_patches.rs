@@ -19,6 +19,7 @@ use sluice::demo::broker::{self, EmbeddedKafka};
 
 use crate::avro::{python, script};
 use crate::common::*;
+use crate::mirror::assert_same_state;
 
 const TOPIC: &str = "shop.shop.people";
 
@@ -176,24 +177,7 @@ async fn partial_updates_apply_to_the_mirror_and_are_logged_with_their_columns()
     assert_eq!(stats.dead_lettered, 4, "two bad events, in each table");
 
     let docs = mirror_docs(&lake).await;
-    let wrong: Vec<String> = generated
-        .expected
-        .iter()
-        .filter(|(id, doc)| docs.get(*id) != Some(doc))
-        .map(|(id, doc)| format!("{id}: expected {doc:?}, found {:?}", docs.get(id)))
-        .chain(
-            docs.keys()
-                .filter(|id| !generated.expected.contains_key(*id))
-                .map(|id| format!("{id}: deleted, still in the mirror")),
-        )
-        .collect();
-    assert!(
-        wrong.is_empty(),
-        "{} of {} documents differ, e.g. {:?}",
-        wrong.len(),
-        generated.expected.len(),
-        &wrong[..wrong.len().min(5)]
-    );
+    assert_same_state(&docs, &generated.expected);
 
     register_for_spark(&lake.table("people"), "mirror_mongo_people", docs.len());
 
