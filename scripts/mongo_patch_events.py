@@ -20,7 +20,7 @@ pymongo's bson.json_util (extended JSON), in the shapes the connector uses:
 
 About 3% of the steps replay the last 40 events in order (a restarted
 connector); replays change nothing. Two events are bad on purpose: a patch
-of a field inside a field and an array truncation (dead letters); the last
+inside a declared field and the truncation of one (dead letters); the last
 patches a document the collection never held.
 """
 
@@ -147,13 +147,14 @@ for step in range(steps):
     for field in removed:
         doc.pop(field, None)
 
-# Two events no row can take: a change inside a field, an array truncation.
+# Two events no row can take: a change inside a declared field, and the
+# truncation of one.
 bad_step = steps + 1
 some = ids[0]
-events.append((record_key(some), envelope(bad_step, "u", patch=dumps({"$v": 1, "$set": {"address.city": "Paris"}}),
+events.append((record_key(some), envelope(bad_step, "u", patch=dumps({"$v": 1, "$set": {"name.first": "Ann"}}),
                                           filter=dumps({"_id": some}))))
 events.append((record_key(some), envelope(bad_step + 1, "u", updateDescription={
-    "updatedFields": "{}", "removedFields": [], "truncatedArrays": [{"field": "tags", "newSize": 1}]})))
+    "updatedFields": "{}", "removedFields": [], "truncatedArrays": [{"field": "name", "newSize": 1}]})))
 
 # A partial update of a document the collection never held: nothing to apply it to.
 stray = ObjectId("f" * 24)

@@ -82,6 +82,9 @@ pub struct DebeziumDecoder {
     /// Fields of the declared non-nullable columns (a partial update on a
     /// log table must set them).
     required: Vec<String>,
+    /// Derived columns by the column they come from (a partial update that
+    /// sets the one changes the others).
+    derived: std::collections::HashMap<String, Vec<String>>,
 }
 
 /// What a mirror table's change events must carry.
@@ -171,6 +174,12 @@ impl DebeziumDecoder {
                 .filter(|c| !c.nullable)
                 .map(|c| c.field().to_string())
                 .collect(),
+            derived: table.derived.iter().fold(Default::default(), |mut by, d| {
+                by.entry(d.from.clone())
+                    .or_insert_with(Vec::new)
+                    .push(d.name.clone());
+                by
+            }),
         })
     }
 
@@ -271,7 +280,14 @@ impl DebeziumDecoder {
                     let document_key = super::debezium_patch::filter(&envelope)?
                         .or_else(|| key_image(key, connector))
                         .ok_or("a partial update without its document key (no `filter` and no record key)")?;
-                    let (row, columns) = partial.row(document_key, &self.columns)?;
+                    let (row, mut columns) = partial.row(document_key, &self.columns)?;
+                    let derived: Vec<String> = columns
+                        .iter()
+                        .filter_map(|c| self.derived.get(c))
+                        .flatten()
+                        .cloned()
+                        .collect();
+                    columns.extend(derived);
                     if self.mirror.is_none() {
                         if let Some(field) = self.required.iter().find(|f| !row.contains_key(*f)) {
                             return Err(format!(
@@ -390,10 +406,27 @@ impl MirrorShape {
     pub(crate) fn check(&self, op: &str, row: &Map<String, Value>) -> Result<(), String> {
         let image = if op == "d" { "before" } else { "after" };
         let missing = |name: &String| row.get(name).is_none_or(Value::is_null);
+        let partial = row.contains_key(PATCHED_COLUMN);
         if let Some(name) = self.key.iter().find(|n| missing(n)) {
+            if partial {
+                return Err(format!(
+                    "a partial update carries only the document key (`filter` or the record key), not the primary key column `{name}`: key the mirror by `_id`, or capture full documents"
+                ));
+            }
             return Err(format!(
                 "the primary key column `{name}` is missing from the `{image}` image"
             ));
+        }
+        if partial {
+            if let Some(name) = self
+                .required
+                .iter()
+                .find(|n| row.get(*n) == Some(&Value::Null))
+            {
+                return Err(format!(
+                    "the partial update removes the required column `{name}`"
+                ));
+            }
         }
         // A partial update carries the fields it sets; the row it applies to has the rest.
         if op != "d" && !row.contains_key(PATCHED_COLUMN) {
@@ -519,6 +552,38 @@ fn extended(value: Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mirror_refuses_partial_updates_it_cannot_apply_with_the_reason() {
+        let shape = MirrorShape {
+            key: vec!["_id".into()],
+            required: vec!["name".into()],
+        };
+        let row = |text: &str| -> Map<String, Value> { serde_json::from_str(text).unwrap() };
+        // A whole image may not lack a required column; a partial one may.
+        assert!(shape.check("u", &row(r#"{"_id": "a"}"#)).is_err());
+        assert!(shape
+            .check("u", &row(r#"{"_id": "a", "cdc_patched": "email"}"#))
+            .is_ok());
+        let removed = shape
+            .check(
+                "u",
+                &row(r#"{"_id": "a", "name": null, "cdc_patched": "name"}"#),
+            )
+            .unwrap_err();
+        assert!(
+            removed.contains("removes the required column `name`"),
+            "{removed}"
+        );
+        let keyed = MirrorShape {
+            key: vec!["sku".into()],
+            required: Vec::new(),
+        };
+        let error = keyed
+            .check("u", &row(r#"{"_id": "a", "cdc_patched": "email"}"#))
+            .unwrap_err();
+        assert!(error.contains("carries only the document key"), "{error}");
+    }
 
     #[test]
     fn extended_json_reads_as_plain_values() {

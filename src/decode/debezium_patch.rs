@@ -11,9 +11,10 @@
 //!   `truncatedArrays`.
 //!
 //! The document key comes from `filter` (older connectors) or the record
-//! key. Only whole top-level fields can be applied to a row: a patch of a
-//! field inside one (`address.city`, a v2 sub-diff) or an array truncation
-//! is refused with the reason.
+//! key. Only whole top-level fields can be applied to a row: a change
+//! inside a declared column (`$set` of `address.city`, a v2 sub-diff, an
+//! array truncation) is refused with the reason; one inside a field the
+//! table does not declare is dropped like any undeclared field.
 
 use std::collections::HashMap;
 
@@ -37,6 +38,8 @@ pub(crate) struct Partial {
     set: Map<String, Value>,
     /// Fields removed.
     removed: Vec<String>,
+    /// Top-level fields changed inside (a v2 sub-diff, an array truncation), with how.
+    inside: Vec<(String, &'static str)>,
 }
 
 /// The update `envelope` carries in `patch` or `updateDescription`, if any.
@@ -50,14 +53,18 @@ pub(crate) fn update(envelope: &Map<String, Value>) -> Result<Option<Update>, St
     let description = description
         .as_object()
         .ok_or("`updateDescription` is not an object")?;
+    let mut partial = Partial::default();
     if let Some(Value::Array(truncated)) = description.get("truncatedArrays") {
-        if !truncated.is_empty() {
-            return Err(
-                "`updateDescription` truncates an array: only whole fields can be applied".into(),
-            );
+        for entry in truncated {
+            let field = entry
+                .get("field")
+                .and_then(Value::as_str)
+                .ok_or("`updateDescription.truncatedArrays` holds an entry without `field`")?;
+            partial
+                .inside
+                .push((field.to_string(), "truncates the array"));
         }
     }
-    let mut partial = Partial::default();
     if let Some(fields) = document(
         description.get("updatedFields"),
         "updateDescription.updatedFields",
@@ -131,12 +138,9 @@ fn from_patch(patch: Map<String, Value>) -> Result<Update, String> {
                     match section.as_str() {
                         "u" | "i" => partial.set.extend(plain_json(Value::Object(entries))),
                         "d" => partial.removed.extend(entries.into_iter().map(|(k, _)| k)),
-                        nested if nested.starts_with('s') => {
-                            return Err(format!(
-                                "`patch` changes fields inside `{}`: only whole fields can be applied",
-                                &nested[1..]
-                            ))
-                        }
+                        nested if nested.starts_with('s') => partial
+                            .inside
+                            .push((nested[1..].to_string(), "changes fields inside")),
                         other => return Err(format!("`patch`: unknown diff section `{other}`")),
                     }
                 }
@@ -154,12 +158,25 @@ fn from_patch(patch: Map<String, Value>) -> Result<Update, String> {
 impl Partial {
     /// The row of the update: the document key, the fields set and the
     /// fields removed (null), with the declared columns it sets or removes
-    /// (named through `columns`, field to column).
+    /// (named through `columns`, field to column). A change inside a
+    /// declared column is refused; one inside another field is dropped.
     pub(crate) fn row(
         self,
         key: Map<String, Value>,
         columns: &HashMap<String, String>,
     ) -> Result<(Map<String, Value>, Vec<String>), String> {
+        let declared = |field: &str| {
+            let top = field.split('.').next().unwrap_or(field);
+            columns.get(top).cloned()
+        };
+        for (field, how) in &self.inside {
+            let top = field.split('.').next().unwrap_or(field);
+            if let Some(column) = declared(top) {
+                return Err(format!(
+                    "the partial update {how} `{top}` (column `{column}`): only whole columns can be applied"
+                ));
+            }
+        }
         let mut row = key;
         let mut named = Vec::new();
         let fields = self
@@ -168,9 +185,14 @@ impl Partial {
             .chain(self.removed.into_iter().map(|f| (f, Value::Null)));
         for (field, value) in fields {
             if field.contains('.') {
-                return Err(format!(
-                    "the partial update changes `{field}`, a field inside a field: only whole fields can be applied"
-                ));
+                match declared(&field) {
+                    Some(column) => {
+                        return Err(format!(
+                            "the partial update changes `{field}`, inside the column `{column}`: only whole columns can be applied"
+                        ))
+                    }
+                    None => continue,
+                }
             }
             if let Some(column) = columns.get(&field) {
                 if !named.contains(column) {
@@ -196,6 +218,8 @@ mod tests {
             ("_id", "id"),
             ("first_name", "first_name"),
             ("email", "email"),
+            ("address", "address"),
+            ("tags", "tags"),
         ]
         .into_iter()
         .map(|(f, c)| (f.to_string(), c.to_string()))
@@ -241,25 +265,44 @@ mod tests {
         assert_eq!(doc["first_name"], "C");
     }
 
-    #[test]
-    fn nested_changes_and_truncations_are_refused_with_the_reason() {
-        let nested = envelope(r#"{"patch": {"$set": {"address.city": "Paris"}}}"#);
-        let Some(Update::Partial(partial)) = update(&nested).unwrap() else {
+    fn refusal(text: &str) -> String {
+        let Some(Update::Partial(partial)) = update(&envelope(text)).unwrap() else {
             panic!("a partial update");
         };
-        let error = partial.row(Map::new(), &columns()).unwrap_err();
-        assert!(error.contains("`address.city`"), "{error}");
-        let sub_diff =
-            envelope(r#"{"patch": {"$v": 2, "diff": {"saddress": {"u": {"city": "P"}}}}}"#);
-        assert!(update(&sub_diff).unwrap_err().contains("inside `address`"));
-        let truncated = envelope(
+        partial.row(Map::new(), &columns()).unwrap_err()
+    }
+
+    #[test]
+    fn changes_inside_declared_columns_are_refused_with_the_reason() {
+        let error = refusal(r#"{"patch": {"$set": {"address.city": "Paris"}}}"#);
+        assert!(
+            error.contains("`address.city`, inside the column `address`"),
+            "{error}"
+        );
+        let error = refusal(r#"{"patch": {"$v": 2, "diff": {"saddress": {"u": {"city": "P"}}}}}"#);
+        assert!(error.contains("changes fields inside `address`"), "{error}");
+        let error = refusal(
             r#"{"updateDescription": {"updatedFields": {}, "truncatedArrays": [{"field": "tags", "newSize": 1}]}}"#,
         );
-        assert!(update(&truncated)
-            .unwrap_err()
-            .contains("truncates an array"));
+        assert!(error.contains("truncates the array `tags`"), "{error}");
         let inc = envelope(r#"{"patch": {"$inc": {"visits": 1}}}"#);
         assert!(update(&inc).unwrap_err().contains("`$inc`"));
+    }
+
+    #[test]
+    fn changes_inside_undeclared_fields_are_dropped() {
+        for text in [
+            r#"{"patch": {"$v": 2, "diff": {"u": {"email": "e"}, "smeta": {"u": {"x": 1}}}}}"#,
+            r#"{"patch": {"$set": {"meta.x": 1, "email": "e"}}}"#,
+            r#"{"updateDescription": {"updatedFields": {"email": "e"}, "truncatedArrays": [{"field": "meta", "newSize": 0}]}}"#,
+        ] {
+            let Some(Update::Partial(partial)) = update(&envelope(text)).unwrap() else {
+                panic!("a partial update");
+            };
+            let (row, named) = partial.row(Map::new(), &columns()).unwrap();
+            assert_eq!(named, ["email"], "{text}");
+            assert!(row.keys().all(|k| k == "email"), "{text}: {row:?}");
+        }
     }
 
     #[test]

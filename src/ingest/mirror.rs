@@ -310,7 +310,7 @@ impl Mirror {
                 summary.unmatched += fold.unmatched;
                 match fold.row {
                     Some(sources) => folded.push(sources),
-                    None if fold.unmatched == 0 => summary.deleted += 1,
+                    None if fold.deleted => summary.deleted += 1,
                     None => {}
                 }
                 continue;
@@ -326,7 +326,7 @@ impl Mirror {
         if summary.unmatched > 0 {
             tracing::warn!(
                 unmatched = summary.unmatched,
-                "partial updates of keys the table does not hold were not applied"
+                "partial updates with no row to apply to (the key is not in the table, or was deleted earlier in the batch) were not applied"
             );
         }
         if !rows.is_empty() || !folded.is_empty() {
@@ -624,7 +624,8 @@ impl RewriteJob {
                             upserted += 1;
                             folded.push(sources);
                         }
-                        None => deleted += 1,
+                        None if fold.deleted => deleted += 1,
+                        None => {}
                     }
                     resolved.push(key);
                     continue;

@@ -41,6 +41,8 @@ pub(super) struct Fold {
     pub row: Option<Vec<Source>>,
     /// Partial updates that found no row to apply to.
     pub unmatched: u64,
+    /// The last mutation is a delete.
+    pub deleted: bool,
 }
 
 /// The batch's mutations, for keys with a partial update.
@@ -114,13 +116,17 @@ impl Patches {
     pub fn fold(&self, start: Option<usize>, chain: &[u32]) -> Fold {
         let width = self.columns.len();
         let mut row = start.map(|r| vec![Source::Held(r); width]);
-        let mut unmatched = 0;
+        let (mut unmatched, mut deleted) = (0, false);
         for &m in chain {
             let m = m as usize;
             let delete = self.ops.as_ref().is_some_and(|o| o.value(m) == "d");
             if delete {
+                deleted = true;
                 row = None;
-            } else if self.patched.is_valid(m) {
+                continue;
+            }
+            deleted = false;
+            if self.patched.is_valid(m) {
                 let Some(sources) = row.as_mut() else {
                     unmatched += 1;
                     continue;
@@ -135,11 +141,16 @@ impl Patches {
                 row = Some(vec![Source::Mutation(m); width]);
             }
         }
-        Fold { row, unmatched }
+        Fold {
+            row,
+            unmatched,
+            deleted,
+        }
     }
 
     /// The folded `rows` as a batch in the mutations' schema, held rows
-    /// taken from `held` (a file's rows).
+    /// taken from `held` (a file's rows, widened to that schema). Each is a
+    /// whole image now: its `cdc_patched` is null.
     pub fn build(
         &self,
         held: Option<&RecordBatch>,
@@ -149,8 +160,15 @@ impl Patches {
             Some(batch) => aligned(batch, &self.schema)?,
             None => self.columns.clone(),
         };
+        let patched = self.schema.index_of(PATCHED_COLUMN).ok();
         let columns = (0..self.columns.len())
             .map(|i| {
+                if Some(i) == patched {
+                    return Ok(arrow::array::new_null_array(
+                        self.schema.field(i).data_type(),
+                        rows.len(),
+                    ));
+                }
                 let indices: Vec<(usize, usize)> = rows
                     .iter()
                     .map(|sources| match sources[i] {
@@ -165,8 +183,17 @@ impl Patches {
     }
 }
 
-/// `batch`'s columns in `schema`'s order and types (a column it lacks is null).
+/// `batch`'s columns in `schema`'s order and types: widened where the
+/// schema grew (a column it lacks is null, a struct gains its new fields),
+/// cast where only the type's details differ.
 fn aligned(batch: &RecordBatch, schema: &SchemaRef) -> Result<Vec<ArrayRef>, ArrowError> {
+    let widened;
+    let batch = if crate::table::schema::adds_fields(batch.schema().fields(), schema.fields()) {
+        widened = crate::table::schema::widen(batch, schema)?;
+        &widened
+    } else {
+        batch
+    };
     schema
         .fields()
         .iter()
@@ -235,6 +262,10 @@ mod tests {
         let row = patches.build(None, &[fold.row.unwrap()]).unwrap();
         assert_eq!(row.column(4).as_string::<i32>().value(0), "b");
         assert!(row.column(5).is_null(0), "the second patch removed email");
+        assert!(
+            row.column(1).is_null(0),
+            "a folded row is whole: no cdc_patched"
+        );
         assert_eq!(row.column(2).as_string::<i32>().value(0), "3");
     }
 
@@ -267,7 +298,8 @@ mod tests {
             fold,
             Fold {
                 row: None,
-                unmatched: 2
+                unmatched: 2,
+                deleted: false,
             }
         );
     }

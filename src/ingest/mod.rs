@@ -406,6 +406,7 @@ pub(crate) fn pipeline_for(
             .columns
             .iter()
             .map(|c| c.name.clone())
+            .chain(table_config.derived.iter().map(|d| d.name.clone()))
             .filter(|name| !table_config.primary_key.contains(name))
             .collect(),
     })?)
