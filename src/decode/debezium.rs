@@ -586,6 +586,65 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_update_names_the_derived_columns_of_what_it_sets() {
+        let config = crate::config::Config::parse(
+            r#"
+[lake]
+root = "/tmp/unused"
+[[sources]]
+kind = "file"
+name = "s"
+path = "/tmp/unused.ndjson"
+format = "debezium"
+[[tables]]
+name = "people"
+source = "s"
+key = "id"
+mode = "mirror"
+primary_key = ["id"]
+columns = [
+  { name = "id", field = "_id", type = "string", nullable = false },
+  { name = "since", type = "timestamp", epoch_unit = "millis" },
+]
+derived = [{ name = "day", from = "since", transform = "date" }]
+"#,
+            "test",
+        )
+        .unwrap();
+        let decoder = DebeziumDecoder::new(&config.tables[0]).unwrap();
+        let payload = serde_json::json!({
+            "op": "u", "after": null,
+            "patch": r#"{"$set": {"since": {"$date": 1700000000000}}}"#,
+            "filter": r#"{"_id": "a"}"#,
+            "source": {"connector": "mongodb", "ts_ms": 1, "ord": 1},
+        })
+        .to_string();
+        let record = Record {
+            partition: std::sync::Arc::new(crate::source::PartitionId {
+                source: "s".into(),
+                stream: "t".into(),
+                partition: "0".into(),
+            }),
+            position: 0,
+            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
+            timestamp_ms: None,
+            key: None,
+        };
+        let decoded = decoder.decode(&[record]);
+        assert!(decoded.rejected.is_empty(), "{:?}", decoded.rejected);
+        let batch = decoded.batch.unwrap();
+        let patched = batch
+            .column_by_name(PATCHED_COLUMN)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow::array::StringArray>()
+            .unwrap()
+            .value(0)
+            .to_string();
+        assert_eq!(patched, "since,day");
+    }
+
+    #[test]
     fn extended_json_reads_as_plain_values() {
         let doc: Value = serde_json::from_str(
             r#"{"_id": {"$oid": "5f1a"}, "at": {"$date": 1700000000000},
