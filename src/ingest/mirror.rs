@@ -6,7 +6,10 @@
 //!
 //! 1. **Collapse.** Per primary key, the mutation that comes last in the
 //!    source's log wins (`cdc_order`; arrival order when a mutation has no
-//!    position).
+//!    position). A key with a MongoDB partial update keeps all its
+//!    mutations instead: they are folded onto the row it holds in step 3
+//!    (or onto an insert of the batch in step 4; see
+//!    [`super::mirror_patch`]).
 //! 2. **Find.** The files that hold a batch key are found the way erasure
 //!    finds a subject's rows ([`crate::erase::find`]): min/max statistics on
 //!    the first key column, then each row group's bloom filter, then that
