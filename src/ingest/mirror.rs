@@ -9,7 +9,7 @@
 //!    position). A key with a MongoDB partial update keeps all its
 //!    mutations instead: they are folded onto the row it holds in step 3
 //!    (or onto an insert of the batch in step 4; see
-//!    [`super::mirror_patch`]).
+//!    `mirror_patch`).
 //! 2. **Find.** The files that hold a batch key are found the way erasure
 //!    finds a subject's rows ([`crate::erase::find`]): min/max statistics on
 //!    the first key column, then each row group's bloom filter, then that
@@ -141,7 +141,7 @@ impl Mirror {
     }
 
     /// With the table's declared image columns, which partial updates
-    /// (MongoDB `patch`) may leave unset (see [`super::mirror_patch`]).
+    /// (MongoDB `patch`) may leave unset (see `mirror_patch`).
     pub fn with_image(mut self, columns: &[String]) -> Self {
         self.image = columns.iter().cloned().collect();
         self
