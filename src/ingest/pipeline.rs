@@ -41,19 +41,6 @@ use crate::telemetry::stats::IngestStats;
 /// Times a merge is planned again after concurrent rewrites removed a file it rewrote.
 const MERGE_REPLANS: u32 = 10;
 
-/// Decodes that run at once across the worker's pipelines: one per core.
-/// Hundreds of tables flushing together would otherwise each take a
-/// blocking thread and share the cores by preemption.
-fn decode_slots() -> Arc<tokio::sync::Semaphore> {
-    static SLOTS: std::sync::OnceLock<Arc<tokio::sync::Semaphore>> = std::sync::OnceLock::new();
-    SLOTS
-        .get_or_init(|| {
-            let cores = std::thread::available_parallelism().map_or(2, usize::from);
-            Arc::new(tokio::sync::Semaphore::new(cores))
-        })
-        .clone()
-}
-
 /// Errors that stop a pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -384,13 +371,8 @@ impl Pipeline {
             }
             self.follow_schema().await?;
             let decoder = self.decoder.clone();
-            let slot = decode_slots()
-                .acquire_owned()
-                .await
-                .expect("the decode slots are never closed");
             self.in_flight = Some(tokio::task::spawn_blocking(move || {
                 let decoded = decoder.decode(&records);
-                drop(slot);
                 (records, decoded)
             }));
         }
