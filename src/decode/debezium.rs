@@ -254,19 +254,10 @@ impl DebeziumDecoder {
                 "`op` = `{op}`: only c, u, d and r change events become rows (truncate and message events do not)"
             ));
         }
+        // MongoDB's images are extended JSON as text.
         let image = |key: &str| -> Result<Option<Map<String, Value>>, String> {
-            match envelope.get(key) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::Object(o)) => Ok(Some(plain_json(Value::Object(o.clone())))),
-                // MongoDB: extended JSON as text.
-                Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
-                    Ok(Value::Object(o)) => Ok(Some(plain_json(Value::Object(o)))),
-                    _ => Err(format!("`{key}` is text but not an extended-JSON document")),
-                },
-                Some(_) => Err(format!(
-                    "`{key}` is neither an object nor extended-JSON text"
-                )),
-            }
+            Ok(super::debezium_patch::document(envelope.get(key), key)?
+                .map(|o| plain_json(Value::Object(o))))
         };
         let mut after = image("after")?;
         let before = image("before")?;
@@ -619,17 +610,7 @@ derived = [{ name = "day", from = "since", transform = "date" }]
             "source": {"connector": "mongodb", "ts_ms": 1, "ord": 1},
         })
         .to_string();
-        let record = Record {
-            partition: std::sync::Arc::new(crate::source::PartitionId {
-                source: "s".into(),
-                stream: "t".into(),
-                partition: "0".into(),
-            }),
-            position: 0,
-            payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
-            timestamp_ms: None,
-            key: None,
-        };
+        let record = crate::decode::json::tests::record(0, &payload);
         let decoded = decoder.decode(&[record]);
         assert!(decoded.rejected.is_empty(), "{:?}", decoded.rejected);
         let batch = decoded.batch.unwrap();

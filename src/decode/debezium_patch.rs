@@ -92,7 +92,10 @@ pub(crate) fn filter(envelope: &Map<String, Value>) -> Result<Option<Map<String,
 }
 
 /// A field holding a document, as an object or extended-JSON text.
-fn document(value: Option<&Value>, name: &str) -> Result<Option<Map<String, Value>>, String> {
+pub(crate) fn document(
+    value: Option<&Value>,
+    name: &str,
+) -> Result<Option<Map<String, Value>>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(o)) => Ok(Some(o.clone())),

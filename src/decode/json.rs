@@ -319,7 +319,7 @@ impl JsonDecoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{ColumnConfig, TableConfig};
     use crate::source::PartitionId;
@@ -335,7 +335,8 @@ mod tests {
         }
     }
 
-    fn record(position: i64, json: &str) -> Record {
+    /// A record of partition `s:t[0]` at `position`.
+    pub(crate) fn record(position: i64, json: &str) -> Record {
         Record {
             partition: Arc::new(PartitionId {
                 source: "s".into(),
