@@ -6,7 +6,8 @@ optionally "types": {column: Spark simpleString} and "comments": {column: text})
 replay the Delta log (JSON commits, and the last classic checkpoint if any,
 read with Spark itself), parse the schema with Spark's own
 `StructType.fromJson(schemaString)`, read every live data file with Spark's
-Parquet reader, and check:
+Parquet reader (without the rows deletion vectors remove, matched by
+Spark's `_metadata.row_index`), and check:
   - the row count equals the expected count,
   - every column Spark infers from the Parquet files has the Delta schema's
     type (timestamps come back as TimestampType, not TimestampNTZ),
@@ -17,15 +18,55 @@ Exits non-zero on any mismatch.
 """
 import json
 import sys
+import zlib
 from pathlib import Path
 from urllib.parse import unquote
+from uuid import UUID
+
+from pyroaring import BitMap64
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 
+Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+
+
+def z85_decode(text: str) -> bytes:
+    out = bytearray()
+    for i in range(0, len(text), 5):
+        value = 0
+        for char in text[i:i + 5]:
+            value = value * 85 + Z85.index(char)
+        out += value.to_bytes(4, "big")
+    return bytes(out)
+
+
+def deleted_rows(table: Path, dv: dict) -> list:
+    """Row indexes a deletion vector removes (Delta PROTOCOL.md, "Deletion
+    Vector Format"), decoded with pyroaring (CRoaring)."""
+    if dv["storageType"] == "i":
+        framed = z85_decode(dv["pathOrInlineDv"])[:dv["sizeInBytes"]]
+    else:
+        assert dv["storageType"] == "u", f"{table}: deletion vector storage {dv['storageType']}"
+        encoded = dv["pathOrInlineDv"]
+        prefix, uuid = encoded[:-20], UUID(bytes=z85_decode(encoded[-20:]))
+        name = f"deletion_vector_{uuid}.bin"
+        data = (table / prefix / name if prefix else table / name).read_bytes()
+        offset, size = dv.get("offset") or 1, dv["sizeInBytes"]
+        assert int.from_bytes(data[offset:offset + 4], "big") == size, f"{table}: {name} size"
+        framed = data[offset + 4:offset + 4 + size]
+        crc = int.from_bytes(data[offset + 4 + size:offset + 8 + size], "big")
+        assert zlib.crc32(framed) == crc, f"{table}: {name} checksum"
+    assert int.from_bytes(framed[:4], "little") == 1681511377, f"{table}: deletion vector magic"
+    rows = list(BitMap64.deserialize(framed[4:]))
+    assert len(rows) == dv["cardinality"], f"{table}: deletion vector cardinality"
+    return rows
+
+
 def live_files(spark, table: Path):
+    """Live files as {path: deletion vector or None}, and the metadata."""
     log = table / "_delta_log"
     files, metadata, start = {}, None, -1
     last_checkpoint = log / "_last_checkpoint"
@@ -34,7 +75,8 @@ def live_files(spark, table: Path):
         checkpoint = spark.read.parquet(str(log / f"{start:020d}.checkpoint.parquet"))
         for row in checkpoint.collect():
             if row["add"] is not None:
-                files[row["add"]["path"]] = row["add"]["size"]
+                dv = row["add"]["deletionVector"] if "deletionVector" in row["add"] else None
+                files[row["add"]["path"]] = dv.asDict() if dv is not None else None
             if row["metaData"] is not None:
                 metadata = row["metaData"].asDict(recursive=True)
     for commit in sorted(log.glob("*.json")):
@@ -43,12 +85,12 @@ def live_files(spark, table: Path):
         for line in commit.read_text().splitlines():
             action = json.loads(line)
             if "add" in action:
-                files[action["add"]["path"]] = action["add"]["size"]
+                files[action["add"]["path"]] = action["add"].get("deletionVector")
             elif "remove" in action:
                 files.pop(action["remove"]["path"], None)
             elif "metaData" in action:
                 metadata = action["metaData"]
-    return metadata, [str(table / unquote(path)) for path in files]
+    return metadata, {str(table / unquote(path)): dv for path, dv in files.items()}
 
 
 def check_declared(table: Path, schema: StructType, entry: dict) -> list:
@@ -82,6 +124,15 @@ def check(spark, table: Path, expected: int, entry: dict) -> list:
     # Files written before the schema grew lack its new columns: merge the
     # file schemas, as Delta readers do with the table's schema.
     frame = spark.read.option("basePath", str(table)).option("mergeSchema", "true").parquet(*files)
+    # Rows a deletion vector removes are dropped by (file name, row index),
+    # with Spark's own `_metadata.row_index`.
+    deleted = [(Path(path).name, row) for path, dv in files.items() if dv for row in deleted_rows(table, dv)]
+    if deleted:
+        gone = spark.createDataFrame(deleted, "dv_file string, dv_row long")
+        frame = (frame.select("*", F.regexp_extract("_metadata.file_path", "[^/]+$", 0).alias("dv_file"),
+                              F.col("_metadata.row_index").alias("dv_row"))
+                 .join(gone, ["dv_file", "dv_row"], "left_anti")
+                 .drop("dv_file", "dv_row"))
     inferred = {f.name: f.dataType for f in frame.schema.fields}
     for field in schema.fields:
         if field.name in partitions:
@@ -93,7 +144,8 @@ def check(spark, table: Path, expected: int, entry: dict) -> list:
     row = frame.agg(F.count(F.lit(1)).alias("rows"), *[F.count(F.col(c)).alias(c) for c in data_columns]).collect()[0]
     if row["rows"] != expected:
         problems.append(f"{table}: Spark read {row['rows']} rows, expected {expected}")
-    print(f"spark: {table.name}: {row['rows']} rows in {len(files)} files, {len(schema.fields)} columns"
+    vectors = f", {len(deleted)} rows removed by deletion vectors" if deleted else ""
+    print(f"spark: {table.name}: {row['rows']} rows in {len(files)} files{vectors}, {len(schema.fields)} columns"
           f" ({'ok' if not problems else 'MISMATCH'})")
     return problems
 

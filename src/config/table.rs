@@ -69,6 +69,13 @@ pub struct TableConfig {
     /// Mirror tables: the columns that identify a row of the source table.
     #[serde(default)]
     pub primary_key: Vec<String>,
+    /// Mirror tables: mark the rows a merge replaces in deletion vectors
+    /// instead of rewriting the files that hold them (default `true`; the
+    /// table is created with Delta's `deletionVectors` feature, reader
+    /// version 3). `false` keeps every merge copy-on-write, for readers
+    /// that cannot apply deletion vectors. Applies when the table is created.
+    #[serde(default)]
+    pub deletion_vectors: Option<bool>,
 }
 
 impl TableConfig {
@@ -94,7 +101,14 @@ impl TableConfig {
             before_image: false,
             mode: TableMode::Append,
             primary_key: Vec::new(),
+            deletion_vectors: None,
         }
+    }
+
+    /// Whether the table is created with deletion vectors (see `deletion_vectors`).
+    pub fn uses_deletion_vectors(&self) -> bool {
+        self.deletion_vectors
+            .unwrap_or(self.mode == TableMode::Mirror)
     }
 
     /// The columns the maintenance loop Z-orders by: `zorder_by`, or for a

@@ -582,6 +582,12 @@ fn mirror_problems(table: &TableConfig, changes: bool) -> Vec<(String, String)> 
                 "applies to mirror tables (`mode = \"mirror\"`)".into(),
             ));
         }
+        if table.deletion_vectors == Some(true) {
+            out.push((
+                "deletion_vectors".into(),
+                "applies to mirror tables (`mode = \"mirror\"`): other tables only append, and erasure removes rows physically".into(),
+            ));
+        }
         return out;
     }
     if !changes {

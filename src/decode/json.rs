@@ -375,6 +375,7 @@ pub(crate) mod tests {
             before_image: false,
             mode: Default::default(),
             primary_key: Vec::new(),
+            deletion_vectors: None,
             evolve: Default::default(),
         };
         let decoder = JsonDecoder::new(&table).unwrap();

@@ -54,6 +54,7 @@ use super::ledger::{open_batches, EventKind, Ledger, LedgerEvent, Request};
 use super::{CrashPoint, EraseError, TableTarget};
 use crate::maintain::files::{live_files_by_partition, with_partition_columns, LiveFile};
 use crate::maintain::{commit_rewrite, table_key, RewriteOutcome};
+use crate::table::deletion_vectors::LiveRows;
 use crate::table::writer::writer_properties;
 
 /// Files rewritten at once (one Parquet encoder per core).
@@ -398,7 +399,7 @@ async fn delete_once(
         "rows_deleted": rows_deleted,
         "files_rewritten": rewritten.len(),
     });
-    let inputs: Vec<String> = rewritten.iter().map(|r| r.file.path.clone()).collect();
+    let inputs: Vec<String> = rewritten.iter().map(|r| r.file.id()).collect();
     let bytes: u64 = rewritten.iter().map(|r| r.file.size).sum();
     let mut actions = Vec::new();
     for done in &rewritten {
@@ -439,7 +440,7 @@ async fn delete_once(
             report.bytes_rewritten = bytes;
             report.rows_deleted = rows_deleted;
             report.version = Some(version);
-            report.rewritten = inputs;
+            report.rewritten = rewritten.iter().map(|r| r.file.path.clone()).collect();
             tracing::info!(table = %target.name, version, rows_deleted, files = rewritten.len(), "erasure committed");
             Ok(Some(std::mem::take(report)))
         }
@@ -569,6 +570,10 @@ async fn rewrite(
     source: MatchSource,
 ) -> Result<Option<Rewritten>, EraseError> {
     let Candidate { file, sets } = candidate;
+    // Rows a deletion vector already removed are dropped too, and a file
+    // whose only matches are such rows is still rewritten: the erased
+    // values must leave the bytes, not only the table.
+    let mut live = LiveRows::of(&store, table.table_url(), file.deletion_vector()).await?;
     #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
     let reader = ParquetObjectReader::new(store, file.location.clone()).with_file_size(file.size);
     let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
@@ -577,12 +582,17 @@ async fn rewrite(
         .with_target_file_size(REWRITE_TARGET_SIZE);
     let mut stream = builder.with_batch_size(8192).build()?;
     let mut per_key: HashMap<(String, KeyValue), u64> = HashMap::new();
+    let mut behind_vector = false;
     while let Some(batch) = stream.try_next().await? {
         let batch = with_partition_columns(batch, &schema, &file.partition)?;
-        let mut keep = vec![true; batch.num_rows()];
+        let alive = live.mask(batch.num_rows());
+        let is_live = |row: usize| alive.as_ref().is_none_or(|a| a.value(row));
+        let mut keep: Vec<bool> = (0..batch.num_rows()).map(is_live).collect();
         for set in &sets {
             for (row, value) in set.matching_rows(&batch, source)? {
-                if std::mem::replace(&mut keep[row], false) {
+                if !is_live(row) {
+                    behind_vector = true;
+                } else if std::mem::replace(&mut keep[row], false) {
                     *per_key
                         .entry((set.column().to_string(), value))
                         .or_default() += 1;
@@ -595,7 +605,7 @@ async fn rewrite(
             writer.write(kept).await?;
         }
     }
-    if per_key.is_empty() {
+    if per_key.is_empty() && !behind_vector {
         writer.reset();
         return Ok(None);
     }

@@ -476,7 +476,7 @@ impl Ledger {
         if files.len() >= COMPACT_AT_FILES {
             self.compact().await;
         }
-        let mut batches = read_batches(self.table.object_store(), files, schema());
+        let mut batches = read_batches(&self.table, files, schema());
         let mut events = Vec::new();
         while let Some(batch) = batches.recv().await {
             events.extend(from_batch(&batch?)?);

@@ -47,15 +47,18 @@ use deltalake::kernel::{Action, Add};
 use deltalake::parquet::arrow::async_reader::{
     ParquetObjectReader, ParquetRecordBatchStreamBuilder,
 };
+use deltalake::parquet::arrow::ProjectionMask;
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::{StreamExt, TryStreamExt};
 use object_store::ObjectStoreExt as _;
+use roaring::RoaringTreemap;
 
 use super::mirror_patch::{Patches, Source};
 use crate::decode::debezium::ORDER_COLUMN;
 use crate::erase::find::{confirm, stat_at, Candidate};
 use crate::erase::keys::{KeyKind, KeySet, KeyValue, MatchSource};
 use crate::maintain::files::{live_files_by_partition, with_partition_columns, LiveFile};
+use crate::table::deletion_vectors::{self, LiveRows, VectorFile};
 use crate::table::lineage::MergeSummary;
 use crate::table::writer::TableWriter;
 
@@ -94,17 +97,21 @@ pub enum MergeError {
 pub struct MergePlan {
     /// Removes of the rewritten files, adds of their replacements and of the appended rows.
     pub actions: Vec<Action>,
-    /// Paths of the rewritten files.
+    /// The rewritten or marked files, by [`LiveFile::id`].
     pub inputs: Vec<String>,
     /// What it does.
     pub summary: MergeSummary,
+    /// Paths of files that stay, with a new deletion vector.
+    pub marked: HashSet<String>,
+    /// The file holding the new deletion vectors, if any.
+    pub vectors: Option<deltalake::Path>,
 }
 
 impl MergePlan {
-    /// The files it wrote (orphans once the plan is dropped).
+    /// The data files it wrote (orphans once the plan is dropped).
     pub fn written(&self) -> impl Iterator<Item = &Add> {
         self.actions.iter().filter_map(|a| match a {
-            Action::Add(add) => Some(add),
+            Action::Add(add) if !self.marked.contains(&add.path) => Some(add),
             _ => None,
         })
     }
@@ -170,6 +177,8 @@ impl Mirror {
                 actions: Vec::new(),
                 inputs: Vec::new(),
                 summary,
+                marked: HashSet::new(),
+                vectors: None,
             });
         };
         let schema = table.snapshot()?.snapshot().arrow_schema();
@@ -257,6 +266,7 @@ impl Mirror {
         drop(confirms);
 
         // 3. Rewrite them without the rows the batch replaces.
+        let marking = deletion_vectors::enabled(table);
         let job = Arc::new(RewriteJob {
             table: table.clone(),
             schema: schema.clone(),
@@ -264,12 +274,20 @@ impl Mirror {
             writers: writers.clone(),
             incoming,
             patches: patches.clone(),
+            marking,
         });
         let mut rewrites = futures::stream::iter(holding.into_iter().map(|c| {
             let job = job.clone();
             tokio::spawn(async move { job.rewrite(c).await })
         }))
-        .buffer_unordered(PARALLEL_FILES);
+        .buffer_unordered(if marking {
+            PARALLEL_CONFIRMS
+        } else {
+            PARALLEL_FILES
+        });
+        let mut vectors = VectorFile::new();
+        let mut marked = HashSet::new();
+        let mut extra: Vec<RecordBatch> = Vec::new();
         let mut stale: HashSet<RowKey> = HashSet::new();
         let mut resolved: HashSet<RowKey> = HashSet::new();
         let mut actions = Vec::new();
@@ -282,20 +300,35 @@ impl Mirror {
             summary.upserted += merged.upserted;
             summary.deleted += merged.deleted;
             summary.unmatched += merged.unmatched;
+            extra.extend(merged.folded);
             if merged.removed == 0 {
                 continue;
             }
             summary.removed += merged.removed;
-            summary.files_rewritten += 1;
-            summary.bytes_rewritten += merged.file.size;
             let mut remove = merged.file.remove.clone();
             remove.data_change = true;
             remove.deletion_timestamp = Some(now_ms);
-            inputs.push(merged.file.path.clone());
+            inputs.push(merged.file.id());
             actions.push(Action::Remove(remove));
-            actions.extend(merged.adds.into_iter().map(Action::Add));
+            match merged.vector {
+                Some(rows) => {
+                    summary.files_marked += 1;
+                    let mut add = merged.file.add.clone();
+                    add.deletion_vector = Some(vectors.add(&rows)?);
+                    add.stats = deletion_vectors::wide_stats(add.stats.as_deref()).or(add.stats);
+                    add.data_change = true;
+                    marked.insert(add.path.clone());
+                    actions.push(Action::Add(add));
+                }
+                None => {
+                    summary.files_rewritten += 1;
+                    summary.bytes_rewritten += merged.file.size;
+                    actions.extend(merged.adds.into_iter().map(Action::Add));
+                }
+            }
         }
         drop(rewrites);
+        let vectors = vectors.put(&table.object_store()).await?;
         summary.stale = stale.len() as u64;
 
         // 4. Append the latest images.
@@ -332,7 +365,7 @@ impl Mirror {
                 "partial updates with no row to apply to (the key is not in the table, or was deleted earlier in the batch) were not applied"
             );
         }
-        if !rows.is_empty() || !folded.is_empty() {
+        if !rows.is_empty() || !folded.is_empty() || !extra.is_empty() {
             let indices = UInt32Array::from(rows);
             let columns = batch
                 .columns()
@@ -347,12 +380,17 @@ impl Mirror {
             if let (Some(patches), false) = (&patches, folded.is_empty()) {
                 writer.write(patches.build(None, &folded)?).await?;
             }
+            for batch in extra {
+                writer.write(batch).await?;
+            }
             actions.extend(writer.finish().await?.into_iter().map(Action::Add));
         }
         Ok(MergePlan {
             actions,
             inputs,
             summary,
+            marked,
+            vectors,
         })
     }
 }
@@ -379,10 +417,12 @@ pub(crate) fn injected_crash(table: &str) -> bool {
 /// vacuum removes any left).
 pub async fn discard(table: &DeltaTable, plan: &MergePlan) {
     let store = table.object_store();
-    for add in plan.written() {
-        let path = deltalake::Path::from(add.path.as_str());
+    let written = plan
+        .written()
+        .map(|add| deltalake::Path::from(add.path.as_str()));
+    for path in written.chain(plan.vectors.clone()) {
         if let Err(error) = store.delete(&path).await {
-            tracing::debug!(path = %add.path, %error, "could not delete an uncommitted merge file");
+            tracing::debug!(%path, %error, "could not delete an uncommitted merge file");
         }
     }
 }
@@ -549,6 +589,9 @@ struct RewriteJob {
     incoming: Arc<HashMap<RowKey, Option<String>>>,
     /// The mutations of keys with a partial update.
     patches: Option<Arc<Patches>>,
+    /// Whether replaced rows are marked in a deletion vector instead of
+    /// the file being rewritten.
+    marking: bool,
 }
 
 /// One file's part of a merge.
@@ -565,109 +608,156 @@ struct FileMerge {
     deleted: u64,
     /// Partial updates that came after a delete of their key.
     unmatched: u64,
+    /// When marking: every row the file's new deletion vector removes.
+    vector: Option<RoaringTreemap>,
+    /// When marking: rows folded from partial updates, to append.
+    folded: Vec<RecordBatch>,
 }
 
 impl RewriteJob {
     /// Streams `candidate` into a new file without the rows the batch
-    /// replaces; `removed == 0` (nothing written) when every key it holds
-    /// is stale.
+    /// replaces, or when marking, reads its key and position columns and
+    /// marks those rows in its deletion vector; `removed == 0` (nothing
+    /// written) when every key it holds is stale.
     async fn rewrite(&self, candidate: Candidate) -> Result<FileMerge, MergeError> {
         let Candidate { file, sets } = candidate;
         let first = &sets[0];
+        let store = self.table.object_store();
+        let held = match file.deletion_vector() {
+            Some(dv) => deletion_vectors::read(&store, self.table.table_url(), dv).await?,
+            None => RoaringTreemap::new(),
+        };
+        let mut live = LiveRows::except(held.clone());
         #[allow(deprecated)] // as above
-        let reader = ParquetObjectReader::new(self.table.object_store(), file.location.clone())
-            .with_file_size(file.size);
-        let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+        let reader =
+            ParquetObjectReader::new(store, file.location.clone()).with_file_size(file.size);
+        let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+        if self.marking && self.patches.is_none() {
+            // Only the key and position columns decide which rows go.
+            let wanted: Vec<&str> = self
+                .keys
+                .iter()
+                .map(|(name, _)| name.as_str())
+                .chain([ORDER_COLUMN])
+                .collect();
+            let mask = ProjectionMask::columns(builder.parquet_schema(), wanted);
+            builder = builder.with_projection(mask);
+        }
         // Profiled like ingestion's files: columns whose values barely
         // repeat go without a dictionary.
-        let mut writer = self.writers.open(REWRITE_TARGET_SIZE)?;
+        let mut writer = match self.marking {
+            true => None,
+            false => Some(self.writers.open(REWRITE_TARGET_SIZE)?),
+        };
         let mut stream = builder.with_batch_size(8192).build()?;
-        let (mut removed, mut stale) = (0u64, Vec::new());
-        let (mut resolved, mut upserted, mut deleted, mut unmatched) = (Vec::new(), 0, 0, 0);
+        let mut merge = FileMerge {
+            file: file.clone(),
+            adds: Vec::new(),
+            removed: 0,
+            stale: Vec::new(),
+            resolved: Vec::new(),
+            upserted: 0,
+            deleted: 0,
+            unmatched: 0,
+            vector: self.marking.then(|| held.clone()),
+            folded: Vec::new(),
+        };
+        let mut offset = 0u64;
         while let Some(batch) = stream.try_next().await? {
+            let rows = batch.num_rows();
             let batch = with_partition_columns(batch, &self.schema, &file.partition)?;
+            let alive = live.mask(rows);
             let column = batch.column_by_name(first.column()).ok_or_else(|| {
                 MergeError::Key(first.column().into(), "missing from a file".into())
             })?;
             let hits = first.matches(column.as_ref())?;
-            if hits.true_count() == 0 {
-                writer.write(self.writers.conform(batch)?).await?;
-                continue;
-            }
-            let columns = KeyColumns::of(&batch, &self.keys)?;
-            let orders = string_column(&batch, ORDER_COLUMN);
-            let mut keep = vec![true; batch.num_rows()];
+            let mut keep: Vec<bool> = match &alive {
+                Some(alive) => alive.iter().map(|v| v == Some(true)).collect(),
+                None => vec![true; rows],
+            };
             let mut folded: Vec<Vec<Source>> = Vec::new();
-            for (row, hit) in hits.iter().enumerate() {
-                if hit != Some(true) {
-                    continue;
-                }
-                let Some(key) = columns.key_at(row) else {
-                    continue;
-                };
-                let Some(incoming) = self.incoming.get(&key) else {
-                    continue; // another column of a composite key differs
-                };
-                if let Some((patches, chain)) = self
-                    .patches
-                    .as_ref()
-                    .and_then(|p| Some((p, p.chain(&key)?)))
-                {
-                    let after = patches.after(chain, order_at(orders.as_ref(), row));
-                    if after.is_empty() {
-                        stale.push(key);
+            if hits.true_count() > 0 {
+                let columns = KeyColumns::of(&batch, &self.keys)?;
+                let orders = string_column(&batch, ORDER_COLUMN);
+                for (row, hit) in hits.iter().enumerate() {
+                    if hit != Some(true) || !keep[row] {
+                        continue; // not a batch key, or a row a deletion vector removed
+                    }
+                    let Some(key) = columns.key_at(row) else {
+                        continue;
+                    };
+                    let Some(incoming) = self.incoming.get(&key) else {
+                        continue; // another column of a composite key differs
+                    };
+                    if let Some((patches, chain)) = self
+                        .patches
+                        .as_ref()
+                        .and_then(|p| Some((p, p.chain(&key)?)))
+                    {
+                        let after = patches.after(chain, order_at(orders.as_ref(), row));
+                        if after.is_empty() {
+                            merge.stale.push(key);
+                            continue;
+                        }
+                        keep[row] = false;
+                        let fold = patches.fold(Some(row), &after);
+                        merge.unmatched += fold.unmatched;
+                        match fold.row {
+                            Some(sources) => {
+                                merge.upserted += 1;
+                                folded.push(sources);
+                            }
+                            None if fold.deleted => merge.deleted += 1,
+                            None => {}
+                        }
+                        merge.resolved.push(key);
+                    } else if applies(order_at(orders.as_ref(), row), incoming.as_deref()) {
+                        keep[row] = false;
+                    } else {
+                        merge.stale.push(key);
                         continue;
                     }
-                    keep[row] = false;
-                    removed += 1;
-                    let fold = patches.fold(Some(row), &after);
-                    unmatched += fold.unmatched;
-                    match fold.row {
-                        Some(sources) => {
-                            upserted += 1;
-                            folded.push(sources);
-                        }
-                        None if fold.deleted => deleted += 1,
-                        None => {}
+                    merge.removed += 1;
+                    if let Some(vector) = merge.vector.as_mut() {
+                        vector.insert(offset + row as u64);
                     }
-                    resolved.push(key);
-                    continue;
-                }
-                if applies(order_at(orders.as_ref(), row), incoming.as_deref()) {
-                    keep[row] = false;
-                    removed += 1;
-                } else {
-                    stale.push(key);
                 }
             }
-            let kept = arrow::compute::filter_record_batch(
-                &batch,
-                &arrow::array::BooleanArray::from(keep),
-            )?;
+            offset += rows as u64;
+            let built = match (&self.patches, folded.is_empty()) {
+                (Some(patches), false) => {
+                    let held = self.writers.conform(batch.clone())?;
+                    Some(patches.build(Some(&held), &folded)?)
+                }
+                _ => None,
+            };
+            let Some(writer) = writer.as_mut() else {
+                merge.folded.extend(built);
+                continue;
+            };
+            let kept = match keep.iter().all(|k| *k) {
+                true => batch,
+                false => arrow::compute::filter_record_batch(
+                    &batch,
+                    &arrow::array::BooleanArray::from(keep),
+                )?,
+            };
             if kept.num_rows() > 0 {
                 writer.write(self.writers.conform(kept)?).await?;
             }
-            if let (Some(patches), false) = (&self.patches, folded.is_empty()) {
-                let held = self.writers.conform(batch.clone())?;
-                writer.write(patches.build(Some(&held), &folded)?).await?;
+            if let Some(built) = built {
+                writer.write(built).await?;
             }
         }
-        let adds = if removed == 0 {
-            writer.abort();
-            Vec::new()
-        } else {
-            writer.finish().await?
-        };
-        Ok(FileMerge {
-            file,
-            adds,
-            removed,
-            stale,
-            resolved,
-            upserted,
-            deleted,
-            unmatched,
-        })
+        if let Some(mut writer) = writer {
+            // A file whose only change is dropping rows a deletion vector
+            // removed is left as it is.
+            match merge.removed {
+                0 => writer.abort(),
+                _ => merge.adds = writer.finish().await?,
+            }
+        }
+        Ok(merge)
     }
 }
 

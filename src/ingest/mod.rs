@@ -340,6 +340,16 @@ pub(crate) async fn open_tables(
         &table_config.partition_by,
         &[
             table::table_properties(Some(&table_config.key), &table_config.properties),
+            table_config
+                .uses_deletion_vectors()
+                .then(|| {
+                    (
+                        table::deletion_vectors::ENABLE_PROPERTY.to_string(),
+                        "true".to_string(),
+                    )
+                })
+                .into_iter()
+                .collect(),
             about.pairs(),
         ]
         .concat(),

@@ -1,6 +1,9 @@
 //! Compaction: bin-pack a partition's small files into files near a target size.
 //!
-//! Per partition, files below `min_file_size` are candidates; they are packed
+//! Per partition, files below `min_file_size` are candidates, and so are
+//! files whose deletion vector removes at least a tenth of their rows
+//! (mirror merges mark rows that way; the rewrite drops them for good,
+//! and such a file is rewritten even alone in its bin); they are packed
 //! (largest first) into bins of at most `target_size` bytes, and every bin of
 //! two or more files is rewritten: its files are streamed batch by batch
 //! through a Parquet writer that rolls at the target size, so memory holds
@@ -36,6 +39,7 @@ use serde::Serialize;
 
 use super::files::{live_files_by_partition, partition_label, read_batches, LiveFile};
 use super::{commit_rewrite, AbortOnDrop, MaintainError, RewriteOutcome};
+use crate::table::deletion_vectors::PURGE_SHARE;
 use crate::table::writer::writer_properties;
 
 /// Bins written at once (one Parquet encoder per core).
@@ -96,9 +100,10 @@ pub type Progress<'a> = &'a (dyn Fn(u64) + Sync);
 
 /// Bins of files to rewrite together, per partition.
 pub fn plan(files: &[LiveFile], options: &CompactOptions) -> Vec<Vec<LiveFile>> {
+    let purge = |f: &LiveFile| f.deleted_share() >= PURGE_SHARE;
     let mut candidates: Vec<&LiveFile> = files
         .iter()
-        .filter(|f| f.size < options.min_file_size)
+        .filter(|f| f.size < options.min_file_size || purge(f))
         .collect();
     candidates.sort_by(|a, b| b.size.cmp(&a.size).then(a.path.cmp(&b.path)));
     let mut bins: Vec<(u64, Vec<LiveFile>)> = Vec::new();
@@ -116,7 +121,7 @@ pub fn plan(files: &[LiveFile], options: &CompactOptions) -> Vec<Vec<LiveFile>> 
     }
     bins.into_iter()
         .map(|(_, members)| members)
-        .filter(|members| members.len() >= 2)
+        .filter(|members| members.len() >= 2 || members.iter().any(purge))
         .collect()
 }
 
@@ -222,7 +227,7 @@ async fn write_bin(
     let mut writer = RecordBatchWriter::for_table(table)?
         .with_writer_properties(writer_properties(key))
         .with_target_file_size(options.target_size);
-    let mut batches = read_batches(table.object_store(), bin.to_vec(), schema);
+    let mut batches = read_batches(table, bin.to_vec(), schema);
     while let Some(batch) = batches.recv().await {
         writer.write(batch?).await?;
     }
@@ -251,7 +256,7 @@ async fn commit_bin(
         predicate: None,
         target_size: options.target_size as i64,
     };
-    let inputs: Vec<String> = bin.iter().map(|f| f.path.clone()).collect();
+    let inputs: Vec<String> = bin.iter().map(|f| f.id()).collect();
     let info =
         serde_json::json!({"kind": "compact", "files_in": bin.len(), "files_out": files_out});
     Ok(
@@ -271,7 +276,14 @@ mod tests {
     use super::*;
 
     fn file(name: &str, size: u64) -> LiveFile {
+        let add = deltalake::kernel::Add {
+            path: name.into(),
+            size: size as i64,
+            data_change: false,
+            ..Default::default()
+        };
         LiveFile {
+            add,
             path: name.into(),
             location: name.into(),
             size,
@@ -320,5 +332,33 @@ mod tests {
         assert!(bins
             .iter()
             .all(|b| b.iter().map(|f| f.size).sum::<u64>() <= 100));
+    }
+
+    #[test]
+    fn files_with_many_deleted_rows_are_rewritten_even_alone() {
+        let options = CompactOptions {
+            target_size: 100,
+            min_file_size: 75,
+            ..CompactOptions::default()
+        };
+        let with_deleted = |name: &str, live: u64, deleted: i64| {
+            let mut f = file(name, 90);
+            f.rows = Some(live);
+            f.add.deletion_vector = Some(deltalake::kernel::DeletionVectorDescriptor {
+                storage_type: deltalake::kernel::StorageType::UuidRelativePath,
+                path_or_inline_dv: "x".into(),
+                offset: Some(1),
+                size_in_bytes: 1,
+                cardinality: deleted,
+            });
+            f
+        };
+        let files = vec![with_deleted("few", 990, 10), with_deleted("many", 800, 200)];
+        let bins = plan(&files, &options);
+        let names: Vec<Vec<&str>> = bins
+            .iter()
+            .map(|b| b.iter().map(|f| f.path.as_str()).collect())
+            .collect();
+        assert_eq!(names, vec![vec!["many"]]);
     }
 }

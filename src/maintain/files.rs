@@ -5,8 +5,10 @@ use std::sync::Arc;
 
 use arrow::array::{new_null_array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::SchemaRef;
-use deltalake::kernel::Remove;
+use deltalake::kernel::{Add, DeletionVectorDescriptor, Remove};
 use deltalake::{DeltaTable, DeltaTableError, Path};
+
+use crate::table::deletion_vectors::LiveRows;
 
 /// One live data file.
 #[derive(Debug, Clone)]
@@ -19,7 +21,7 @@ pub struct LiveFile {
     pub size: u64,
     /// When it was written (ms since the epoch).
     pub modified_ms: i64,
-    /// Rows (from stats), if known.
+    /// Live rows (from stats, less those its deletion vector removes), if known.
     pub rows: Option<u64>,
     /// Partition values as strings (`None`: null).
     pub partition: BTreeMap<String, Option<String>>,
@@ -29,6 +31,36 @@ pub struct LiveFile {
     pub stats: Option<String>,
     /// The `remove` action that retires it without changing data.
     pub remove: Remove,
+    /// The `add` action that made it live (with its deletion vector, if any).
+    pub add: Add,
+}
+
+impl LiveFile {
+    /// Its deletion vector, if a commit marked some of its rows removed.
+    pub fn deletion_vector(&self) -> Option<&DeletionVectorDescriptor> {
+        self.add.deletion_vector.as_ref()
+    }
+
+    /// Its identity for the rewrite-safety rule (see [`crate::table::commit::file_id`]).
+    pub fn id(&self) -> String {
+        crate::table::commit::file_id(&self.path, self.deletion_vector())
+    }
+
+    /// Rows its deletion vector removes.
+    pub fn deleted_rows(&self) -> u64 {
+        self.deletion_vector()
+            .map_or(0, |dv| dv.cardinality.max(0) as u64)
+    }
+
+    /// Share of its rows its deletion vector removes (0 without one).
+    pub fn deleted_share(&self) -> f64 {
+        let deleted = self.deleted_rows();
+        match (deleted, self.rows) {
+            (0, _) => 0.0,
+            (deleted, Some(live)) => deleted as f64 / (live + deleted).max(1) as f64,
+            (_, None) => 1.0,
+        }
+    }
 }
 
 /// Partition values, as a sortable key.
@@ -89,16 +121,23 @@ pub fn live_files_by_partition(
         // Tags are only exposed through the `Add` conversion.
         #[allow(deprecated)]
         let add = view.add_action();
+        let deleted = add
+            .deletion_vector
+            .as_ref()
+            .map_or(0, |dv| dv.cardinality.max(0) as u64);
         groups.entry(key.clone()).or_default().push(LiveFile {
             path: view.path().to_string(),
             location: view.object_store_path(),
             size: view.size() as u64,
             modified_ms: view.modification_time(),
-            rows: view.num_records().map(|n| n as u64),
+            rows: view
+                .num_records()
+                .map(|n| (n as u64).saturating_sub(deleted)),
             partition: key.into_iter().collect(),
             tags: add.tags.clone().unwrap_or_default(),
             stats: view.stats(),
             remove: view.remove_action(false),
+            add,
         });
     }
     Ok(groups)
@@ -146,11 +185,13 @@ const PREFETCH_FILES: usize = 3;
 
 async fn read_file(
     store: Arc<dyn deltalake::ObjectStore>,
+    root: &url::Url,
     file: &LiveFile,
     schema: &SchemaRef,
     tx: &tokio::sync::mpsc::Sender<Result<RecordBatch, super::MaintainError>>,
 ) -> Result<(), super::MaintainError> {
     use futures::TryStreamExt;
+    let mut live = LiveRows::of(&store, root, file.deletion_vector()).await?;
     #[allow(deprecated)] // the suggested replacement needs a hand-written AsyncFileReader
     let reader = deltalake::parquet::arrow::async_reader::ParquetObjectReader::new(
         store,
@@ -163,7 +204,10 @@ async fn read_file(
             .with_batch_size(8192)
             .build()?;
     while let Some(batch) = stream.try_next().await? {
-        let batch = with_partition_columns(batch, schema, &file.partition)?;
+        let batch = with_partition_columns(live.filter(batch)?, schema, &file.partition)?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
         if tx.send(Ok(batch)).await.is_err() {
             break;
         }
@@ -171,23 +215,26 @@ async fn read_file(
     Ok(())
 }
 
-/// Reads the rows of `files` (with their partition columns) on background
+/// Reads the live rows of `table`'s `files` (with their partition columns,
+/// without the rows their deletion vectors remove) on background
 /// tasks, in no particular order, so decoding overlaps with the caller's
 /// writing. Small files are read a few at a time; large ones one by one,
 /// streamed batch by batch. The channel holds a handful of batches.
 pub fn read_batches(
-    store: Arc<dyn deltalake::ObjectStore>,
+    table: &DeltaTable,
     files: Vec<LiveFile>,
     schema: SchemaRef,
 ) -> tokio::sync::mpsc::Receiver<Result<RecordBatch, super::MaintainError>> {
     use futures::StreamExt;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (store, root) = (table.object_store(), table.table_url().clone());
     tokio::spawn(async move {
         let (small, large): (Vec<LiveFile>, Vec<LiveFile>) =
             files.into_iter().partition(|f| f.size < PREFETCH_MAX_BYTES);
         let mut reads = futures::stream::iter(small.into_iter().map(|file| {
-            let (store, schema, tx) = (store.clone(), schema.clone(), tx.clone());
-            tokio::spawn(async move { read_file(store, &file, &schema, &tx).await })
+            let (store, root, schema, tx) =
+                (store.clone(), root.clone(), schema.clone(), tx.clone());
+            tokio::spawn(async move { read_file(store, &root, &file, &schema, &tx).await })
         }))
         .buffer_unordered(PREFETCH_FILES);
         while let Some(joined) = reads.next().await {
@@ -202,7 +249,7 @@ pub fn read_batches(
             }
         }
         for file in &large {
-            if let Err(error) = read_file(store.clone(), file, &schema, &tx).await {
+            if let Err(error) = read_file(store.clone(), &root, file, &schema, &tx).await {
                 let _ = tx.send(Err(error)).await;
                 return;
             }

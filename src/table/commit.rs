@@ -291,8 +291,23 @@ async fn try_commit(
     Ok(version as i64)
 }
 
-/// The first of `inputs` (file paths) that is no longer live in `table`'s
-/// loaded snapshot, if any.
+/// A live file's identity for the rewrite-safety rule: its path, and its
+/// deletion vector if it has one (a commit that changes the vector makes
+/// the file read before it gone, as a rewrite would).
+pub fn file_id(path: &str, dv: Option<&deltalake::kernel::DeletionVectorDescriptor>) -> String {
+    match dv {
+        None => path.to_string(),
+        Some(dv) => format!(
+            "{path} (deletion vector {}{}@{})",
+            dv.storage_type,
+            dv.path_or_inline_dv,
+            dv.offset.unwrap_or(0)
+        ),
+    }
+}
+
+/// The first of `inputs` (file ids, see [`file_id`]) that is no longer
+/// live in `table`'s loaded snapshot, if any.
 pub fn first_gone(
     table: &DeltaTable,
     inputs: &[String],
@@ -304,7 +319,7 @@ pub fn first_gone(
         .snapshot()?
         .log_data()
         .iter()
-        .map(|f| f.path().to_string())
+        .map(|f| file_id(&f.path(), f.deletion_vector_descriptor().as_ref()))
         .collect();
     Ok(inputs.iter().find(|p| !live.contains(*p)).cloned())
 }

@@ -63,6 +63,9 @@ pub struct MergeSummary {
     pub files_rewritten: u64,
     /// Bytes of the files rewritten.
     pub bytes_rewritten: u64,
+    /// Files that stay, given a deletion vector for the rows they lose.
+    #[serde(default)]
+    pub files_marked: u64,
     /// Partial updates (MongoDB `patch`) of keys the table does not hold:
     /// there was no row to apply them to.
     #[serde(default)]
@@ -83,6 +86,7 @@ impl MergeSummary {
         self.files_read += other.files_read;
         self.files_rewritten += other.files_rewritten;
         self.bytes_rewritten += other.bytes_rewritten;
+        self.files_marked += other.files_marked;
     }
 }
 

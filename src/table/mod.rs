@@ -8,6 +8,7 @@
 pub mod about;
 pub mod commit;
 pub mod dead_letter;
+pub mod deletion_vectors;
 pub mod lineage;
 #[cfg(unix)]
 pub mod local_store;
@@ -288,6 +289,16 @@ pub async fn open_or_create(
     if let Some(description) = description {
         create = create.with_comment(description);
     }
+    // Deletion vectors are switched on by a second commit: a protocol
+    // delta-rs derives at creation lists legacy writer features it then
+    // refuses to write.
+    let vectors = properties
+        .iter()
+        .any(|(k, v)| k == deletion_vectors::ENABLE_PROPERTY && v == "true");
+    let properties: Vec<&(String, String)> = properties
+        .iter()
+        .filter(|(k, _)| k != deletion_vectors::ENABLE_PROPERTY)
+        .collect();
     let created = create
         .with_table_name(name)
         .with_columns(kernel_schema.fields().cloned())
@@ -296,6 +307,10 @@ pub async fn open_or_create(
         .with_raise_if_key_not_exists(false)
         .await;
     match created {
+        Ok(table) if vectors => {
+            tracing::info!(table = name, %url, "created table");
+            deletion_vectors::enable(table, name).await
+        }
         Ok(table) => {
             tracing::info!(table = name, %url, "created table");
             Ok(table)
@@ -303,7 +318,10 @@ pub async fn open_or_create(
         Err(create_error) => match open(url, storage_options).await {
             Ok(table) => {
                 check_schema(url, &table, schema)?;
-                Ok(table)
+                match vectors {
+                    true => deletion_vectors::enable(table, name).await,
+                    false => Ok(table),
+                }
             }
             Err(_) => Err(TableError::delta(url, create_error)),
         },

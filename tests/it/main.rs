@@ -11,6 +11,7 @@ mod dead_letters;
 mod debezium;
 mod debezium_avro;
 mod debezium_protobuf;
+mod deletion_vectors;
 mod erasure;
 mod erasure_clock;
 mod erasure_hashed;

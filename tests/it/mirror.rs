@@ -17,7 +17,7 @@ use sluice::erase::{self, TableChoice};
 use crate::common::*;
 
 /// A customer row: name and balance.
-type Row = (String, i64);
+pub(crate) type Row = (String, i64);
 
 /// Change events with the state they leave.
 pub(crate) struct Changes {
@@ -48,7 +48,7 @@ impl Rng {
 
 /// One Debezium PostgreSQL envelope. `commit` is the last commit's LSN
 /// before this change (`None` in a snapshot).
-fn envelope(
+pub(crate) fn envelope(
     op: &str,
     id: i64,
     before: Option<&Row>,
@@ -366,6 +366,33 @@ zorder_unordered_bytes = "256KiB""#,
         .filter_map(|a| a["commitInfo"]["sluice"]["merge"]["stale"].as_u64())
         .sum();
     assert!(stale > 0, "replays were recognised as stale");
+    // Merges marked the rows they replaced in deletion vectors...
+    let marked: u64 = merges
+        .iter()
+        .flatten()
+        .filter_map(|a| a["commitInfo"]["sluice"]["merge"]["files_marked"].as_u64())
+        .sum();
+    assert!(marked > 0, "merges added deletion vectors");
+    // ...and the erased key is in no live file's bytes, not even in a row
+    // a deletion vector hides.
+    for path in live_paths(&lake.table("customers")).await {
+        let file = std::fs::File::open(lake.table("customers").join(&path)).unwrap();
+        let builder =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["id"]);
+        for batch in builder.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<arrow::array::Int64Array>()
+                .expect("id is a long");
+            assert!(
+                !ids.iter().any(|id| id == Some(erased)),
+                "{path} still holds the erased key"
+            );
+        }
+    }
 
     // The log holds every change once, but the erased key's.
     let log = kernel_read(&lake.table("customers_log")).await;
@@ -501,7 +528,7 @@ pub(crate) fn logged_positions(lake: &Lake, table: &str) -> BTreeMap<String, i64
     positions
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 

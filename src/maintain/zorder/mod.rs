@@ -231,7 +231,7 @@ pub async fn zorder(
     while let Some(finished) = running.next().await {
         let (partition, selection, (inputs, run_id, rewritten)) = finished?;
         let bytes_in: u64 = inputs.iter().map(|f| f.size).sum();
-        let removed: Vec<String> = inputs.iter().map(|f| f.path.clone()).collect();
+        let removed: Vec<String> = inputs.iter().map(|f| f.id()).collect();
         let actions: Vec<Action> = inputs
             .iter()
             .map(|f| Action::Remove(f.remove.clone()))
@@ -317,7 +317,7 @@ impl PartitionJob {
         let (table, inputs, options) = (&self.table, &self.inputs, &self.options);
         let builder = KeyBuilder::new(options.columns.clone(), &self.types, self.prefixes.clone())?;
         let mut sorter: Option<ExternalSorter> = None;
-        let mut batches = read_batches(table.object_store(), inputs.clone(), self.schema.clone());
+        let mut batches = read_batches(table, inputs.clone(), self.schema.clone());
         while let Some(batch) = batches.recv().await {
             let keyed = with_key(&batch?, &builder)?;
             let sorter = match &mut sorter {
