@@ -135,7 +135,11 @@ pub async fn status_of(
         let size = file.size() as u64;
         files += 1;
         bytes += size;
-        rows += file.num_records().unwrap_or(0) as u64;
+        // Rows a deletion vector removes are not the table's.
+        let deleted = file
+            .deletion_vector_descriptor()
+            .map_or(0, |dv| dv.cardinality.max(0) as u64);
+        rows += (file.num_records().unwrap_or(0) as u64).saturating_sub(deleted);
         if size < small_file_bytes {
             small += 1;
         }

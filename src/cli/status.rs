@@ -53,8 +53,12 @@ pub fn render(s: &TableStatus) -> String {
             0 => String::new(),
             n => format!(", {n} partial updates without a row"),
         };
+        let marked = match m.sums.files_marked {
+            0 => String::new(),
+            n => format!("; {n} files given deletion vectors"),
+        };
         out.push_str(&format!(
-            "merges       {} ({} mutations of {} keys: {} upserted, {} deleted, {} stale{unmatched}; {} rows replaced; {} files rewritten, {rewritten})\n",
+            "merges       {} ({} mutations of {} keys: {} upserted, {} deleted, {} stale{unmatched}; {} rows replaced; {} files rewritten, {rewritten}{marked})\n",
             m.commits,
             m.sums.mutations,
             m.sums.keys,

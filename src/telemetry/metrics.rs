@@ -31,7 +31,7 @@ pub static LEDGER_READ_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::Ato
 static EVENTS: Mutex<BTreeMap<(&'static str, String), u64>> = Mutex::new(BTreeMap::new());
 
 /// The rare events counted in [`EVENTS`]: (metric, label name, help).
-const EVENT_METRICS: [(&str, &str, &str); 12] = [
+const EVENT_METRICS: [(&str, &str, &str); 13] = [
     (
         "sluice_erasure_purges_held_total",
         "table",
@@ -92,6 +92,11 @@ const EVENT_METRICS: [(&str, &str, &str); 12] = [
         "table",
         "Tables a pattern source's templates made for new topics (or opened when another worker made them first).",
     ),
+    (
+        "sluice_merge_files_marked_total",
+        "table",
+        "Files a mirror table's merges kept, marking the rows they replaced in a deletion vector.",
+    ),
 ];
 
 fn count_event(metric: &'static str, label: &str) {
@@ -112,6 +117,7 @@ pub fn merged(table: &str, summary: &crate::table::lineage::MergeSummary) {
     count_events(EVENT_METRICS[8].0, table, summary.bytes_rewritten);
     count_events(EVENT_METRICS[9].0, table, summary.keys - summary.stale);
     count_events(EVENT_METRICS[10].0, table, summary.stale);
+    count_events(EVENT_METRICS[12].0, table, summary.files_marked);
 }
 
 /// A purge of `table` held a request back: its key was still found.
