@@ -6,21 +6,26 @@ usage: bench_mirror.py SLUICE_BIN WORK_DIR [KEYS] [BATCHES] [BATCH_SIZE]
 Builds a mirror table of KEYS customers (default 5,000,000: about 1 GB of
 zstd Parquet in 32 MiB files) by ingesting a Debezium PostgreSQL snapshot
 (`r` events, in random key order) with `sluice ingest` into a
-`mode = "mirror"` table, and a copy Z-ordered by the key (`sluice zorder
+`mode = "mirror"` table (with the `deletionVectors` feature, as sluice
+creates mirror tables), and a copy Z-ordered by the key (`sluice zorder
 --by id`). Then, for each layout, applies BATCHES batches (default 5) of
 BATCH_SIZE change events (default 10,000: 80% updates spread over the key
 space, 10% inserts, 10% deletes, distinct keys) one after another:
   sluice     `sluice ingest` of the batch's NDJSON (a file source,
-             `format = "debezium"`): decode, collapse, find, rewrite, append
-             and commit; the process's wall time
+             `format = "debezium"`): decode, collapse, find, mark replaced
+             rows in deletion vectors, append and commit; the process's
+             wall time
+  sluice-cow the same with `deletion_vectors = false`: the files holding a
+             key are rewritten without its rows (copy-on-write)
   delta-rs   `DeltaTable(path).merge(batch, "t.id = s.id")` with
              `when_matched_delete` (op d), `when_matched_update_all` and
              `when_not_matched_insert_all` (other ops), given the batch
              already decoded into Arrow; load and merge timed in its process
 on copies of the same table, and reports per layout and tool the median
-time per batch, files and bytes rewritten per batch and peak RSS, the
-speed and bytes ratios, and checks that both tables end with the same
-(id, balance) rows.
+time per batch, files and bytes rewritten per batch, bytes written (new
+data files and deletion vector files) and peak RSS, the speed and bytes
+ratios, and checks that the tables end with the same (id, balance) rows,
+read by delta-rs's DataFusion reader (which applies deletion vectors).
 """
 import json
 import os
@@ -59,7 +64,7 @@ source = "changes"
 key = "id"
 mode = "mirror"
 primary_key = ["id"]
-columns = [
+{vectors}columns = [
   {{ name = "id", type = "long", nullable = false }},
   {{ name = "name", type = "string", nullable = false }},
   {{ name = "email", type = "string" }},
@@ -94,11 +99,13 @@ print(json.dumps({"seconds": time.monotonic() - started, "metrics": metrics}))
 
 CHECK = r"""
 import json, sys
-from deltalake import DeltaTable
-t = DeltaTable(sys.argv[1]).to_pyarrow_table(columns=["id", "balance"])
+from deltalake import DeltaTable, QueryBuilder
+t = QueryBuilder().register("t", DeltaTable(sys.argv[1])).execute("select id, balance from t").read_all()
 rows = sorted(zip(t.column("id").to_pylist(), t.column("balance").to_pylist()))
 print(json.dumps({"rows": len(rows), "ids": len({r[0] for r in rows}), "hash": hash(tuple(rows))}))
 """
+
+TOOLS = ("sluice", "sluice-cow", "delta-rs")
 
 
 def image(rng, key, version):
@@ -171,9 +178,10 @@ def write_batches(work, keys, batches, size, rng):
     return paths
 
 
-def sluice_ingest(sluice, root, input_path, rows):
+def sluice_ingest(sluice, root, input_path, rows, vectors=True):
     config = root / f"{input_path.stem}.toml"
-    config.write_text(CONFIG.format(root=root, input=input_path, rows=rows))
+    config.write_text(CONFIG.format(root=root, input=input_path, rows=rows,
+                                    vectors="" if vectors else "deletion_vectors = false\n"))
     return measured([sluice, "-q", "ingest", "--config", str(config)])
 
 
@@ -194,8 +202,8 @@ def main():
     python = sys.executable
     rng = random.Random(17)
     work.mkdir(parents=True, exist_ok=True)
-    base = work / f"base-{keys}"
-    zbase = work / f"zbase-{keys}"
+    base = work / f"base-dv-{keys}"
+    zbase = work / f"zbase-dv-{keys}"
     if not (base / "customers" / "_delta_log").exists():
         shutil.rmtree(base, ignore_errors=True)
         base.mkdir(parents=True)
@@ -219,15 +227,17 @@ def main():
         files, rows, bytes_ = table_stats(source / "customers")
         print(f"\n{layout}: {rows} rows, {files} files, {bytes_ / 2**20:.0f} MiB", flush=True)
         runs = {}
-        for tool in ("sluice", "delta-rs"):
+        for tool in TOOLS:
             root = work / f"run-{layout}-{tool}"
             shutil.rmtree(root, ignore_errors=True)
             shutil.copytree(source, root)
             table = root / "customers"
             for ndjson, rows_path in batch_paths:
                 before = live_files(table)
-                if tool == "sluice":
-                    seconds, rss, _ = sluice_ingest(sluice, root, ndjson, size + 1)
+                vectors_before = set(table.glob("deletion_vector_*.bin"))
+                if tool.startswith("sluice"):
+                    seconds, rss, _ = sluice_ingest(sluice, root, ndjson, size + 1,
+                                                    vectors=tool == "sluice")
                     merge = last_merge(table)
                     rewritten = (merge["files_rewritten"], merge["bytes_rewritten"])
                 else:
@@ -236,34 +246,42 @@ def main():
                     after = live_files(table)
                     gone = [p for p in before if p not in after]
                     rewritten = (len(gone), sum(before[p] for p in gone))
-                runs.setdefault(tool, []).append((seconds, rewritten[0], rewritten[1], rss))
-                print(f"  {tool:8} batch: {seconds:6.2f} s, {rewritten[0]:4} files / "
-                      f"{rewritten[1] / 2**20:7.1f} MiB rewritten, peak RSS {rss:.0f} MiB",
-                      flush=True)
+                after = live_files(table)
+                written = sum(size for p, size in after.items() if p not in before) + sum(
+                    v.stat().st_size for v in set(table.glob("deletion_vector_*.bin")) - vectors_before)
+                runs.setdefault(tool, []).append((seconds, rewritten[0], rewritten[1], rss, written))
+                print(f"  {tool:10} batch: {seconds:6.2f} s, {rewritten[0]:4} files / "
+                      f"{rewritten[1] / 2**20:7.1f} MiB rewritten, {written / 2**20:7.1f} MiB written, "
+                      f"peak RSS {rss:.0f} MiB", flush=True)
             runs[tool + "-check"] = json.loads(
                 subprocess.run([python, "-c", CHECK, str(table)], check=True,
                                capture_output=True, text=True).stdout)
-        if runs["sluice-check"] != runs["delta-rs-check"]:
-            sys.exit(f"the tables differ: {runs['sluice-check']} vs {runs['delta-rs-check']}")
+        for tool in TOOLS[:-1]:
+            if runs[tool + "-check"] != runs["delta-rs-check"]:
+                sys.exit(f"the tables differ: {tool} {runs[tool + '-check']} vs {runs['delta-rs-check']}")
         results.append((layout, files, bytes_, runs))
 
     print(f"\n{keys} keys, {batches} batches of {size} changes (80% updates, 10% inserts, "
-          f"10% deletes), medians per batch; both tables end equal")
-    print("| layout | tool | s/batch | files rewritten | MiB rewritten | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"10% deletes), medians per batch; the tables end equal")
+    print("| layout | tool | s/batch | files rewritten | MiB rewritten | MiB written | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for layout, _, _, runs in results:
-        for tool in ("sluice", "delta-rs"):
+        for tool in TOOLS:
             r = runs[tool]
             print(f"| {layout} | {tool} | {statistics.median(x[0] for x in r):.2f} | "
                   f"{statistics.median(x[1] for x in r):.0f} | "
                   f"{statistics.median(x[2] for x in r) / 2**20:.0f} | "
+                  f"{statistics.median(x[4] for x in r) / 2**20:.1f} | "
                   f"{max(x[3] for x in r):.0f} |")
     for layout, _, _, runs in results:
-        s, d = runs["sluice"], runs["delta-rs"]
-        speed = statistics.median(x[0] for x in d) / statistics.median(x[0] for x in s)
-        bytes_ratio = statistics.median(x[2] for x in s) / max(1, statistics.median(x[2] for x in d))
-        print(f"{layout}: sluice is {speed:.2f}x delta-rs's speed per batch, "
-              f"rewrites {bytes_ratio:.2f}x its bytes")
+        d = runs["delta-rs"]
+        for tool in TOOLS[:-1]:
+            s = runs[tool]
+            speed = statistics.median(x[0] for x in d) / statistics.median(x[0] for x in s)
+            rewritten = statistics.median(x[2] for x in s) / max(1, statistics.median(x[2] for x in d))
+            written = statistics.median(x[4] for x in s) / max(1, statistics.median(x[4] for x in d))
+            print(f"{layout}: {tool} is {speed:.2f}x delta-rs's speed per batch, "
+                  f"rewrites {rewritten:.2f}x and writes {written:.2f}x its bytes")
 
 
 if __name__ == "__main__":

@@ -70,10 +70,11 @@ pub struct TableConfig {
     #[serde(default)]
     pub primary_key: Vec<String>,
     /// Mirror tables: mark the rows a merge replaces in deletion vectors
-    /// instead of rewriting the files that hold them (default `true`; the
-    /// table is created with Delta's `deletionVectors` feature, reader
-    /// version 3). `false` keeps every merge copy-on-write, for readers
-    /// that cannot apply deletion vectors. Applies when the table is created.
+    /// instead of rewriting the files that hold them (default `true`; a
+    /// new table is created with Delta's `deletionVectors` feature, reader
+    /// version 3). `false` creates tables without the feature, for readers
+    /// that cannot apply deletion vectors, and makes every merge
+    /// copy-on-write.
     #[serde(default)]
     pub deletion_vectors: Option<bool>,
 }

@@ -126,6 +126,8 @@ pub struct Mirror {
     pending: Vec<RecordBatch>,
     /// The declared image columns (a partial update may leave them unset).
     image: HashSet<String>,
+    /// Whether to mark replaced rows in deletion vectors when the table has them.
+    marks: bool,
 }
 
 impl Mirror {
@@ -144,7 +146,15 @@ impl Mirror {
             storage_options,
             pending: Vec::new(),
             image: HashSet::new(),
+            marks: true,
         }
+    }
+
+    /// Whether merges mark replaced rows in deletion vectors (when the
+    /// table has the feature; the default) or rewrite the files (`false`).
+    pub fn with_deletion_vectors(mut self, marks: bool) -> Self {
+        self.marks = marks;
+        self
     }
 
     /// With the table's declared image columns, which partial updates
@@ -266,7 +276,7 @@ impl Mirror {
         drop(confirms);
 
         // 3. Rewrite them without the rows the batch replaces.
-        let marking = deletion_vectors::enabled(table);
+        let marking = self.marks && deletion_vectors::enabled(table);
         let job = Arc::new(RewriteJob {
             table: table.clone(),
             schema: schema.clone(),

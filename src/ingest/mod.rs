@@ -419,6 +419,7 @@ pub(crate) fn pipeline_for(
             .chain(table_config.derived.iter().map(|d| d.name.clone()))
             .filter(|name| !table_config.primary_key.contains(name))
             .collect(),
+        mirror_marks: table_config.uses_deletion_vectors(),
     })?)
 }
 

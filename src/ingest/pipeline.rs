@@ -125,6 +125,9 @@ pub struct PipelineParts {
     pub mirror_key: Option<Vec<String>>,
     /// A mirror table's declared image columns (a partial update may leave them unset).
     pub mirror_image: Vec<String>,
+    /// Whether a mirror table's merges mark replaced rows in deletion
+    /// vectors (when the table has the feature) rather than rewrite files.
+    pub mirror_marks: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -178,6 +181,7 @@ impl Pipeline {
                 parts.storage_options.clone(),
             )
             .with_image(&parts.mirror_image)
+            .with_deletion_vectors(parts.mirror_marks)
         });
         Ok(Self {
             parts,

@@ -226,7 +226,10 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
         .unwrap();
     assert_eq!(status.rows, state.len() as u64);
     let rendered = sluice::cli::status::render(&status);
-    assert!(rendered.contains("files given deletion vectors"), "{rendered}");
+    assert!(
+        rendered.contains("files given deletion vectors"),
+        "{rendered}"
+    );
     // The marking tables kept their first files, now with deletion vectors,
     // and rewrote none; the copy-on-write table rewrote and marked none.
     let adds = live_adds(&lake, "items_marked");
