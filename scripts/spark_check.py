@@ -75,8 +75,8 @@ def live_files(spark, table: Path):
         checkpoint = spark.read.parquet(str(log / f"{start:020d}.checkpoint.parquet"))
         for row in checkpoint.collect():
             if row["add"] is not None:
-                dv = row["add"]["deletionVector"] if "deletionVector" in row["add"] else None
-                files[row["add"]["path"]] = dv.asDict() if dv is not None else None
+                add = row["add"].asDict(recursive=True)
+                files[add["path"]] = add.get("deletionVector")
             if row["metaData"] is not None:
                 metadata = row["metaData"].asDict(recursive=True)
     for commit in sorted(log.glob("*.json")):

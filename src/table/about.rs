@@ -104,12 +104,7 @@ impl About {
         let mut table = table;
         if !stale.is_empty() {
             let before = table.clone();
-            match table
-                .set_tbl_properties()
-                .with_properties(stale)
-                .with_raise_if_not_exists(false)
-                .await
-            {
+            match set_properties(&table, stale).await {
                 Ok(updated) => table = updated,
                 Err(error) => {
                     tracing::warn!(table = name, %error, "table properties not updated");
@@ -162,12 +157,7 @@ pub async fn add_source(
             return Ok(());
         }
         let joined = sources.into_iter().collect::<Vec<_>>().join(",");
-        match table
-            .set_tbl_properties()
-            .with_properties(HashMap::from([(SOURCES.to_string(), joined)]))
-            .with_raise_if_not_exists(false)
-            .await
-        {
+        match set_properties(&table, HashMap::from([(SOURCES.to_string(), joined)])).await {
             Ok(_) => return Ok(()),
             Err(error) if attempt >= 5 => return Err(error),
             Err(_) => {
@@ -175,6 +165,31 @@ pub async fn add_source(
             }
         }
     }
+}
+
+/// Sets table properties in one commit of the table's metadata, leaving
+/// its protocol as it is (delta-rs's `set_tbl_properties` rewrites a
+/// table-features protocol with legacy writer features it then refuses
+/// to write).
+pub async fn set_properties(
+    table: &DeltaTable,
+    properties: HashMap<String, String>,
+) -> Result<DeltaTable, deltalake::DeltaTableError> {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::MetadataExt as _;
+    let snapshot = table.snapshot()?;
+    let mut metadata = snapshot.metadata().clone();
+    for (key, value) in &properties {
+        metadata = metadata.add_config_key(key.clone(), value.clone())?;
+    }
+    let operation = deltalake::protocol::DeltaOperation::SetTableProperties { properties };
+    CommitBuilder::from(CommitProperties::default())
+        .with_actions(vec![deltalake::kernel::Action::Metadata(metadata)])
+        .build(Some(snapshot), table.log_store(), operation)
+        .await?;
+    let mut table = table.clone();
+    table.update_state().await?;
+    Ok(table)
 }
 
 /// `kafka:topic`, `kinesis:stream`, `file:path` for each source, comma-separated.

@@ -219,8 +219,13 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
             "{table} differs from the source"
         );
     }
-    // `sluice status` counts the rows readers see and the marked files.
+    // A property change (another topic feeding the table) keeps the
+    // protocol as it is: later merges still commit (step 6).
     let url = url::Url::from_directory_path(lake.table("items_marked")).unwrap();
+    sluice::table::about::add_source(&url, &no_options(), "kafka:inventory.more")
+        .await
+        .unwrap();
+    // `sluice status` counts the rows readers see and the marked files.
     let status = sluice::status::table_status(&url, &no_options(), 1 << 20)
         .await
         .unwrap();
@@ -331,6 +336,24 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
     assert!(live_adds(&lake, "items_marked")
         .values()
         .any(|a| !a["deletionVector"].is_null()));
+
+    // 7. Vacuum deletes the vectors no live file uses any more (the
+    //    compaction dropped them) and keeps the ones live files use.
+    let options = sluice::maintain::vacuum::VacuumOptions {
+        retention: Duration::ZERO,
+        force_short_retention: true,
+        ..Default::default()
+    };
+    let table = load(&lake.table("items_marked")).await;
+    let (_, report) = sluice::maintain::vacuum::vacuum(table, &options)
+        .await
+        .unwrap();
+    assert!(
+        report.files.iter().any(|f| f.contains("deletion_vector_")),
+        "{:?}",
+        report.files
+    );
+    assert_eq!(rows(&lake, "items_marked").await, state, "after vacuum");
     register_for_spark(
         &lake.table("items_spark"),
         "mirror_deletion_vectors",
