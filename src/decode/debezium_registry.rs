@@ -7,6 +7,15 @@
 //! image (`after`, or `before` for a delete), typed from the envelope's
 //! `Value` record or message with its field docs or comments.
 //!
+//! MongoDB's connector writes its images as extended-JSON text (`after`,
+//! `patch`, `filter`, `updateDescription.updatedFields`) inside the
+//! envelope. Such an envelope is written back out as the JSON converter's
+//! event and read by [`super::debezium`]'s decoder into the table's
+//! declared columns (partial updates included), with the record key
+//! decoded through the registry's `<topic>-key` subject when the keys are
+//! registry-framed too: a change-stream update or a delete names its
+//! document only there.
+//!
 //! Tombstones (empty values) are skipped and counted; an event without an
 //! `op` (a Protobuf string reads empty when unset) or whose `op` is not c,
 //! u, d or r, an insert, update or read without an `after` image, and
@@ -26,8 +35,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
+use bytes::Bytes;
+
 use super::avro::AvroDecoder;
-use super::debezium::{order, position, MirrorShape, BEFORE_COLUMN, CDC_COLUMNS, ORDER_COLUMN};
+use super::debezium::{
+    order, position, DebeziumDecoder, MirrorShape, BEFORE_COLUMN, CDC_COLUMNS, ORDER_COLUMN,
+};
 use super::protobuf_decoder::ProtobufDecoder;
 use super::Decoded;
 use crate::config::{TableConfig, TableMode};
@@ -58,7 +71,7 @@ pub enum Envelope {
 }
 
 impl Envelope {
-    fn table_schema(&self) -> SchemaRef {
+    pub(crate) fn table_schema(&self) -> SchemaRef {
         match self {
             Envelope::Avro(d) => d.table_schema(),
             Envelope::Protobuf(d) => d.table_schema(),
@@ -100,12 +113,31 @@ pub struct RegistryChanges {
     envelope: Envelope,
     before_image: bool,
     mirror: Option<MirrorShape>,
+    /// MongoDB envelopes, whose images are extended-JSON text.
+    documents: Option<Documents>,
+}
+
+/// How MongoDB envelopes are read: each decoded envelope is written out as
+/// the JSON converter's event (`after`, `patch`, `filter` and
+/// `updateDescription` as they are) and read by the JSON change-event
+/// decoder into the declared columns, partial updates included.
+#[derive(Debug, Clone)]
+struct Documents {
+    decoder: DebeziumDecoder,
+    /// The record keys' decoder when keys are registry-framed too (the
+    /// `<topic>-key` subject): a change-stream update or a delete carries
+    /// the document key only there.
+    keys: Option<Envelope>,
 }
 
 impl RegistryChanges {
-    /// Wraps the decoder of the envelope; refuses a schema that is not a
-    /// Debezium envelope.
-    pub fn new(table: &TableConfig, envelope: Envelope) -> Result<Self, String> {
+    /// Wraps the decoder of the envelope (and of the record keys, for
+    /// MongoDB envelopes); refuses a schema that is not a Debezium envelope.
+    pub fn new(
+        table: &TableConfig,
+        envelope: Envelope,
+        keys: Option<Envelope>,
+    ) -> Result<Self, String> {
         let schema = envelope.table_schema();
         let record = |name: &str| match schema.field_with_name(name).map(|f| f.data_type()) {
             Ok(DataType::Struct(_)) => Ok(()),
@@ -119,8 +151,20 @@ impl RegistryChanges {
                     .join(", ")
             )),
         };
-        record("after")?;
         record("source")?;
+        let documents = match schema.field_with_name("after").map(|f| f.data_type()) {
+            Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) => {
+                if table.columns.is_empty() {
+                    return Err("a MongoDB envelope (`after` is extended-JSON text): declare the table's `columns`".into());
+                }
+                let decoder = DebeziumDecoder::new(table).map_err(|e| e.to_string())?;
+                Some(Documents { decoder, keys })
+            }
+            _ => {
+                record("after")?;
+                None
+            }
+        };
         if !matches!(
             schema.field_with_name("op").map(|f| f.data_type()),
             Ok(DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
@@ -132,12 +176,16 @@ impl RegistryChanges {
             envelope,
             before_image: table.before_image,
             mirror,
+            documents,
         })
     }
 
     /// The table's Arrow schema: the change columns, the image's fields,
     /// then `cdc_before`.
     pub fn table_schema(&self) -> SchemaRef {
+        if let Some(documents) = &self.documents {
+            return documents.decoder.table_schema();
+        }
         let envelope = self.envelope.table_schema();
         let image = image_fields(&envelope);
         let mut fields: Vec<Field> = CDC_COLUMNS
@@ -167,6 +215,11 @@ impl RegistryChanges {
     /// Fetches the writer schemas the records name, waiting while the
     /// registry is unavailable; `false` if `stop` fired first.
     pub async fn prepare(&self, records: &[Record], stop: &CancellationToken) -> bool {
+        if let Some(keys) = self.documents.as_ref().and_then(|d| d.keys.as_ref()) {
+            if !keys.prepare(&key_records(records).1, stop).await {
+                return false;
+            }
+        }
         self.envelope.prepare(records, stop).await
     }
 
@@ -183,6 +236,9 @@ impl RegistryChanges {
     /// Decodes `records`: envelopes become rows, tombstones are skipped,
     /// anything else is rejected with the reason.
     pub fn decode(&self, records: &[Record]) -> Decoded {
+        if let Some(documents) = &self.documents {
+            return self.decode_documents(documents, records);
+        }
         let (skipped, events): (Vec<usize>, Vec<usize>) =
             (0..records.len()).partition(|&i| records[i].payload.is_empty());
         let inner: Vec<Record> = events.iter().map(|&i| records[i].clone()).collect();
@@ -211,6 +267,68 @@ impl RegistryChanges {
             rejected,
             unknown_fields: Default::default(),
             skipped,
+        }
+    }
+
+    /// Decodes MongoDB envelopes: each one the envelope decoder takes is
+    /// written out as JSON, with its record key decoded to JSON too, and
+    /// read by the JSON change-event decoder.
+    fn decode_documents(&self, documents: &Documents, records: &[Record]) -> Decoded {
+        let events: Vec<usize> = (0..records.len())
+            .filter(|&i| !records[i].payload.is_empty())
+            .collect();
+        let inner: Vec<Record> = events.iter().map(|&i| records[i].clone()).collect();
+        let decoded = self.envelope.decode(&inner);
+        let mut rejected: Vec<(usize, String)> = decoded
+            .rejected
+            .into_iter()
+            .map(|(i, reason)| (events[i], reason))
+            .collect();
+        let mut json: Vec<Option<Bytes>> = vec![None; records.len()];
+        if let Some(batch) = &decoded.batch {
+            match json_lines(batch) {
+                Ok(lines) => {
+                    for (row, line) in lines.into_iter().enumerate() {
+                        json[events[decoded.kept[row]]] = Some(line);
+                    }
+                }
+                Err(error) => {
+                    for &row in &decoded.kept {
+                        rejected.push((events[row], format!("envelope as JSON: {error}")));
+                    }
+                }
+            }
+        }
+        let keys = documents
+            .keys
+            .as_ref()
+            .map(|keys| decoded_keys(keys, records))
+            .unwrap_or_default();
+        let mut origin = Vec::new();
+        let mut flat = Vec::new();
+        for (index, record) in records.iter().enumerate() {
+            let payload = match (&json[index], record.payload.is_empty()) {
+                (Some(line), _) => line.clone(),
+                (None, true) => record.payload.clone(), // a tombstone: skipped below
+                (None, false) => continue,              // rejected above
+            };
+            let key = keys.get(&index).cloned().or_else(|| record.key.clone());
+            origin.push(index);
+            flat.push(Record {
+                payload,
+                key,
+                ..record.clone()
+            });
+        }
+        let read = documents.decoder.decode(&flat);
+        rejected.extend(read.rejected.into_iter().map(|(i, r)| (origin[i], r)));
+        rejected.sort_by_key(|(i, _)| *i);
+        Decoded {
+            batch: read.batch,
+            kept: read.kept.into_iter().map(|i| origin[i]).collect(),
+            rejected,
+            unknown_fields: Default::default(),
+            skipped: read.skipped.into_iter().map(|i| origin[i]).collect(),
         }
     }
 
@@ -344,6 +462,65 @@ impl RegistryChanges {
         }
         RecordBatch::try_new(schema, columns).expect("flattened columns match the table schema")
     }
+}
+
+/// The records whose key is registry-framed (a zero byte and a schema
+/// id): their indexes, and records carrying the key as payload.
+fn key_records(records: &[Record]) -> (Vec<usize>, Vec<Record>) {
+    records
+        .iter()
+        .enumerate()
+        .filter_map(|(i, record)| {
+            let key = record.key.as_ref().filter(|k| k.len() > 5 && k[0] == 0)?;
+            Some((
+                i,
+                Record {
+                    payload: key.clone(),
+                    key: None,
+                    ..record.clone()
+                },
+            ))
+        })
+        .unzip()
+}
+
+/// Registry-framed record keys decoded to JSON objects (`{"id": "..."}`), by record index.
+fn decoded_keys(keys: &Envelope, records: &[Record]) -> std::collections::HashMap<usize, Bytes> {
+    let (indexes, framed) = key_records(records);
+    let decoded = keys.decode(&framed);
+    let mut out = std::collections::HashMap::new();
+    for (i, reason) in &decoded.rejected {
+        tracing::debug!(record = indexes[*i], %reason, "a record key could not be decoded");
+    }
+    if let Some(lines) = decoded.batch.as_ref().and_then(|b| json_lines(b).ok()) {
+        for (row, line) in lines.into_iter().enumerate() {
+            out.insert(indexes[decoded.kept[row]], line);
+        }
+    }
+    out
+}
+
+/// Each row of `batch` as one JSON object (nulls left out).
+fn json_lines(batch: &RecordBatch) -> Result<Vec<Bytes>, arrow::error::ArrowError> {
+    let mut buffer = Vec::new();
+    {
+        let mut writer = arrow::json::LineDelimitedWriter::new(&mut buffer);
+        writer.write(batch)?;
+        writer.finish()?;
+    }
+    let lines: Vec<Bytes> = buffer
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(Bytes::copy_from_slice)
+        .collect();
+    if lines.len() != batch.num_rows() {
+        return Err(arrow::error::ArrowError::JsonError(format!(
+            "{} rows written as {} lines",
+            batch.num_rows(),
+            lines.len()
+        )));
+    }
+    Ok(lines)
 }
 
 /// The fields of the envelope's row image (`after`).

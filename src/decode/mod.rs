@@ -185,8 +185,9 @@ async fn build_decoder(
                 "AVRO" => {
                     let schema =
                         avro::TableSchema::from_avro(&latest.schema).map_err(in_subject)?;
-                    let envelope = avro::AvroDecoder::registry(&envelope_table, schema, registry)
-                        .map_err(in_subject)?;
+                    let envelope =
+                        avro::AvroDecoder::registry(&envelope_table, schema, registry.clone())
+                            .map_err(in_subject)?;
                     (
                         debezium_registry::Envelope::Avro(Box::new(envelope)),
                         "avro",
@@ -206,7 +207,7 @@ async fn build_decoder(
                     let envelope = protobuf_decoder::ProtobufDecoder::registry(
                         &envelope_table,
                         &message,
-                        registry,
+                        registry.clone(),
                     )
                     .map_err(in_message)?;
                     (
@@ -220,8 +221,22 @@ async fn build_decoder(
                     )))
                 }
             };
-            let decoder =
-                debezium_registry::RegistryChanges::new(table, envelope).map_err(in_subject)?;
+            // MongoDB's envelopes name some documents only in the record key.
+            let mongo = matches!(
+                envelope
+                    .table_schema()
+                    .field_with_name("after")
+                    .map(|f| f.data_type()),
+                Ok(arrow::datatypes::DataType::Utf8)
+            );
+            let keys = match mongo {
+                true => key_envelope(&registry, &subject, &envelope_table, stop)
+                    .await?
+                    .map_err(problem)?,
+                false => None,
+            };
+            let decoder = debezium_registry::RegistryChanges::new(table, envelope, keys)
+                .map_err(in_subject)?;
             check_columns(table, &decoder.table_schema()).map_err(in_subject)?;
             check_primary_key(table, &decoder.table_schema()).map_err(in_subject)?;
             tracing::info!(table = %table.name, %subject, schema_id = latest.id, version = ?latest.version,
@@ -438,6 +453,50 @@ fn container_schema(config: &crate::config::FileSourceConfig) -> Result<String, 
     first
         .map(|(text, _)| text)
         .ok_or_else(|| "no Avro files".to_string())
+}
+
+/// The decoder of a change-event topic's record keys, typed by the
+/// `<topic>-key` subject next to the value's `<topic>-value`; `None` when
+/// the keys are not registered (the JSON or string converter writes them).
+async fn key_envelope(
+    registry: &registry::Registry,
+    value_subject: &str,
+    table: &TableConfig,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Result<Result<Option<debezium_registry::Envelope>, String>, DecoderError> {
+    let Some(subject) = value_subject
+        .strip_suffix("-value")
+        .map(|topic| format!("{topic}-key"))
+    else {
+        return Ok(Ok(None));
+    };
+    let latest = match latest_schema(registry, &subject, stop).await? {
+        Ok(latest) => latest,
+        Err(error) => {
+            tracing::info!(table = %table.name, %subject, %error, "record keys are not registry-framed; read as JSON");
+            return Ok(Ok(None));
+        }
+    };
+    let built = match latest.kind.as_str() {
+        "AVRO" => avro::TableSchema::from_avro(&latest.schema)
+            .and_then(|schema| avro::AvroDecoder::registry(table, schema, registry.clone()))
+            .map(|d| debezium_registry::Envelope::Avro(Box::new(d))),
+        "PROTOBUF" => match latest_protobuf(registry, &subject, stop).await? {
+            Ok(entry) => match protobuf_registry::pool_of(registry, &entry).await {
+                Ok((pool, file)) => protobuf_registry::message_at(&pool, &file, &[0])
+                    .and_then(|m| {
+                        protobuf_decoder::ProtobufDecoder::registry(table, &m, registry.clone())
+                    })
+                    .map(|d| debezium_registry::Envelope::Protobuf(Box::new(d))),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        },
+        other => Err(format!("a {other} schema")),
+    };
+    Ok(built
+        .map(Some)
+        .map_err(|reason| format!("record key subject `{subject}`: {reason}")))
 }
 
 /// The latest schema of `subject`, waiting while the registry is unavailable.

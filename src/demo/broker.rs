@@ -101,9 +101,14 @@ impl Drop for EmbeddedKafka {
 }
 
 /// Sends one record, waiting while the producer queue is full.
-pub fn send(producer: &BaseProducer, topic: &str, key: &str, payload: &[u8]) -> Result<(), String> {
+pub fn send<K: rdkafka::message::ToBytes + ?Sized>(
+    producer: &BaseProducer,
+    topic: &str,
+    key: &K,
+    payload: &[u8],
+) -> Result<(), String> {
     let mut record = BaseRecord::to(topic).payload(payload);
-    if !key.is_empty() {
+    if !key.to_bytes().is_empty() {
         record = record.key(key);
     }
     loop {
