@@ -27,7 +27,7 @@ pub struct DemoArgs {
     /// Events produced per second.
     #[arg(long, default_value_t = 2000)]
     pub rate: u64,
-    /// Lake directory (tables go to <lake>/rides and <lake>/rides_dead_letters).
+    /// Lake directory (tables go to LAKE/rides and LAKE/rides_dead_letters).
     #[arg(long, default_value = "./lake")]
     pub lake: PathBuf,
     /// Flush interval (max_latency): short, so the run leaves many small commits.

@@ -19,7 +19,7 @@
 //! | `cdc_patched` | a partial update's columns, comma-separated (see below) |
 //!
 //! A delete without a `before` image (MongoDB's by default) takes its key
-//! columns from the Kafka record key (see [`key_image`]).
+//! columns from the Kafka record key (see `key_image`).
 //!
 //! Kafka tombstones (an empty value after a delete, for log compaction)
 //! are recognised and skipped: counted in the lineage as skipped, never

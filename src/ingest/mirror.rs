@@ -14,28 +14,36 @@
 //!    finds a subject's rows ([`crate::erase::find`]): min/max statistics on
 //!    the first key column, then each row group's bloom filter, then that
 //!    column alone. Nothing else of the table is read.
-//! 3. **Rewrite.** Each file that holds a key is streamed into a new file
-//!    without the rows the batch replaces or deletes. A row whose applied
-//!    position (`cdc_order`) is at or after the batch's mutation for its key
-//!    stays, and that mutation is dropped as stale: a replayed or
-//!    out-of-order change (Debezium delivers at least once) changes nothing.
+//! 3. **Mark or rewrite.** In each file that holds a key, the rows the
+//!    batch replaces or deletes are marked in the file's deletion vector
+//!    (only the key and `cdc_order` columns are read; see
+//!    [`crate::table::deletion_vectors`]), or, on a table without the
+//!    feature or with `deletion_vectors = false`, the file is streamed into
+//!    a new one without them. Rows an earlier vector hides are not
+//!    matched. A row whose applied position (`cdc_order`) is at or after
+//!    the batch's mutation for its key stays, and that mutation is dropped
+//!    as stale: a replayed or out-of-order change (Debezium delivers at
+//!    least once) changes nothing.
 //! 4. **Append.** The winning images of inserts, updates and snapshot reads
 //!    that are not stale go into new files; deletes add nothing.
 //!
-//! The pipeline commits the removes and adds with the batch's `txn`
-//! positions in one commit, which lands only while every file it rewrote
-//! is still live (see [`crate::table::commit`]); when a compaction, Z-order
+//! The pipeline commits the removes and adds (a marked file is removed
+//! with its old vector and added back with the new one) with the batch's
+//! `txn` positions in one commit, which lands only while every file it
+//! rewrote or marked is still live with the vector it read (see
+//! [`crate::table::commit`]); when a compaction, Z-order
 //! or erasure removed one meanwhile, the merge is planned again on the new
 //! version. A crash before the commit leaves only orphan files (vacuum
 //! removes them) and the batch is read again from the table's positions; a
 //! crash after it finds the positions recorded. Either way nothing is
 //! applied twice.
 //!
-//! Cost: a batch rewrites every file holding one of its keys. Z-ordering
-//! by the primary key (the default for mirror tables) keeps a key range in
-//! few files, so a batch of clustered keys touches few; keys spread over
-//! the whole key space touch up to every file. Smaller batches (a shorter
-//! `max_latency`) rewrite less each but more often.
+//! Cost: a batch reads the key columns of every file holding one of its
+//! keys; marking then writes a few kilobytes per file, copy-on-write
+//! rewrites each of them. Z-ordering by the primary key (the default for
+//! mirror tables) keeps a key range in few files, so a batch of clustered
+//! keys touches few; keys spread over the whole key space touch up to
+//! every file. Readers skip marked rows until compaction drops them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
