@@ -28,7 +28,7 @@
 //!
 //! # Concurrency
 //!
-//! Each partition is one commit through [`commit_rewrite`](super::commit_rewrite):
+//! Each partition is one commit through [`commit_rewrite`]:
 //! `remove` of exactly the files read and `add` of the sorted files, with
 //! `dataChange=false`; it lands only if every input file is still live, so
 //! appends pass through and a lost race aborts cleanly.
