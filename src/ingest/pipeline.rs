@@ -212,7 +212,8 @@ impl Pipeline {
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut ended = false;
         loop {
-            let latency = self.batch.deadline(&self.parts.batching);
+            let share = super::batcher::latency_share(&self.parts.name);
+            let latency = self.batch.deadline(&self.parts.batching, share);
             let budget = self.parts.budget.clone();
             tokio::select! {
                 biased;
@@ -248,7 +249,7 @@ impl Pipeline {
             }
             let overdue = self
                 .batch
-                .deadline(&self.parts.batching)
+                .deadline(&self.parts.batching, share)
                 .is_some_and(|d| d <= Instant::now());
             if let Some(reason) = self.batch.full(&self.parts.batching) {
                 self.flush(reason).await?;
