@@ -1,12 +1,12 @@
 //! The open batch of one table: which partitions it covers and from where,
 //! how much it holds, and when it must be flushed.
 //!
-//! A batch is flushed when the first of three limits is reached:
-//! `max_latency` after its first record (a table's first batch waits only
-//! its share of it, between 3/4 and all of it by [`latency_share`], so
-//! tables that start together flush at staggered times from then on),
-//! `max_bytes` of payload, or `max_rows` records (the pipeline also
-//! flushes early under memory pressure, on rebalance and on shutdown).
+//! A batch is flushed when the first of three limits is reached: the
+//! table's share of `max_latency` after its first record (between 3/4 and
+//! all of it, fixed per table by [`latency_share`], so tables that started
+//! together do not all flush together), `max_bytes` of payload, or
+//! `max_rows` records (the pipeline also flushes early under memory
+//! pressure, on rebalance and on shutdown).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -73,11 +73,11 @@ impl FlushReason {
     }
 }
 
-/// The share of `max_latency` a table's first batch waits before a
-/// latency flush: between 3/4 and all of it, fixed per table by its name.
-/// Tables that start together (a lake of topics created at once, a
-/// restart) are then out of step, instead of flushing, and committing, in
-/// waves that leave the machine idle between them.
+/// The share of `max_latency` a table's batches wait before a latency
+/// flush: between 3/4 and all of it, fixed per table by its name. Tables
+/// that start together (a lake of topics created at once, a restart) then
+/// drift apart instead of flushing, and committing, in waves that leave
+/// the machine idle between them.
 pub fn latency_share(table: &str) -> f64 {
     // FNV-1a: stable across runs and builds.
     let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {

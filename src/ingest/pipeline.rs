@@ -158,16 +158,11 @@ pub struct Pipeline {
     earlier: Vec<deltalake::kernel::Add>,
     /// A mirror table's open batch (its rows are merged, not streamed to files).
     mirror: Option<Mirror>,
-    /// The share of `max_latency` the open batch waits: the table's own
-    /// for its first batch (see [`super::batcher::latency_share`]), all of
-    /// it afterwards.
-    latency_share: f64,
 }
 
 impl Pipeline {
     /// Prepares writers for both tables.
     pub fn new(parts: PipelineParts) -> Result<Self, PipelineError> {
-        let parts_name = parts.name.clone();
         let write_error = |source| PipelineError::Write {
             table: parts.name.clone(),
             source: Box::new(source),
@@ -204,7 +199,6 @@ impl Pipeline {
             grown: None,
             earlier: Vec::new(),
             mirror,
-            latency_share: super::batcher::latency_share(&parts_name),
         })
     }
 
@@ -218,7 +212,7 @@ impl Pipeline {
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut ended = false;
         loop {
-            let share = self.latency_share;
+            let share = super::batcher::latency_share(&self.parts.name);
             let latency = self.batch.deadline(&self.parts.batching, share);
             let budget = self.parts.budget.clone();
             tokio::select! {
@@ -544,7 +538,6 @@ impl Pipeline {
         if self.batch.is_empty() {
             return Ok(());
         }
-        self.latency_share = 1.0;
         let started = Instant::now();
         self.drain_decodes().await?;
         if !self.prepare_positions().await? {
