@@ -1,12 +1,10 @@
 //! The open batch of one table: which partitions it covers and from where,
 //! how much it holds, and when it must be flushed.
 //!
-//! A batch is flushed when the first of three limits is reached: the
-//! table's share of `max_latency` after its first record (between 3/4 and
-//! all of it, fixed per table by [`latency_share`], so tables that started
-//! together do not all flush together), `max_bytes` of payload, or
-//! `max_rows` records (the pipeline also flushes early under memory
-//! pressure, on rebalance and on shutdown).
+//! A batch is flushed when the first of three limits is reached: `max_latency`
+//! after its first record, `max_bytes` of payload, or `max_rows` records (the
+//! pipeline also flushes early under memory pressure, on rebalance and on
+//! shutdown).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -71,19 +69,6 @@ impl FlushReason {
             FlushReason::Shutdown => "shutdown",
         }
     }
-}
-
-/// The share of `max_latency` a table's batches wait before a latency
-/// flush: between 3/4 and all of it, fixed per table by its name. Tables
-/// that start together (a lake of topics created at once, a restart) then
-/// drift apart instead of flushing, and committing, in waves that leave
-/// the machine idle between them.
-pub fn latency_share(table: &str) -> f64 {
-    // FNV-1a: stable across runs and builds.
-    let hash = table.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    1.0 - 0.25 * (hash % 1024) as f64 / 1024.0
 }
 
 /// The open batch.
@@ -210,11 +195,9 @@ impl Batch {
         self.charged
     }
 
-    /// When the latency limit falls due: `share` of `max_latency` after
-    /// the first record (see [`latency_share`]).
-    pub fn deadline(&self, policy: &BatchingConfig, share: f64) -> Option<Instant> {
-        self.started
-            .map(|t| t + policy.max_latency.0.mul_f64(share.clamp(0.0, 1.0)))
+    /// When the latency limit falls due.
+    pub fn deadline(&self, policy: &BatchingConfig) -> Option<Instant> {
+        self.started.map(|t| t + policy.max_latency.0)
     }
 
     /// The size limit reached, if any.
@@ -316,7 +299,7 @@ mod tests {
             ..BatchingConfig::default()
         };
         let mut batch = Batch::default();
-        assert!(batch.deadline(&policy, 1.0).is_none());
+        assert!(batch.deadline(&policy).is_none());
         batch.add(&record(&p, 10, "{}"), Some(9));
         batch.add(&record(&p, 11, "{}"), Some(9));
         batch.add_dead(&p);
@@ -334,20 +317,5 @@ mod tests {
         let (_, charged) = batch.take();
         assert_eq!(charged, 3 * (2 + 96));
         assert!(batch.is_empty() && batch.rows() == 0);
-    }
-
-    #[test]
-    fn tables_wait_a_fixed_share_of_max_latency_that_differs_between_tables() {
-        let shares: Vec<f64> = (0..200).map(|n| latency_share(&format!("rides_{n}"))).collect();
-        assert!(shares.iter().all(|s| (0.75..=1.0).contains(s)), "{shares:?}");
-        assert_eq!(latency_share("rides_7"), shares[7], "stable");
-        let low = shares.iter().filter(|s| **s < 0.875).count();
-        assert!((60..140).contains(&low), "spread over the range: {low} of 200 below the middle");
-        let mut batch = Batch::default();
-        let policy = BatchingConfig::default();
-        batch.started = Some(Instant::now());
-        let full = batch.deadline(&policy, 1.0).unwrap();
-        let share = batch.deadline(&policy, 0.8).unwrap();
-        assert_eq!(full - share, policy.max_latency.0.mul_f64(0.2));
     }
 }

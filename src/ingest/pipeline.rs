@@ -212,8 +212,7 @@ impl Pipeline {
         let mut grace_deadline: Option<tokio::time::Instant> = None;
         let mut ended = false;
         loop {
-            let share = super::batcher::latency_share(&self.parts.name);
-            let latency = self.batch.deadline(&self.parts.batching, share);
+            let latency = self.batch.deadline(&self.parts.batching);
             let budget = self.parts.budget.clone();
             tokio::select! {
                 biased;
@@ -249,7 +248,7 @@ impl Pipeline {
             }
             let overdue = self
                 .batch
-                .deadline(&self.parts.batching, share)
+                .deadline(&self.parts.batching)
                 .is_some_and(|d| d <= Instant::now());
             if let Some(reason) = self.batch.full(&self.parts.batching) {
                 self.flush(reason).await?;
