@@ -20,6 +20,23 @@ import json
 import struct
 
 
+# The source block's `snapshot` enum and the transaction block, as every
+# Debezium connector registers them.
+SNAPSHOT_FIELD = {"name": "snapshot", "default": "false", "type": [{
+    "type": "string", "connect.version": 1,
+    "connect.parameters": {"allowed": "true,last,false,incremental"},
+    "connect.default": "false", "connect.name": "io.debezium.data.Enum",
+}, "null"]}
+TRANSACTION_FIELD = {"name": "transaction", "default": None, "type": ["null", {
+    "type": "record", "name": "block", "namespace": "event",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "total_order", "type": "long"},
+        {"name": "data_collection_order", "type": "long"},
+    ],
+}]}
+
+
 def envelope_schema(topic, extra=None):
     value_fields = [
         {"name": "id", "type": "long"},
@@ -46,11 +63,7 @@ def envelope_schema(topic, extra=None):
                     {"name": "connector", "type": "string"},
                     {"name": "name", "type": "string"},
                     {"name": "ts_ms", "type": "long"},
-                    {"name": "snapshot", "default": "false", "type": [{
-                        "type": "string", "connect.version": 1,
-                        "connect.parameters": {"allowed": "true,last,false,incremental"},
-                        "connect.default": "false", "connect.name": "io.debezium.data.Enum",
-                    }, "null"]},
+                    SNAPSHOT_FIELD,
                     {"name": "db", "type": "string"},
                     {"name": "sequence", "type": ["null", "string"], "default": None},
                     {"name": "schema", "type": "string"},
@@ -62,14 +75,7 @@ def envelope_schema(topic, extra=None):
             }},
             {"name": "op", "type": "string"},
             {"name": "ts_ms", "type": ["null", "long"], "default": None},
-            {"name": "transaction", "default": None, "type": ["null", {
-                "type": "record", "name": "block", "namespace": "event",
-                "fields": [
-                    {"name": "id", "type": "string"},
-                    {"name": "total_order", "type": "long"},
-                    {"name": "data_collection_order", "type": "long"},
-                ],
-            }]},
+            TRANSACTION_FIELD,
         ],
         "connect.name": f"{topic}.Envelope",
     }

@@ -19,6 +19,11 @@ tombstone's value is empty).
 import argparse
 import json
 import struct
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from debezium_avro_events import SNAPSHOT_FIELD, TRANSACTION_FIELD  # noqa: E402
 
 
 def key_schema(topic):
@@ -63,11 +68,7 @@ def envelope_schema(topic):
                     {"name": "connector", "type": "string"},
                     {"name": "name", "type": "string"},
                     {"name": "ts_ms", "type": "long"},
-                    {"name": "snapshot", "default": "false", "type": [{
-                        "type": "string", "connect.version": 1,
-                        "connect.parameters": {"allowed": "true,last,false,incremental"},
-                        "connect.default": "false", "connect.name": "io.debezium.data.Enum",
-                    }, "null"]},
+                    SNAPSHOT_FIELD,
                     {"name": "db", "type": "string"},
                     {"name": "rs", "type": "string"},
                     {"name": "collection", "type": "string"},
@@ -76,14 +77,7 @@ def envelope_schema(topic):
             }},
             {"name": "op", "type": ["null", "string"], "default": None},
             {"name": "ts_ms", "type": ["null", "long"], "default": None},
-            {"name": "transaction", "default": None, "type": ["null", {
-                "type": "record", "name": "block", "namespace": "event",
-                "fields": [
-                    {"name": "id", "type": "string"},
-                    {"name": "total_order", "type": "long"},
-                    {"name": "data_collection_order", "type": "long"},
-                ],
-            }]},
+            TRANSACTION_FIELD,
         ],
         "connect.name": f"{topic}.Envelope",
     }

@@ -239,15 +239,10 @@ impl RegistryChanges {
         if let Some(documents) = &self.documents {
             return self.decode_documents(documents, records);
         }
-        let (skipped, events): (Vec<usize>, Vec<usize>) =
-            (0..records.len()).partition(|&i| records[i].payload.is_empty());
-        let inner: Vec<Record> = events.iter().map(|&i| records[i].clone()).collect();
-        let decoded = self.envelope.decode(&inner);
-        let mut rejected: Vec<(usize, String)> = decoded
-            .rejected
-            .into_iter()
-            .map(|(i, reason)| (events[i], reason))
+        let skipped: Vec<usize> = (0..records.len())
+            .filter(|&i| records[i].payload.is_empty())
             .collect();
+        let (events, decoded, mut rejected) = self.envelopes(records);
         let mut kept = Vec::new();
         let batch = decoded.batch.and_then(|batch| {
             let (rows, refused) = self.check(&batch);
@@ -270,20 +265,27 @@ impl RegistryChanges {
         }
     }
 
-    /// Decodes MongoDB envelopes: each one the envelope decoder takes is
-    /// written out as JSON, with its record key decoded to JSON too, and
-    /// read by the JSON change-event decoder.
-    fn decode_documents(&self, documents: &Documents, records: &[Record]) -> Decoded {
+    /// Decodes the envelopes among `records` (tombstones aside): the
+    /// indexes of those records, what the envelope decoder made of them
+    /// (`kept` indexes into the first list), and its refusals by record index.
+    fn envelopes(&self, records: &[Record]) -> (Vec<usize>, Decoded, Vec<(usize, String)>) {
         let events: Vec<usize> = (0..records.len())
             .filter(|&i| !records[i].payload.is_empty())
             .collect();
         let inner: Vec<Record> = events.iter().map(|&i| records[i].clone()).collect();
-        let decoded = self.envelope.decode(&inner);
-        let mut rejected: Vec<(usize, String)> = decoded
-            .rejected
+        let mut decoded = self.envelope.decode(&inner);
+        let rejected = std::mem::take(&mut decoded.rejected)
             .into_iter()
             .map(|(i, reason)| (events[i], reason))
             .collect();
+        (events, decoded, rejected)
+    }
+
+    /// Decodes MongoDB envelopes: each one the envelope decoder takes is
+    /// written out as JSON, with its record key decoded to JSON too, and
+    /// read by the JSON change-event decoder.
+    fn decode_documents(&self, documents: &Documents, records: &[Record]) -> Decoded {
+        let (events, decoded, mut rejected) = self.envelopes(records);
         let mut json: Vec<Option<Bytes>> = vec![None; records.len()];
         if let Some(batch) = &decoded.batch {
             match json_lines(batch) {

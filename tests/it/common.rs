@@ -540,3 +540,33 @@ pub fn wait_for_port(port: u16, what: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Every value of the long column `id` in the table's live files, read
+/// from their bytes (deletion vectors ignored: rows they hide included).
+pub async fn raw_ids(table: &Path) -> Vec<i64> {
+    use arrow::array::AsArray;
+    let mut out = Vec::new();
+    for path in live_paths(table).await {
+        let file = std::fs::File::open(table.join(&path)).unwrap();
+        let builder =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), ["id"]);
+        for batch in builder.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch
+                .column(0)
+                .as_primitive::<arrow::datatypes::Int64Type>();
+            out.extend(ids.values().iter());
+        }
+    }
+    out
+}
+
+/// The sum of a field of the merges' lineage (`commitInfo.sluice.merge`).
+pub fn merge_sums(table: &Path, field: &str) -> u64 {
+    commits_with_operation(table, "STREAMING UPDATE")
+        .iter()
+        .flatten()
+        .filter_map(|a| a["commitInfo"]["sluice"]["merge"][field].as_u64())
+        .sum()
+}
