@@ -26,8 +26,11 @@ pub struct TableStatus {
     pub files: u64,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// Rows according to file statistics.
+    /// Rows according to file statistics, less those deletion vectors hide.
     pub rows: u64,
+    /// Rows deletion vectors hide: still in the files' bytes (readers
+    /// skip them) until compaction rewrites those files.
+    pub hidden_rows: u64,
     /// Files below the small-file threshold.
     pub small_files: u64,
     /// Time of the latest commit (RFC 3339).
@@ -131,6 +134,7 @@ pub async fn status_of(
     };
     let snapshot = table.snapshot().map_err(delta)?;
     let (mut files, mut bytes, mut rows, mut small) = (0u64, 0u64, 0u64, 0u64);
+    let mut hidden_rows = 0u64;
     for file in snapshot.log_data().iter() {
         let size = file.size() as u64;
         files += 1;
@@ -140,6 +144,7 @@ pub async fn status_of(
             .deletion_vector_descriptor()
             .map_or(0, |dv| dv.cardinality.max(0) as u64);
         rows += (file.num_records().unwrap_or(0) as u64).saturating_sub(deleted);
+        hidden_rows += deleted;
         if size < small_file_bytes {
             small += 1;
         }
@@ -226,6 +231,7 @@ pub async fn status_of(
         files,
         bytes,
         rows,
+        hidden_rows,
         small_files: small,
         last_commit_time,
         partitions: by_partition.into_values().collect(),

@@ -182,6 +182,7 @@ async fn describe(
     let mut administrative = Administrative {
         version: status.version,
         rows: status.rows,
+        hidden_rows: status.hidden_rows,
         bytes: status.bytes,
         files: status.files,
         small_files: status.small_files,

@@ -228,11 +228,12 @@ fn section(t: &TableEntry) -> String {
         &mut out,
         "size",
         &format!(
-            "{} rows in {} files ({}), {} small",
+            "{} rows in {} files ({}), {} small{}",
             a.rows,
             a.files,
             ByteSize(a.bytes),
-            a.small_files
+            a.small_files,
+            super::hidden_note(a.hidden_rows)
         ),
     );
     row(

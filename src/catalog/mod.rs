@@ -137,8 +137,10 @@ pub struct Structural {
 pub struct Administrative {
     /// Current version.
     pub version: i64,
-    /// Rows, by file statistics.
+    /// Rows, by file statistics (less those deletion vectors hide).
     pub rows: u64,
+    /// Rows deletion vectors hide, in the bytes until compaction drops them.
+    pub hidden_rows: u64,
     /// Bytes of live files.
     pub bytes: u64,
     /// Live files.
@@ -196,4 +198,12 @@ pub struct OpenErasure {
 pub(crate) fn time_of(ms: i64) -> Option<String> {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
+
+/// `, N more hidden by deletion vectors` when rows are, for the size line.
+pub(crate) fn hidden_note(hidden_rows: u64) -> String {
+    match hidden_rows {
+        0 => String::new(),
+        n => format!(", {n} more rows hidden by deletion vectors until compaction"),
+    }
 }

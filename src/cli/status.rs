@@ -43,7 +43,11 @@ pub fn render(s: &TableStatus) -> String {
         "files        {} ({size}), {} small\n",
         s.files, s.small_files
     ));
-    out.push_str(&format!("rows         {}\n", s.rows));
+    out.push_str(&format!(
+        "rows         {}{}\n",
+        s.rows,
+        crate::catalog::hidden_note(s.hidden_rows)
+    ));
     if let Some(t) = &s.last_commit_time {
         out.push_str(&format!("last commit  {t}\n"));
     }

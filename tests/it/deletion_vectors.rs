@@ -200,7 +200,28 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
         .await
         .unwrap();
     assert_eq!(status.rows, state.len() as u64);
+    let raw = raw_ids(&lake.table("items_marked")).await.len() as u64;
+    assert_eq!(status.hidden_rows, raw - status.rows);
     let rendered = sluice::cli::status::render(&status);
+    assert!(
+        rendered.contains(&format!(
+            "rows         {}, {} more rows hidden",
+            status.rows, status.hidden_rows
+        )),
+        "{rendered}"
+    );
+    // So does the catalog, for the people who read the lake.
+    let catalog = sluice::catalog::gather::read(&config, 1 << 20, now_ms())
+        .await
+        .unwrap();
+    let text = sluice::catalog::text::render(&catalog);
+    assert!(
+        text.contains(&format!(
+            "{} more rows hidden by deletion vectors until compaction",
+            status.hidden_rows
+        )),
+        "{text}"
+    );
     assert!(
         rendered.contains("files given deletion vectors"),
         "{rendered}"
