@@ -357,4 +357,26 @@ fn change_event_tables_are_checked_before_anything_runs() {
         appended.contains("tables[0].primary_key") && appended.contains("mirror"),
         "{appended}"
     );
+    // Deletion vectors: a mirror's choice; an append table only appends.
+    Config::parse(
+        &mirror("mode = \"mirror\"\nprimary_key = [\"user_id\"]\ndeletion_vectors = false"),
+        "copy-on-write",
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    for text in [
+        mirror("deletion_vectors = true"),
+        GOOD.replace(
+            "key = \"user_id\"",
+            "key = \"user_id\"\ndeletion_vectors = true",
+        ),
+    ] {
+        let vectors = problems(&text);
+        assert!(
+            vectors.contains("tables[0].deletion_vectors")
+                && vectors.contains("applies to mirror tables"),
+            "{vectors}"
+        );
+    }
 }

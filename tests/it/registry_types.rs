@@ -1,7 +1,8 @@
 //! A registry subject of a schema type the source cannot read is refused
 //! at start, naming the subject and its type, before anything is written:
 //! a Debezium source on a JSON-schema subject, an Avro source on a
-//! Protobuf subject. The subjects are registered by confluent-kafka's own
+//! Protobuf subject, and a MongoDB envelope (its image is JSON text) for a
+//! table that declares no columns. The subjects are registered by confluent-kafka's own
 //! `SchemaRegistryClient` against the registry stand-in.
 
 use std::process::Command;
@@ -93,6 +94,21 @@ async fn a_subject_of_another_schema_type_is_refused_before_anything_is_written(
     assert!(
         avro.contains("subject `rides-value` holds a PROTOBUF schema, not AVRO"),
         "{avro}"
+    );
+    // A MongoDB envelope keeps its image as extended-JSON text: the table
+    // needs declared columns.
+    let mongo_envelope = r#"{"type": "record", "name": "Envelope", "namespace": "shop.people", "fields": [
+        {"name": "after", "type": ["null", "string"], "default": null},
+        {"name": "source", "type": {"type": "record", "name": "Source", "fields": [{"name": "connector", "type": "string"}]}},
+        {"name": "op", "type": ["null", "string"], "default": null}]}"#;
+    register(&registry, "people-value", "AVRO", mongo_envelope);
+    let mongo = refusal(&config(&lake, brokers, &registry.url, "debezium", "people")).await;
+    assert!(
+        mongo.contains("people-value")
+            && mongo.contains(
+                "a MongoDB envelope (`after` is extended-JSON text): declare the table's `columns`"
+            ),
+        "{mongo}"
     );
     assert!(
         files_under(lake.dir.path())
