@@ -175,6 +175,15 @@ pub async fn set_properties(
     table: &DeltaTable,
     properties: HashMap<String, String>,
 ) -> Result<DeltaTable, deltalake::DeltaTableError> {
+    set_properties_with(table, properties, None).await
+}
+
+/// [`set_properties`], with a `protocol` action in the same commit.
+pub(crate) async fn set_properties_with(
+    table: &DeltaTable,
+    properties: HashMap<String, String>,
+    protocol: Option<deltalake::kernel::Action>,
+) -> Result<DeltaTable, deltalake::DeltaTableError> {
     use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
     use deltalake::kernel::MetadataExt as _;
     let snapshot = table.snapshot()?;
@@ -183,8 +192,12 @@ pub async fn set_properties(
         metadata = metadata.add_config_key(key.clone(), value.clone())?;
     }
     let operation = deltalake::protocol::DeltaOperation::SetTableProperties { properties };
+    let actions = protocol
+        .into_iter()
+        .chain([deltalake::kernel::Action::Metadata(metadata)])
+        .collect();
     CommitBuilder::from(CommitProperties::default())
-        .with_actions(vec![deltalake::kernel::Action::Metadata(metadata)])
+        .with_actions(actions)
         .build(Some(snapshot), table.log_store(), operation)
         .await?;
     let mut table = table.clone();

@@ -77,8 +77,6 @@ pub async fn enable(
     mut table: deltalake::DeltaTable,
     name: &str,
 ) -> Result<deltalake::DeltaTable, super::TableError> {
-    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
-    use deltalake::kernel::MetadataExt as _;
     for _ in 0..3 {
         if enabled(&table) || table.version() != Some(0) {
             return Ok(table);
@@ -105,23 +103,8 @@ pub async fn enable(
         }))
         .map_err(|e| DeltaTableError::Generic(format!("deletion vector protocol: {e}")))
         .map_err(|e| super::TableError::delta(table.table_url(), e))?;
-        let attempt = async {
-            let metadata = snapshot
-                .metadata()
-                .clone()
-                .add_config_key(ENABLE_PROPERTY.to_string(), "true".to_string())?;
-            let operation = deltalake::protocol::DeltaOperation::SetTableProperties {
-                properties: [(ENABLE_PROPERTY.to_string(), "true".to_string())].into(),
-            };
-            CommitBuilder::from(CommitProperties::default().with_max_retries(0))
-                .with_actions(vec![
-                    protocol,
-                    deltalake::kernel::Action::Metadata(metadata),
-                ])
-                .build(Some(snapshot), table.log_store(), operation)
-                .await
-        };
-        match attempt.await {
+        let property = [(ENABLE_PROPERTY.to_string(), "true".to_string())].into();
+        match super::about::set_properties_with(&table, property, Some(protocol)).await {
             Ok(_) => tracing::info!(table = name, "deletion vectors enabled"),
             Err(error) => {
                 tracing::debug!(table = name, %error, "enabling deletion vectors raced; reading the table again");
