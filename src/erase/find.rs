@@ -73,6 +73,21 @@ pub(crate) async fn confirm(
     Ok((true, Some(Candidate { file, sets: found })))
 }
 
+/// A candidate its bloom filters do not rule out (`None`: they exclude
+/// every key), for a caller that reads the key column itself next.
+pub(crate) async fn bloom_screen(
+    store: Arc<dyn deltalake::ObjectStore>,
+    candidate: Candidate,
+    key_column: &str,
+) -> Result<Option<Candidate>, EraseError> {
+    #[allow(deprecated)] // as above
+    let reader = ParquetObjectReader::new(store, candidate.file.location.clone())
+        .with_file_size(candidate.file.size);
+    let mut builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
+    let admitted = bloom_admits(&mut builder, &candidate.sets, Some(key_column)).await?;
+    Ok(admitted.then_some(candidate))
+}
+
 /// False only if every row group's bloom filter on the key column excludes every key.
 #[allow(deprecated)] // ParquetObjectReader, as above
 async fn bloom_admits(

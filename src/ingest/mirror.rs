@@ -13,7 +13,8 @@
 //! 2. **Find.** The files that hold a batch key are found the way erasure
 //!    finds a subject's rows ([`crate::erase::find`]): min/max statistics on
 //!    the first key column, then each row group's bloom filter, then that
-//!    column alone. Nothing else of the table is read.
+//!    column alone (when marking, step 3 reads it with `cdc_order`
+//!    instead). Nothing else of the table is read.
 //! 3. **Mark or rewrite.** In each file that holds a key, the rows the
 //!    batch replaces or deletes are marked in the file's deletion vector
 //!    (only the key and `cdc_order` columns are read; see
@@ -63,7 +64,7 @@ use roaring::RoaringTreemap;
 
 use super::mirror_patch::{Patches, Source};
 use crate::decode::debezium::ORDER_COLUMN;
-use crate::erase::find::{confirm, stat_at, Candidate};
+use crate::erase::find::{bloom_screen, confirm, stat_at, Candidate};
 use crate::erase::keys::{KeyKind, KeySet, KeyValue, MatchSource};
 use crate::maintain::files::{live_files_by_partition, with_partition_columns, LiveFile};
 use crate::table::deletion_vectors::{self, LiveRows, VectorFile};
@@ -268,9 +269,19 @@ impl Mirror {
             .collect();
         summary.files_in_range = candidates.len() as u64;
         let store = table.object_store();
+        // Marking reads the key column of each file next anyway: only the
+        // bloom filters screen the candidates first.
+        let marking = self.marks && deletion_vectors::enabled(table);
         let mut confirms = futures::stream::iter(candidates.into_iter().map(|c| {
             let (store, column) = (store.clone(), self.key[0].clone());
-            tokio::spawn(async move { confirm(store, c, Some(&column), MatchSource::Column).await })
+            tokio::spawn(async move {
+                match marking {
+                    true => bloom_screen(store, c, &column)
+                        .await
+                        .map(|found| (found.is_some(), found)),
+                    false => confirm(store, c, Some(&column), MatchSource::Column).await,
+                }
+            })
         }))
         .buffer_unordered(PARALLEL_CONFIRMS);
         let mut holding: Vec<Candidate> = Vec::new();
@@ -283,8 +294,7 @@ impl Mirror {
         }
         drop(confirms);
 
-        // 3. Rewrite them without the rows the batch replaces.
-        let marking = self.marks && deletion_vectors::enabled(table);
+        // 3. Mark or rewrite them without the rows the batch replaces.
         let job = Arc::new(RewriteJob {
             table: table.clone(),
             schema: schema.clone(),
