@@ -14,6 +14,7 @@
 pub mod batcher;
 pub mod budget;
 pub mod mirror;
+mod mirror_file;
 mod mirror_patch;
 pub mod pipeline;
 pub mod router;
