@@ -359,10 +359,17 @@ async fn kafka(args: &BenchArgs) -> Result<Measurement, CliError> {
     let format = <DemoFormat as clap::ValueEnum>::from_str(&args.format, true)
         .map_err(|e| CliError::Usage(format!("--format {}: {e}", args.format)))?;
     let (encoder, keys) = Encoder::new(format, Path::new(&lake)).map_err(CliError::Demo)?;
-    let run = kafka_workers(args, 1, encoder, &single_topic(), |source| match format {
-        DemoFormat::Json => rides_config(&lake, source),
-        _ => typed_config(&lake, &format!("{source}\n{keys}")),
-    })
+    let run = kafka_workers(
+        args,
+        1,
+        false,
+        encoder,
+        &single_topic(),
+        |source| match format {
+            DemoFormat::Json => rides_config(&lake, source),
+            _ => typed_config(&lake, &format!("{source}\n{keys}")),
+        },
+    )
     .await?;
     Ok(run.measurement)
 }
@@ -394,7 +401,7 @@ async fn topics(args: &BenchArgs) -> Result<Measurement, CliError> {
             .collect(),
         subscription: "topic_pattern = '^bench\\..+'\nmetadata_refresh = \"1s\"".to_string(),
     };
-    let run = kafka_workers(args, 1, Encoder::Json, &topics, |source| {
+    let run = kafka_workers(args, 1, true, Encoder::Json, &topics, |source| {
         let text = format!(
             "[lake]\nroot = \"{lake}\"\n\n[batching]\nmax_latency = \"{}\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[table_templates]]\nsource = \"bench\"\ntopic = '^bench\\.(?P<name>.+)$'\nname = \"rides_{{name}}\"\n{RIDES_TABLE_COLUMNS}",
             args.max_latency
@@ -404,7 +411,11 @@ async fn topics(args: &BenchArgs) -> Result<Measurement, CliError> {
         Ok(config)
     })
     .await?;
-    Ok(run.measurement)
+    // The commits made, to tell how much of the run they take.
+    Ok(Measurement {
+        fleet: Some(run.fleet),
+        ..run.measurement
+    })
 }
 
 /// `new-topic`: a pattern source runs; `--events` times a topic is created
@@ -542,10 +553,13 @@ const AHEAD_PER_16_PARTITIONS: u64 = 100_000;
 /// while sluice consumes them, at most 100k (~44 MB) ahead of it per 16
 /// partitions (16 partitions keep ~80 MB; 200 topics of one partition keep
 /// 1 GB), and the clock runs from the first produced event to the last
-/// commit.
+/// commit. With `drain`, the workers are stopped as soon as they hold every
+/// event, so they commit what they buffer at once (as on shutdown) and the
+/// clock does not include the last batches' wait for `max_latency`.
 async fn kafka_workers(
     args: &BenchArgs,
     workers: usize,
+    drain: bool,
     encoder: Encoder,
     topics: &Topics,
     config: impl Fn(&str) -> Result<Config, CliError>,
@@ -604,6 +618,13 @@ async fn kafka_workers(
     });
     let mut last = (0u64, Instant::now());
     loop {
+        if drain
+            && !shutdown.is_cancelled()
+            && produced.is_finished()
+            && total(|s| s.received) >= args.events
+        {
+            shutdown.cancel();
+        }
         let committed = total(|s| s.committed);
         if committed >= args.events || runs.iter().any(|(_, t)| t.is_finished()) {
             break;
@@ -661,7 +682,7 @@ async fn fleet(args: &BenchArgs) -> Result<Measurement, CliError> {
         .clone()
         .ok_or_else(|| CliError::Usage("fleet needs --s3-endpoint".into()))?;
     let prefix = format!("run-{}", uuid::Uuid::new_v4());
-    let run = kafka_workers(args, args.workers, Encoder::Json, &single_topic(), |source| {
+    let run = kafka_workers(args, args.workers, false, Encoder::Json, &single_topic(), |source| {
         let text = format!(
             "[lake]\nroot = \"s3://bench/{prefix}\"\nstorage_options = {{ aws_endpoint = \"{endpoint}\", aws_access_key_id = \"bench\", aws_secret_access_key = \"bench\", aws_region = \"us-east-1\", aws_allow_http = \"true\" }}\n\n[batching]\nmax_latency = \"2s\"\n[maintenance]\nenabled = false\n[erasure]\nenabled = false\n\n{source}\n\n[[tables]]\nname = \"rides\"\nsource = \"bench\"\n{RIDES_TABLE_COLUMNS}"
         );

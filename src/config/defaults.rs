@@ -20,6 +20,13 @@ pub const DECODE_CHUNK_ROWS: usize = 8192;
 pub const ROW_GROUP_ROWS: usize = 256 * 1024;
 /// Parquet row group size cap in bytes (bounds the writer's in-memory row group).
 pub const ROW_GROUP_BYTES: usize = 64 << 20;
+/// A batch written in one go with fewer rows than this is compressed with
+/// Snappy rather than zstd (cheaper to open per column; compaction
+/// re-encodes small files with zstd).
+pub const SMALL_BATCH_ROWS: usize = 4096;
+/// Keys the bloom filter of such a batch's files is sized for (room for a
+/// batch that grows after its first write).
+pub const SMALL_BATCH_KEYS: usize = 4 * SMALL_BATCH_ROWS;
 /// zstd level for data files.
 pub const ZSTD_LEVEL: i32 = 3;
 /// Zstandard level of the files a mirror table's merge writes (fast:

@@ -168,9 +168,12 @@ impl Pipeline {
             source: Box::new(source),
         };
         let target = parts.batching.target_file_size.0;
-        let writer =
-            TableWriter::new(&parts.table, Some(&parts.key), target).map_err(write_error)?;
-        let dead_writer = TableWriter::new(&parts.dead_table, None, target).map_err(write_error)?;
+        let writer = TableWriter::new(&parts.table, Some(&parts.key), target)
+            .map_err(write_error)?
+            .small_batches_in_snappy();
+        let dead_writer = TableWriter::new(&parts.dead_table, None, target)
+            .map_err(write_error)?
+            .small_batches_in_snappy();
         let decoder = Arc::new(parts.decoder.clone());
         let schema = writer.arrow_schema();
         let mirror = parts.mirror_key.clone().map(|key| {
@@ -421,7 +424,8 @@ impl Pipeline {
             Some(&self.parts.key),
             self.parts.batching.target_file_size.0,
         )
-        .map_err(write_error)?;
+        .map_err(write_error)?
+        .small_batches_in_snappy();
         tracing::info!(table = %self.parts.name, columns = schema.fields().len(), "table schema grows with the next commit");
         self.schema = schema.clone();
         self.grown = Some(schema);

@@ -21,15 +21,34 @@ use crate::config::defaults;
 
 /// Parquet settings for sluice's data files.
 pub fn writer_properties(key_column: Option<&str>) -> WriterProperties {
-    properties(key_column, &[], defaults::ZSTD_LEVEL)
+    properties(key_column, &[], Codec::Zstd(defaults::ZSTD_LEVEL))
+}
+
+/// How a writer's files are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Codec {
+    /// zstd at this level.
+    Zstd(i32),
+    /// Snappy, for a batch of fewer than [`defaults::SMALL_BATCH_ROWS`] rows.
+    Small,
 }
 
 /// Parquet settings with dictionary encoding off for `plain` columns.
-fn properties(key_column: Option<&str>, plain: &[ColumnPath], level: i32) -> WriterProperties {
+fn properties(key_column: Option<&str>, plain: &[ColumnPath], codec: Codec) -> WriterProperties {
+    let compression = match codec {
+        Codec::Zstd(level) => {
+            Compression::ZSTD(ZstdLevel::try_new(level).expect("valid zstd level"))
+        }
+        Codec::Small => Compression::SNAPPY,
+    };
+    // A row group holds at most this many keys; the filter is folded down
+    // to the keys it saw when the row group closes.
+    let keys = match codec {
+        Codec::Zstd(_) => defaults::ROW_GROUP_ROWS,
+        Codec::Small => defaults::SMALL_BATCH_KEYS,
+    };
     let mut builder = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(
-            ZstdLevel::try_new(level).expect("valid zstd level"),
-        ))
+        .set_compression(compression)
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(defaults::ROW_GROUP_ROWS))
         .set_max_row_group_bytes(Some(defaults::ROW_GROUP_BYTES));
@@ -39,9 +58,7 @@ fn properties(key_column: Option<&str>, plain: &[ColumnPath], level: i32) -> Wri
         builder = builder
             .set_column_bloom_filter_enabled(path.clone(), true)
             .set_column_bloom_filter_fpp(path.clone(), defaults::KEY_BLOOM_FPP)
-            // A row group holds at most this many keys; the filter is folded
-            // down to the keys it saw when the row group closes.
-            .set_column_bloom_filter_max_ndv(path, defaults::ROW_GROUP_ROWS as u64);
+            .set_column_bloom_filter_max_ndv(path, keys as u64);
     }
     for path in plain {
         builder = builder.set_column_dictionary_enabled(path.clone(), false);
@@ -135,12 +152,26 @@ fn once_share<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<f64> {
 /// The first chunk of at least [`defaults::DICTIONARY_SAMPLE_MIN`] rows it
 /// writes decides which columns go without a dictionary
 /// ([`distinct_columns`]) in the files it opens from then on.
+///
+/// A writer made [`TableWriter::small_batches_in_snappy`] writes a batch
+/// whose first write holds fewer than [`defaults::SMALL_BATCH_ROWS`] rows
+/// with Snappy and a bloom filter sized for that batch: opening a zstd
+/// file costs a compressor and a decompressor context per column, which
+/// for a few hundred rows (a quiet topic flushed every few seconds) costs
+/// more than the rest of the file, and compaction re-encodes small files
+/// with zstd anyway.
 pub struct TableWriter {
     inner: Option<RecordBatchWriter>,
     key_column: Option<String>,
     level: i32,
+    /// Columns written without a dictionary (once profiled).
+    plain: Vec<ColumnPath>,
     profiled: bool,
     rows: usize,
+    /// Whether small batches go to Snappy.
+    small_batches: bool,
+    /// The codec of the files open now.
+    codec: Codec,
 }
 
 impl TableWriter {
@@ -162,10 +193,27 @@ impl TableWriter {
     /// usual level later).
     pub fn at_merge_level(mut self) -> Self {
         self.level = defaults::MERGE_ZSTD_LEVEL;
-        let props = properties(self.key_column.as_deref(), &[], self.level);
-        let inner = self.inner.take().expect("only taken to be replaced");
-        self.inner = Some(inner.with_writer_properties(props));
+        self.set_codec(Codec::Zstd(self.level));
         self
+    }
+
+    /// Writes batches of fewer than [`defaults::SMALL_BATCH_ROWS`] rows
+    /// with Snappy (see the type's docs).
+    pub fn small_batches_in_snappy(mut self) -> Self {
+        self.small_batches = true;
+        self
+    }
+
+    /// Makes the files opened from now on use `codec` (and the columns
+    /// profiled so far).
+    fn set_codec(&mut self, codec: Codec) {
+        self.codec = codec;
+        let props = properties(self.key_column.as_deref(), &self.plain, codec);
+        let inner = self
+            .inner
+            .take()
+            .expect("the writer is only taken to be replaced");
+        self.inner = Some(inner.with_writer_properties(props));
     }
 
     /// A writer of files in `schema` (a schema the table is about to take:
@@ -194,8 +242,11 @@ impl TableWriter {
             inner: Some(inner),
             key_column: key_column.map(str::to_owned),
             level: defaults::ZSTD_LEVEL,
+            plain: Vec::new(),
             profiled: false,
             rows: 0,
+            small_batches: false,
+            codec: Codec::Zstd(defaults::ZSTD_LEVEL),
         }
     }
 
@@ -207,17 +258,24 @@ impl TableWriter {
 
     /// Streams rows into the open files.
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), DeltaTableError> {
+        let mut codec = self.codec;
+        if self.small_batches && self.rows == 0 {
+            // No file is open: the batch's first write picks its codec.
+            codec = if batch.num_rows() < defaults::SMALL_BATCH_ROWS {
+                Codec::Small
+            } else {
+                Codec::Zstd(self.level)
+            };
+        }
         if !self.profiled && batch.num_rows() >= defaults::DICTIONARY_SAMPLE_MIN {
             self.profiled = true;
-            let plain = distinct_columns(&batch);
-            if !plain.is_empty() {
-                let props = properties(self.key_column.as_deref(), &plain, self.level);
-                let inner = self
-                    .inner
-                    .take()
-                    .expect("the writer is only taken to be replaced");
-                self.inner = Some(inner.with_writer_properties(props));
+            self.plain = distinct_columns(&batch);
+            if !self.plain.is_empty() {
+                self.set_codec(codec);
             }
+        }
+        if codec != self.codec {
+            self.set_codec(codec);
         }
         self.rows += batch.num_rows();
         self.inner().write(batch).await
@@ -301,7 +359,7 @@ mod tests {
         let props = properties(
             Some("event_id"),
             &distinct_columns(&batch),
-            defaults::ZSTD_LEVEL,
+            Codec::Zstd(defaults::ZSTD_LEVEL),
         );
         assert!(!props.dictionary_enabled(&ColumnPath::from("event_id")));
         assert!(props.dictionary_enabled(&ColumnPath::from("city")));

@@ -367,6 +367,29 @@ pub fn no_options() -> BTreeMap<String, String> {
     BTreeMap::new()
 }
 
+/// The live `add` actions of a table's log by path (JSON commits only:
+/// for tables that stay below their first checkpoint).
+pub fn live_adds(table: &Path) -> BTreeMap<String, serde_json::Value> {
+    let mut commits: Vec<_> = std::fs::read_dir(table.join("_delta_log"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    commits.sort();
+    let mut live = BTreeMap::new();
+    for commit in commits {
+        for line in std::fs::read_to_string(commit).unwrap().lines() {
+            let action: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(add) = action.get("add") {
+                live.insert(add["path"].as_str().unwrap().to_string(), add.clone());
+            } else if let Some(remove) = action.get("remove") {
+                live.remove(remove["path"].as_str().unwrap());
+            }
+        }
+    }
+    live
+}
+
 /// Opens a table at its latest version.
 pub async fn load(table: &Path) -> deltalake::DeltaTable {
     let url = sluice::table::resolve_existing(&table.display().to_string()).unwrap();

@@ -129,30 +129,6 @@ async fn rows(lake: &Lake, table: &str) -> BTreeMap<i64, Row> {
     out
 }
 
-/// The live `add` actions of the table's log (JSON commits only: the
-/// test's tables stay below their first checkpoint).
-fn live_adds(lake: &Lake, table: &str) -> BTreeMap<String, serde_json::Value> {
-    let log = lake.table(table).join("_delta_log");
-    let mut commits: Vec<_> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json"))
-        .collect();
-    commits.sort();
-    let mut live = BTreeMap::new();
-    for commit in commits {
-        for line in std::fs::read_to_string(commit).unwrap().lines() {
-            let action: serde_json::Value = serde_json::from_str(line).unwrap();
-            if let Some(add) = action.get("add") {
-                live.insert(add["path"].as_str().unwrap().to_string(), add.clone());
-            } else if let Some(remove) = action.get("remove") {
-                live.remove(remove["path"].as_str().unwrap());
-            }
-        }
-    }
-    live
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_them() {
     test_log();
@@ -166,7 +142,8 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
     // 1. Inserts: every table's first files.
     let inserts: Vec<_> = (0..3_000).map(|id| (id, row(id, 0))).collect();
     apply(&kafka, &running, &mut state, &mut lsn, &mut sent, &inserts).await;
-    let first_files: BTreeSet<String> = live_adds(&lake, "items_marked").into_keys().collect();
+    let first_files: BTreeSet<String> =
+        live_adds(&lake.table("items_marked")).into_keys().collect();
 
     // 2. Updates spread over the key space, and deletes.
     let mut second: Vec<_> = (0..3_000).step_by(7).map(|id| (id, row(id, 1))).collect();
@@ -228,7 +205,7 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
     );
     // The marking tables kept their first files, now with deletion vectors,
     // and rewrote none; the copy-on-write table rewrote and marked none.
-    let adds = live_adds(&lake, "items_marked");
+    let adds = live_adds(&lake.table("items_marked"));
     for path in &first_files {
         let add = adds
             .get(path)
@@ -251,7 +228,7 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
         merge_sums(&lake.table("items_rewritten"), "files_marked"),
         0
     );
-    assert!(live_adds(&lake, "items_rewritten")
+    assert!(live_adds(&lake.table("items_rewritten"))
         .values()
         .all(|a| a["deletionVector"].is_null()));
     let protocol = |table: &str| {
@@ -312,7 +289,7 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
         .unwrap();
     assert!(metrics.files_in >= 2, "{metrics:?}");
     assert_eq!(rows(&lake, "items_marked").await, state);
-    assert!(live_adds(&lake, "items_marked")
+    assert!(live_adds(&lake.table("items_marked"))
         .values()
         .all(|a| a["deletionVector"].is_null()));
     let mut ids = raw_ids(&lake.table("items_marked")).await;
@@ -330,7 +307,7 @@ async fn merges_mark_replaced_rows_and_readers_erasure_and_compaction_honour_the
     for table in TABLES {
         assert_eq!(rows(&lake, table).await, state, "{table} at the end");
     }
-    assert!(live_adds(&lake, "items_marked")
+    assert!(live_adds(&lake.table("items_marked"))
         .values()
         .any(|a| !a["deletionVector"].is_null()));
 

@@ -1,12 +1,18 @@
 //! What lands on storage: protocol versions, schema types, Parquet physical
-//! types (timestamps as INT64 micros UTC), zstd, partition directories, per-file
-//! stats including the key column, bloom filters, and file sizes near target.
+//! types (timestamps as INT64 micros UTC), zstd (Snappy for small batches),
+//! partition directories, per-file stats including the key column, bloom
+//! filters, and file sizes near target.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use arrow::array::AsArray;
+use deltalake::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use deltalake::parquet::basic::{Compression, LogicalType, Type as PhysicalType};
+use deltalake::parquet::bloom_filter::Sbbf;
+use deltalake::parquet::file::properties::ReaderProperties;
 use deltalake::parquet::file::reader::{FileReader, SerializedFileReader};
+use deltalake::parquet::file::serialized_reader::ReadOptionsBuilder;
 use sluice::demo::events::{RideEvents, RIDES_TABLE_COLUMNS};
 
 use crate::common::*;
@@ -184,4 +190,114 @@ async fn files_roll_near_the_target_size() {
         );
     }
     eprintln!("file sizes with a 1MiB target: {sizes:?}");
+}
+
+/// The compression of every column chunk of `file`, the values of its
+/// `key` column, and the key column's bloom filter (first row group).
+fn snappy_and_bloom(file: &Path, key: &str) -> (Vec<Compression>, Vec<String>, Sbbf) {
+    let options = ReadOptionsBuilder::new()
+        .with_reader_properties(
+            ReaderProperties::builder()
+                .set_read_bloom_filter(true)
+                .build(),
+        )
+        .build();
+    let reader =
+        SerializedFileReader::new_with_options(std::fs::File::open(file).unwrap(), options)
+            .unwrap();
+    let meta = reader.metadata();
+    let schema = meta.file_metadata().schema_descr();
+    let column = (0..schema.num_columns())
+        .find(|&i| schema.column(i).name() == key)
+        .expect("key column");
+    let codecs = (0..meta.num_row_groups())
+        .flat_map(|g| meta.row_group(g).columns().iter().map(|c| c.compression()))
+        .collect();
+    let bloom = reader
+        .get_row_group(0)
+        .unwrap()
+        .get_column_bloom_filter(column)
+        .expect("bloom filter on the key column")
+        .clone();
+    let parquet = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(file).unwrap())
+        .unwrap()
+        .build()
+        .unwrap();
+    let mut keys = Vec::new();
+    for batch in parquet {
+        let batch = batch.unwrap();
+        let ids = batch.column_by_name(key).unwrap().as_string::<i32>();
+        keys.extend(ids.iter().flatten().map(str::to_string));
+    }
+    (codecs, keys, bloom)
+}
+
+/// A batch of a few hundred rows (a quiet topic flushed every few seconds)
+/// is written with Snappy, whose codec costs nothing to open, and a bloom
+/// filter sized for it that still rules keys out; a batch of thousands of
+/// rows stays zstd, and compaction re-encodes the small files with zstd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_are_snappy_with_bloom_filters_until_compaction() {
+    let lake = Lake::new();
+    let input = lake.dir.path().join("rides.ndjson");
+    write_rides(&input, 3000);
+    let config = file_config(
+        &lake,
+        &input,
+        "rides",
+        "max_rows = 500",
+        RIDES_TABLE_COLUMNS,
+    );
+    ingest_to_end(&config).await;
+    let table = lake.table("rides");
+    let files = data_files(&table);
+    assert!(files.len() >= 6, "a file per batch and date: {files:?}");
+    let mut keys = 0;
+    for file in &files {
+        let (codecs, held, bloom) = snappy_and_bloom(file, "user_id");
+        assert!(
+            codecs.iter().all(|c| *c == Compression::SNAPPY),
+            "{}: {codecs:?}",
+            file.display()
+        );
+        assert!(
+            held.iter().all(|k| bloom.check(k.as_str())),
+            "no false negatives"
+        );
+        let strangers = (0..10_000)
+            .filter(|n| bloom.check(format!("nobody-{n}").as_str()))
+            .count();
+        assert!(strangers <= 50, "{strangers} of 10,000 absent keys pass");
+        keys += held.len();
+    }
+    assert_eq!(keys, 3000);
+    let rows: usize = kernel_read(&table).await.iter().map(|b| b.num_rows()).sum();
+    assert_eq!(rows, 3000, "delta_kernel reads every row");
+
+    let mut opened = load(&table).await;
+    let metrics = sluice::maintain::compact::compact(&mut opened, &Default::default(), &|_| {})
+        .await
+        .unwrap();
+    assert!(metrics.files_in >= 6, "{metrics:?}");
+    let live = live_adds(&table);
+    assert!(!live.is_empty());
+    for path in live.keys() {
+        let (codecs, held, bloom) = snappy_and_bloom(&table.join(path), "user_id");
+        assert!(
+            codecs.iter().all(|c| matches!(c, Compression::ZSTD(_))),
+            "{path} after compaction: {codecs:?}"
+        );
+        assert!(held.iter().all(|k| bloom.check(k.as_str())));
+    }
+
+    // One batch of 5,000 rows: zstd from the start.
+    let big = Lake::new();
+    let input = big.dir.path().join("rides.ndjson");
+    write_rides(&input, 5000);
+    let config = file_config(&big, &input, "rides", "", RIDES_TABLE_COLUMNS);
+    ingest_to_end(&config).await;
+    for file in data_files(&big.table("rides")) {
+        let (codecs, _, _) = snappy_and_bloom(&file, "user_id");
+        assert!(codecs.iter().all(|c| matches!(c, Compression::ZSTD(_))));
+    }
 }
