@@ -8,6 +8,13 @@
 //! one holding the memory flushes early instead of waiting for its latency.
 //! One record is always admitted into an empty budget so a record larger
 //! than the budget cannot stall a worker forever.
+//!
+//! Under pressure only a pipeline holding at least its share of what the
+//! pipelines' batches hold (split evenly over the pipelines holding
+//! records, [`MemoryBudget::holds_its_share`]) flushes early: a worker of
+//! 200 tables then commits the tables that hold the memory rather than
+//! every table at once, small ones included. The largest holder always
+//! holds its share, so some pipeline always flushes.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -24,6 +31,10 @@ pub struct MemoryBudget {
     freed_async: Notify,
     pressure: Notify,
     high_water: AtomicUsize,
+    /// Pipelines holding buffered records now.
+    holders: AtomicUsize,
+    /// Bytes charged to those pipelines' batches.
+    held: AtomicUsize,
 }
 
 impl MemoryBudget {
@@ -36,6 +47,8 @@ impl MemoryBudget {
             freed_async: Notify::new(),
             pressure: Notify::new(),
             high_water: AtomicUsize::new(0),
+            holders: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
         }
     }
 
@@ -122,6 +135,26 @@ impl MemoryBudget {
     pub async fn pressured(&self) {
         self.pressure.notified().await
     }
+
+    /// A pipeline's batch went from `before` to `after` charged bytes.
+    pub fn report_held(&self, before: usize, after: usize) {
+        match (before, after) {
+            (0, 1..) => self.holders.fetch_add(1, Ordering::Relaxed),
+            (1.., 0) => self.holders.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        self.held.fetch_add(after, Ordering::Relaxed);
+        self.held.fetch_sub(before, Ordering::Relaxed);
+    }
+
+    /// Whether a pipeline whose batch is charged `charged` bytes holds at
+    /// least an even share of what the pipelines' batches hold (records a
+    /// source has reserved but not handed over yet are in no batch). The
+    /// largest batch always does.
+    pub fn holds_its_share(&self, charged: usize) -> bool {
+        let holders = self.holders.load(Ordering::Relaxed).max(1);
+        charged.saturating_mul(holders) >= self.held.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -138,6 +171,36 @@ mod tests {
         budget.release(60);
         assert!(budget.try_reserve(60));
         assert_eq!(budget.high_water(), 60);
+    }
+
+    #[test]
+    fn under_pressure_the_holders_of_the_memory_flush_not_everyone() {
+        let budget = MemoryBudget::new(1000);
+        // Three pipelines hold 700, 150 and 50 bytes; a source has
+        // reserved 100 more it has not handed over.
+        for charge in [700, 150, 50] {
+            assert!(budget.try_reserve(charge));
+            budget.report_held(0, charge);
+        }
+        assert!(budget.try_reserve(100));
+        assert!(budget.under_pressure());
+        assert!(budget.holds_its_share(700));
+        assert!(!budget.holds_its_share(150));
+        assert!(!budget.holds_its_share(50));
+        // The largest flushes; the other two now hold 150 and 250.
+        budget.report_held(700, 0);
+        budget.report_held(50, 250);
+        assert!(budget.holds_its_share(250));
+        assert!(!budget.holds_its_share(150));
+        // Even shares: each holds its share.
+        budget.report_held(150, 250);
+        assert!(budget.holds_its_share(250));
+        // A lone pipeline always holds its share, whatever the sources
+        // have reserved besides.
+        budget.report_held(250, 0);
+        budget.report_held(250, 0);
+        budget.report_held(0, 10);
+        assert!(budget.holds_its_share(10));
     }
 
     #[test]

@@ -158,6 +158,8 @@ pub struct Pipeline {
     earlier: Vec<deltalake::kernel::Add>,
     /// A mirror table's open batch (its rows are merged, not streamed to files).
     mirror: Option<Mirror>,
+    /// The batch's charge as last reported to the budget.
+    held: usize,
 }
 
 impl Pipeline {
@@ -202,6 +204,7 @@ impl Pipeline {
             grown: None,
             earlier: Vec::new(),
             mirror,
+            held: 0,
         })
     }
 
@@ -246,7 +249,9 @@ impl Pipeline {
                     self.flush(FlushReason::Latency).await?;
                 }
                 _ = budget.pressured(), if !self.batch.is_empty() => {
-                    self.flush(FlushReason::Memory).await?;
+                    if self.holds_its_share() {
+                        self.flush(FlushReason::Memory).await?;
+                    }
                 }
             }
             let overdue = self
@@ -257,7 +262,7 @@ impl Pipeline {
                 self.flush(reason).await?;
             } else if overdue {
                 self.flush(FlushReason::Latency).await?;
-            } else if self.parts.budget.under_pressure() && !self.batch.is_empty() {
+            } else if self.parts.budget.under_pressure() && self.holds_its_share() {
                 self.flush(FlushReason::Memory).await?;
             }
             if ended && grace_deadline.is_none() {
@@ -358,10 +363,26 @@ impl Pipeline {
                 "already committed, revoked or awaiting a seek",
             );
         }
+        self.note_holding();
         if self.pending.len() >= defaults::DECODE_CHUNK_ROWS {
             self.decode_pending().await?;
         }
         Ok(())
+    }
+
+    /// Tells the budget what this pipeline's batch holds now.
+    fn note_holding(&mut self) {
+        let held = self.batch.charged();
+        if held != self.held {
+            self.parts.budget.report_held(self.held, held);
+            self.held = held;
+        }
+    }
+
+    /// Whether the open batch holds at least its share of the memory
+    /// reserved, so a flush under pressure frees what others wait for.
+    fn holds_its_share(&self) -> bool {
+        !self.batch.is_empty() && self.parts.budget.holds_its_share(self.batch.charged())
     }
 
     /// Starts decoding the pending records on a blocking thread and, while
@@ -683,6 +704,7 @@ impl Pipeline {
         let dead: u64 = lineage.partitions.iter().map(|r| r.dead_lettered).sum();
         let (spans, charged) = self.batch.take();
         self.parts.budget.release(charged);
+        self.note_holding();
         match result {
             Ok(version) => {
                 for (partition, span) in spans {
@@ -765,6 +787,7 @@ impl Pipeline {
         }
         let (spans, charged) = self.batch.take();
         self.parts.budget.release(charged);
+        self.note_holding();
         self.parts
             .stats
             .batch_fenced(&self.parts.name, rows, &error);
@@ -890,6 +913,13 @@ impl Pipeline {
                 "dead-letter table kept moving under concurrent writers".into(),
             )),
         }))
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        // A pipeline that stopped on an error holds nothing any more.
+        self.parts.budget.report_held(self.held, 0);
     }
 }
 
