@@ -107,7 +107,7 @@ async fn under_pressure_a_quiet_table_is_not_flushed_for_a_busy_ones_memory() {
     // The busy table flushes for memory while its records come in; what
     // it holds after the last one waits for its latency.
     run.wait_for(Duration::from_secs(120), "the busy table's records", |s| {
-        s.received >= busy + 10 && s.commits as u64 >= bytes / (2 << 20) - 1
+        s.received >= busy + 10 && s.commits >= bytes / (2 << 20) - 1
     })
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
