@@ -390,6 +390,11 @@ pub fn live_adds(table: &Path) -> BTreeMap<String, serde_json::Value> {
     live
 }
 
+/// The rows `delta_kernel` reads from a table.
+pub async fn kernel_rows(table: &Path) -> usize {
+    kernel_read(table).await.iter().map(|b| b.num_rows()).sum()
+}
+
 /// Opens a table at its latest version.
 pub async fn load(table: &Path) -> deltalake::DeltaTable {
     let url = sluice::table::resolve_existing(&table.display().to_string()).unwrap();

@@ -58,11 +58,7 @@ async fn buffered_bytes_never_exceed_the_budget() {
         "memory budget {budget}: high water {high_water}, {} commits for {bytes} input bytes",
         s.commits
     );
-    let rows: usize = kernel_read(&lake.table("rides"))
-        .await
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
+    let rows = kernel_rows(&lake.table("rides")).await;
     assert_eq!(rows, 40_000);
 }
 
@@ -127,10 +123,6 @@ async fn under_pressure_a_quiet_table_is_not_flushed_for_a_busy_ones_memory() {
         1,
         "the quiet table commits once, on shutdown"
     );
-    let rows: usize = kernel_read(&lake.table("quiet"))
-        .await
-        .iter()
-        .map(|b| b.num_rows())
-        .sum();
+    let rows = kernel_rows(&lake.table("quiet")).await;
     assert_eq!(rows, 10);
 }
