@@ -208,21 +208,7 @@ impl DebeziumDecoder {
                 Err(reason) => rejected.push((index, reason)),
             }
         }
-        let decoded = self.rows.decode(&flat);
-        rejected.extend(
-            decoded
-                .rejected
-                .into_iter()
-                .map(|(i, reason)| (origin[i], reason)),
-        );
-        rejected.sort_by_key(|(i, _)| *i);
-        Decoded {
-            batch: decoded.batch,
-            kept: decoded.kept.into_iter().map(|i| origin[i]).collect(),
-            rejected,
-            unknown_fields: Default::default(),
-            skipped,
-        }
+        self.rows.decode(&flat).onto(&origin, rejected, skipped)
     }
 
     /// The row of one record, `None` for a tombstone.

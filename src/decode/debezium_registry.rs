@@ -322,16 +322,10 @@ impl RegistryChanges {
                 ..record.clone()
             });
         }
-        let read = documents.decoder.decode(&flat);
-        rejected.extend(read.rejected.into_iter().map(|(i, r)| (origin[i], r)));
-        rejected.sort_by_key(|(i, _)| *i);
-        Decoded {
-            batch: read.batch,
-            kept: read.kept.into_iter().map(|i| origin[i]).collect(),
-            rejected,
-            unknown_fields: Default::default(),
-            skipped: read.skipped.into_iter().map(|i| origin[i]).collect(),
-        }
+        documents
+            .decoder
+            .decode(&flat)
+            .onto(&origin, rejected, Vec::new())
     }
 
     /// The rows of `batch` that become table rows, and the others with why.

@@ -80,6 +80,30 @@ pub struct Decoded {
     pub skipped: Vec<usize>,
 }
 
+impl Decoded {
+    /// The decode of a subset of some records (`origin[i]`: the index in
+    /// the whole of the subset's record `i`) as a decode of the whole,
+    /// with what was `rejected` and `skipped` before the subset was made.
+    pub fn onto(
+        self,
+        origin: &[usize],
+        mut rejected: Vec<(usize, String)>,
+        mut skipped: Vec<usize>,
+    ) -> Decoded {
+        rejected.extend(self.rejected.into_iter().map(|(i, r)| (origin[i], r)));
+        rejected.sort_by_key(|(i, _)| *i);
+        skipped.extend(self.skipped.into_iter().map(|i| origin[i]));
+        skipped.sort_unstable();
+        Decoded {
+            batch: self.batch,
+            kept: self.kept.into_iter().map(|i| origin[i]).collect(),
+            rejected,
+            unknown_fields: Default::default(),
+            skipped,
+        }
+    }
+}
+
 /// Decodes JSON records for one table.
 #[derive(Debug, Clone)]
 pub struct JsonDecoder {
