@@ -37,6 +37,22 @@ TRANSACTION_FIELD = {"name": "transaction", "default": None, "type": ["null", {
 }]}
 
 
+def source_record(namespace, fields):
+    """The connector's `source` block: the fields every connector has,
+    then the connector's own."""
+    return {
+        "type": "record", "name": "Source", "namespace": namespace,
+        "fields": [
+            {"name": "version", "type": "string"},
+            {"name": "connector", "type": "string"},
+            {"name": "name", "type": "string"},
+            {"name": "ts_ms", "type": "long"},
+            SNAPSHOT_FIELD,
+            {"name": "db", "type": "string"},
+        ] + fields,
+    }
+
+
 def envelope_schema(topic, extra=None):
     value_fields = [
         {"name": "id", "type": "long"},
@@ -55,24 +71,14 @@ def envelope_schema(topic, extra=None):
                 "fields": value_fields,
             }]},
             {"name": "after", "type": ["null", "Value"], "default": None},
-            {"name": "source", "type": {
-                "type": "record", "name": "Source",
-                "namespace": "io.debezium.connector.postgresql",
-                "fields": [
-                    {"name": "version", "type": "string"},
-                    {"name": "connector", "type": "string"},
-                    {"name": "name", "type": "string"},
-                    {"name": "ts_ms", "type": "long"},
-                    SNAPSHOT_FIELD,
-                    {"name": "db", "type": "string"},
-                    {"name": "sequence", "type": ["null", "string"], "default": None},
-                    {"name": "schema", "type": "string"},
-                    {"name": "table", "type": "string"},
-                    {"name": "txId", "type": ["null", "long"], "default": None},
-                    {"name": "lsn", "type": ["null", "long"], "default": None},
-                    {"name": "xmin", "type": ["null", "long"], "default": None},
-                ],
-            }},
+            {"name": "source", "type": source_record("io.debezium.connector.postgresql", [
+                {"name": "sequence", "type": ["null", "string"], "default": None},
+                {"name": "schema", "type": "string"},
+                {"name": "table", "type": "string"},
+                {"name": "txId", "type": ["null", "long"], "default": None},
+                {"name": "lsn", "type": ["null", "long"], "default": None},
+                {"name": "xmin", "type": ["null", "long"], "default": None},
+            ])},
             {"name": "op", "type": "string"},
             {"name": "ts_ms", "type": ["null", "long"], "default": None},
             TRANSACTION_FIELD,

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from debezium_avro_events import SNAPSHOT_FIELD, TRANSACTION_FIELD  # noqa: E402
+from debezium_avro_events import TRANSACTION_FIELD, source_record  # noqa: E402
 
 
 def key_schema(topic):
@@ -60,21 +60,11 @@ def envelope_schema(topic):
                     }]},
                 ],
             }]},
-            {"name": "source", "type": {
-                "type": "record", "name": "Source",
-                "namespace": "io.debezium.connector.mongo",
-                "fields": [
-                    {"name": "version", "type": "string"},
-                    {"name": "connector", "type": "string"},
-                    {"name": "name", "type": "string"},
-                    {"name": "ts_ms", "type": "long"},
-                    SNAPSHOT_FIELD,
-                    {"name": "db", "type": "string"},
-                    {"name": "rs", "type": "string"},
-                    {"name": "collection", "type": "string"},
-                    {"name": "ord", "type": "int"},
-                ],
-            }},
+            {"name": "source", "type": source_record("io.debezium.connector.mongo", [
+                {"name": "rs", "type": "string"},
+                {"name": "collection", "type": "string"},
+                {"name": "ord", "type": "int"},
+            ])},
             {"name": "op", "type": ["null", "string"], "default": None},
             {"name": "ts_ms", "type": ["null", "long"], "default": None},
             TRANSACTION_FIELD,
