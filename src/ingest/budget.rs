@@ -13,8 +13,11 @@
 //! pipelines' batches hold (split evenly over the pipelines holding
 //! records, [`MemoryBudget::holds_its_share`]) flushes early: a worker of
 //! 200 tables then commits the tables that hold the memory rather than
-//! every table at once, small ones included. The largest holder always
-//! holds its share, so some pipeline always flushes.
+//! every table at once, small ones included. A batch must also hold a
+//! quarter of an even share of the whole budget, so a quiet table does not
+//! flush while a busy table's records are still on their way to it. Once
+//! the records in flight reach their tables, the largest batch meets both,
+//! so some pipeline always flushes.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -149,11 +152,14 @@ impl MemoryBudget {
 
     /// Whether a pipeline whose batch is charged `charged` bytes holds at
     /// least an even share of what the pipelines' batches hold (records a
-    /// source has reserved but not handed over yet are in no batch). The
-    /// largest batch always does.
+    /// source has reserved but not handed over yet are in no batch), and
+    /// at least a quarter of an even share of the whole budget. The second
+    /// keeps a small batch from flushing when it is the largest only
+    /// because another table's records are still on their way to it.
     pub fn holds_its_share(&self, charged: usize) -> bool {
         let holders = self.holders.load(Ordering::Relaxed).max(1);
-        charged.saturating_mul(holders) >= self.held.load(Ordering::Relaxed)
+        let share = charged.saturating_mul(holders);
+        share >= self.held.load(Ordering::Relaxed) && share.saturating_mul(4) >= self.limit
     }
 }
 
@@ -195,12 +201,15 @@ mod tests {
         // Even shares: each holds its share.
         budget.report_held(150, 250);
         assert!(budget.holds_its_share(250));
-        // A lone pipeline always holds its share, whatever the sources
-        // have reserved besides.
+        // A lone pipeline holds its share whatever the sources have
+        // reserved besides, unless its batch is too small to matter (the
+        // records of a busy table still on their way to it).
         budget.report_held(250, 0);
         budget.report_held(250, 0);
-        budget.report_held(0, 10);
-        assert!(budget.holds_its_share(10));
+        budget.report_held(0, 300);
+        assert!(budget.holds_its_share(300));
+        budget.report_held(300, 10);
+        assert!(!budget.holds_its_share(10));
     }
 
     #[test]
