@@ -31,7 +31,6 @@ use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::{DeltaTable, DeltaTableError};
 
 use super::lineage::{CommitLineage, COMMIT_INFO_KEY};
-use super::recorded_positions;
 
 /// Attempts before a commit that keeps failing for other reasons gives up.
 const MAX_ATTEMPTS: u32 = 10;
@@ -206,7 +205,7 @@ async fn try_commit(
     } = *commit;
     table.update_state().await.map_err(Attempt::Retry)?;
     let app_ids: Vec<String> = updates.iter().map(|u| u.app_id.clone()).collect();
-    let recorded = recorded_positions(table, &app_ids)
+    let recorded = super::position_memo::recorded(table, &app_ids)
         .await
         .map_err(Attempt::Retry)?;
     for update in updates {
@@ -274,6 +273,7 @@ async fn try_commit(
         .await
         .map_err(Attempt::Retry)?;
     let version = committed.version;
+    super::position_memo::committed(table, read_version, version, updates);
     if version > read_version + 1 {
         crate::telemetry::metrics::COMMIT_REBASES
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

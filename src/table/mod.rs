@@ -13,6 +13,7 @@ pub mod lineage;
 #[cfg(unix)]
 pub mod local_store;
 pub mod names;
+pub mod position_memo;
 pub mod probe;
 pub mod schema;
 pub mod writer;

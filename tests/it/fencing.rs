@@ -131,6 +131,85 @@ async fn a_commit_from_a_stale_position_is_refused() {
     .expect("commit continuing from the table's position");
 }
 
+/// A commit remembers the positions it read and wrote for the version it
+/// made; a position another writer recorded in a later version, outside
+/// sluice's commit path, must still fence the next commit.
+#[tokio::test]
+async fn a_position_recorded_by_another_writer_after_our_commit_fences_the_next() {
+    use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
+    use deltalake::kernel::Transaction;
+    use deltalake::protocol::{DeltaOperation, OutputMode};
+
+    let lake = Lake::new();
+    let mut ours = table(&lake).await;
+    for (epoch, (prev, last)) in [(None, 5), (Some(5), 8)].into_iter().enumerate() {
+        commit_with_positions(
+            &mut ours,
+            vec![],
+            &[update(prev, last)],
+            &lineage(),
+            "w1",
+            epoch as i64,
+        )
+        .await
+        .expect("our commits");
+    }
+
+    // Another writer (delta-rs alone) moves the partition to 9.
+    let other = table(&lake).await;
+    let properties = CommitProperties::default().with_application_transactions(vec![
+        Transaction::new_with_last_update("sluice/k/t/0", 9, None),
+    ]);
+    let operation = DeltaOperation::StreamingUpdate {
+        output_mode: OutputMode::Append,
+        query_id: "other".into(),
+        epoch_id: 1,
+    };
+    let landed = CommitBuilder::from(properties)
+        .build(
+            Some(other.snapshot().unwrap()),
+            other.log_store(),
+            operation,
+        )
+        .await
+        .expect("the other writer's commit");
+    assert_eq!(landed.version(), 3);
+
+    let refused = commit_with_positions(
+        &mut ours,
+        vec![],
+        &[update(Some(8), 12)],
+        &lineage(),
+        "w1",
+        3,
+    )
+    .await;
+    match refused {
+        Err(CommitError::Stale {
+            table_position,
+            ours,
+            ..
+        }) => assert_eq!((table_position, ours), (Some(9), Some(8))),
+        other => panic!("expected a stale refusal, got {other:?}"),
+    }
+    let version = commit_with_positions(
+        &mut ours,
+        vec![],
+        &[update(Some(9), 12)],
+        &lineage(),
+        "w1",
+        4,
+    )
+    .await
+    .expect("a commit from the recorded position");
+    assert_eq!(version, 4);
+    ours.update_state().await.unwrap();
+    let recorded = recorded_positions(&ours, &["sluice/k/t/0".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(recorded.get("sluice/k/t/0"), Some(&12));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_writers_of_one_partition_land_exactly_one_commit() {
     let lake = Lake::new();
