@@ -98,6 +98,7 @@ fn collect_distinct(path: Vec<String>, column: &ArrayRef, found: &mut Vec<Column
             return;
         }
         DataType::Utf8 => once_share(
+            column.len(),
             column
                 .as_string::<i32>()
                 .iter()
@@ -105,20 +106,24 @@ fn collect_distinct(path: Vec<String>, column: &ArrayRef, found: &mut Vec<Column
                 .map(str::as_bytes),
         ),
         DataType::LargeUtf8 => once_share(
+            column.len(),
             column
                 .as_string::<i64>()
                 .iter()
                 .flatten()
                 .map(str::as_bytes),
         ),
-        DataType::Binary => once_share(column.as_binary::<i32>().iter().flatten()),
-        DataType::LargeBinary => once_share(column.as_binary::<i64>().iter().flatten()),
+        DataType::Binary => once_share(column.len(), column.as_binary::<i32>().iter().flatten()),
+        DataType::LargeBinary => {
+            once_share(column.len(), column.as_binary::<i64>().iter().flatten())
+        }
         data_type => match data_type.primitive_width() {
             Some(width) => {
                 let data = column.to_data();
                 let values = &data.buffers()[0].as_slice()
                     [data.offset() * width..(data.offset() + data.len()) * width];
                 once_share(
+                    data.len(),
                     values
                         .chunks_exact(width)
                         .enumerate()
@@ -134,10 +139,18 @@ fn collect_distinct(path: Vec<String>, column: &ArrayRef, found: &mut Vec<Column
     }
 }
 
-/// The share of `values` that occur once among them, or `None` for too few
-/// values to judge.
-fn once_share<'a>(values: impl Iterator<Item = &'a [u8]>) -> Option<f64> {
-    let mut counts = std::collections::HashMap::<&[u8], u32>::new();
+/// Occurrences of each value in a sample.
+type Counts<'a> = std::collections::HashMap<&'a [u8], u32, foldhash::fast::RandomState>;
+
+/// The share of `values` (of a column of `rows` rows) that occur once
+/// among them, or `None` for too few values to judge.
+///
+/// Every table profiles its first large write, so a worker of hundreds of
+/// tables hashes hundreds of samples: the map is sized for the sample up
+/// front and uses a fast non-cryptographic hash (the values are not
+/// adversarial: a collision only costs time).
+fn once_share<'a>(rows: usize, values: impl Iterator<Item = &'a [u8]>) -> Option<f64> {
+    let mut counts = Counts::with_capacity_and_hasher(rows, Default::default());
     let mut total = 0usize;
     for value in values {
         *counts.entry(value).or_default() += 1;
