@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// by a template of a `topic_pattern` source.
     #[arg(long, default_value_t = 200)]
     pub topics: usize,
+    /// Partitions of each topic (topics; default: 16 for one topic, 1 for
+    /// several).
+    #[arg(long)]
+    pub partitions: Option<i32>,
     /// How long the benchmark's producer waits to fill a partition's batch
     /// (kafka, fleet, topics). The embedded broker serves one producer
     /// batch per partition per fetch, so many small partitions read slowly
@@ -388,13 +392,16 @@ fn single_topic() -> Topics {
     }
 }
 
-/// `topics`: the demo events spread over `--topics` topics (one partition
-/// each; with one topic, 16 partitions) of a `topic_pattern` source, each
+/// `topics`: the demo events spread over `--topics` topics (`--partitions`
+/// each: by default one, and 16 for one topic) of a `topic_pattern` source, each
 /// topic's table made by one template on its first record.
 async fn topics(args: &BenchArgs) -> Result<Measurement, CliError> {
     let lake = fresh_lake(&args.lake)?;
     let count = args.topics.max(1);
-    let partitions = if count == 1 { 16 } else { 1 };
+    let partitions = args
+        .partitions
+        .unwrap_or(if count == 1 { 16 } else { 1 })
+        .max(1);
     let topics = Topics {
         created: (0..count)
             .map(|n| (format!("bench.t{n:03}"), partitions))
