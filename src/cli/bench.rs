@@ -129,6 +129,10 @@ struct Measurement {
     bytes: u64,
     seconds: f64,
     peak_rss_kib: u64,
+    /// CPU time (user and system) of the whole process while the clock ran:
+    /// the workers, and the embedded broker and producer beside them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fleet: Option<FleetFigures>,
 }
@@ -193,6 +197,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 bytes,
                 seconds: started.elapsed().as_secs_f64(),
                 peak_rss_kib: 0,
+                cpu_seconds: None,
                 fleet: None,
             }
         }
@@ -209,6 +214,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 bytes,
                 seconds,
                 peak_rss_kib: 0,
+                cpu_seconds: None,
                 fleet: None,
             }
         }
@@ -229,6 +235,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 bytes: 0,
                 seconds: times[times.len() / 2],
                 peak_rss_kib: 0,
+                cpu_seconds: None,
                 fleet: None,
             }
         }
@@ -282,6 +289,7 @@ async fn commit(args: &BenchArgs) -> Result<Measurement, CliError> {
         bytes: 0,
         seconds: sum / commits.max(1) as f64,
         peak_rss_kib: 0,
+        cpu_seconds: None,
         fleet: None,
     })
 }
@@ -352,6 +360,7 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
         bytes,
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_kib: 0,
+        cpu_seconds: None,
         fleet: None,
     })
 }
@@ -605,6 +614,7 @@ async fn kafka_workers(
     let partitions: u64 = topics.created.iter().map(|(_, p)| *p as u64).sum();
     let ahead = AHEAD_PER_16_PARTITIONS * partitions.max(16) / 16;
     let started = Instant::now();
+    let cpu_before = cpu_seconds();
     let received = total.clone();
     let produced = tokio::task::spawn_blocking(move || -> Result<u64, String> {
         let mut events = RideEvents::new(1, 100_000, 0.0);
@@ -648,6 +658,7 @@ async fn kafka_workers(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds() - cpu_before;
     let bytes = produced
         .await
         .map_err(|e| CliError::Demo(e.to_string()))?
@@ -669,6 +680,7 @@ async fn kafka_workers(
             bytes,
             seconds,
             peak_rss_kib: 0,
+            cpu_seconds: Some(cpu),
             fleet: None,
         },
         fleet: FleetFigures {
@@ -702,6 +714,22 @@ async fn fleet(args: &BenchArgs) -> Result<Measurement, CliError> {
         fleet: Some(run.fleet),
         ..run.measurement
     })
+}
+
+/// CPU time (user and system) this process has used so far, in seconds
+/// (Linux `/proc/self/stat`, in USER_HZ ticks of 10 ms; 0 elsewhere).
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // After the command name: state is field 3, utime 14 and stime 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    ticks(14)
+        .zip(ticks(15))
+        .map_or(0.0, |(user, system)| (user + system) as f64 / 100.0)
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), in KiB.
