@@ -25,6 +25,11 @@ pub fn init_logging(format: LogFormat, default_level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (the reader of stderr went
+        // away) is lost quietly; reporting it would `eprintln!` onto the
+        // same broken stderr and panic whichever thread logged, the Kafka
+        // consumer's rebalance callback included.
+        .log_internal_errors(false)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
