@@ -457,6 +457,18 @@ pub async fn apply_all(
     now_ms: i64,
     crash: Option<CrashPoint>,
 ) -> Result<ApplyRun, EraseError> {
+    apply_all_until(config, now_ms, crash, None).await
+}
+
+/// [`apply_all`], stopping before the next table once `stop` is cancelled.
+/// A table already begun is finished, so its deletion commit and the
+/// ledger's record of it are never parted by a shutdown.
+async fn apply_all_until(
+    config: &Config,
+    now_ms: i64,
+    crash: Option<CrashPoint>,
+    stop: Option<&tokio_util::sync::CancellationToken>,
+) -> Result<ApplyRun, EraseError> {
     let mut run = ApplyRun::default();
     let Some(mut ledger) = Ledger::open(&config.lake.root, &config.lake.storage_options).await?
     else {
@@ -468,6 +480,10 @@ pub async fn apply_all(
         let involved = requests.iter().any(|r| r.tables.contains_key(&target.name));
         if !involved {
             continue;
+        }
+        if stop.is_some_and(|s| s.is_cancelled()) {
+            tracing::info!(table = %target.name, "stopping: the erasure run resumes at this table next time");
+            break;
         }
         match target.open().await {
             Ok(_) => {}
@@ -668,6 +684,17 @@ pub async fn apply_under_lease(
     worker: &str,
     wait: std::time::Duration,
 ) -> Result<ApplyRun, EraseError> {
+    apply_under_lease_until(config, worker, wait, None).await
+}
+
+/// [`apply_under_lease`], stopping between tables once `stop` is cancelled
+/// (see [`apply_all_until`]).
+async fn apply_under_lease_until(
+    config: &Config,
+    worker: &str,
+    wait: std::time::Duration,
+    stop: Option<&tokio_util::sync::CancellationToken>,
+) -> Result<ApplyRun, EraseError> {
     use crate::fleet::lease::{system_clock, Leases};
     let Some(ledger) = Ledger::open(&config.lake.root, &config.lake.storage_options).await? else {
         return Ok(ApplyRun::default());
@@ -696,7 +723,7 @@ pub async fn apply_under_lease(
     };
     let now_ms = chrono::Utc::now().timestamp_millis();
     let result = leases
-        .hold_while(lease.clone(), apply_all(config, now_ms, None))
+        .hold_while(lease.clone(), apply_all_until(config, now_ms, None, stop))
         .await;
     if let Err(error) = leases.release(&lease).await {
         tracing::warn!(%error, "could not release the erasure lease; it expires by itself");
@@ -705,7 +732,8 @@ pub async fn apply_under_lease(
 }
 
 /// Runs [`apply_under_lease`] every `erasure.interval` until `stop`, on one
-/// worker of the fleet at a time.
+/// worker of the fleet at a time. A run under way when `stop` comes
+/// finishes the table it is on and leaves the others for the next start.
 pub fn spawn_loop(
     config: Config,
     worker: String,
@@ -719,29 +747,29 @@ pub fn spawn_loop(
                 _ = tokio::time::sleep(config.erasure.interval.0) => {}
             }
             let started = std::time::Instant::now();
-            let work = apply_under_lease(&config, &worker, std::time::Duration::ZERO);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                result = work => match result {
-                    Ok(run) => {
-                        metrics::record_run("erasure", "*", true, started.elapsed());
-                        let rows: u64 = run.applied.iter().map(|a| a.rows_deleted).sum();
-                        metrics::ROWS_ERASED.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
-                        tracing::info!(
-                            tables = run.applied.len(),
-                            rows_deleted = rows,
-                            purged = run.purged.len(),
-                            "erasure run done"
-                        )
-                    }
-                    Err(EraseError::Busy { holder }) => {
-                        tracing::debug!(%holder, "erasure run skipped: another worker holds the lease")
-                    }
-                    Err(error) => {
-                        metrics::record_run("erasure", "*", false, started.elapsed());
-                        tracing::warn!(%error, "erasure run failed; retrying next interval")
-                    }
-                },
+            // Not dropped on stop: the run finishes the table it is on
+            // (its commit and the ledger's record) and skips the rest.
+            let work =
+                apply_under_lease_until(&config, &worker, std::time::Duration::ZERO, Some(&stop));
+            match work.await {
+                Ok(run) => {
+                    metrics::record_run("erasure", "*", true, started.elapsed());
+                    let rows: u64 = run.applied.iter().map(|a| a.rows_deleted).sum();
+                    metrics::ROWS_ERASED.fetch_add(rows, std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(
+                        tables = run.applied.len(),
+                        rows_deleted = rows,
+                        purged = run.purged.len(),
+                        "erasure run done"
+                    )
+                }
+                Err(EraseError::Busy { holder }) => {
+                    tracing::debug!(%holder, "erasure run skipped: another worker holds the lease")
+                }
+                Err(error) => {
+                    metrics::record_run("erasure", "*", false, started.elapsed());
+                    tracing::warn!(%error, "erasure run failed; retrying next interval")
+                }
             }
         }
     })
