@@ -264,6 +264,22 @@ impl Reader {
             .map_err(|_| "pipeline closed".to_string())
     }
 
+    /// Reserves `record`'s charge, waiting while the budget is spent; false
+    /// when stopped. Before it waits, the records of `chunk` are handed
+    /// over: the budget may be spent on exactly those, and the pipeline
+    /// can only flush (and free them) once it has them.
+    fn reserve(&self, record: &Record, chunk: &mut Vec<Record>) -> Result<bool, String> {
+        if self.budget.try_reserve(record.charge()) {
+            return Ok(true);
+        }
+        if !chunk.is_empty() {
+            self.send(SourceEvent::Records(std::mem::take(chunk)))?;
+        }
+        Ok(self
+            .budget
+            .reserve_blocking(record.charge(), &self.shared.stop))
+    }
+
     fn read_file(
         &self,
         path: &Path,
@@ -302,10 +318,7 @@ impl Reader {
                 timestamp_ms: None,
                 key: None,
             };
-            if !self
-                .budget
-                .reserve_blocking(record.charge(), &self.shared.stop)
-            {
+            if !self.reserve(&record, &mut chunk)? {
                 return Ok(FileOutcome::Stopped);
             }
             chunk.push(record);
@@ -350,10 +363,7 @@ impl Reader {
                 timestamp_ms: None,
                 key: None,
             };
-            if !self
-                .budget
-                .reserve_blocking(record.charge(), &self.shared.stop)
-            {
+            if !self.reserve(&record, chunk)? {
                 return Ok(Some(FileOutcome::Stopped));
             }
             chunk.push(record);

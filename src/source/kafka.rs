@@ -401,11 +401,20 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
                         .then(|| message.key().map(Bytes::copy_from_slice))
                         .flatten(),
                 };
-                if !ctx
-                    .budget
-                    .reserve_blocking(record.charge(), &ctx.shared.stop)
-                {
-                    break;
+                if !ctx.budget.try_reserve(record.charge()) {
+                    // Hand over the records held first: the budget may be
+                    // spent on exactly those, and the pipeline can only
+                    // flush (and free them) once it has them.
+                    oldest = None;
+                    if !ctx.flush_pending() {
+                        return;
+                    }
+                    if !ctx
+                        .budget
+                        .reserve_blocking(record.charge(), &ctx.shared.stop)
+                    {
+                        break;
+                    }
                 }
                 let full = {
                     let mut pending = ctx.pending.lock().expect("pending lock");
