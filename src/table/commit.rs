@@ -205,7 +205,7 @@ async fn try_commit(
     } = *commit;
     table.update_state().await.map_err(Attempt::Retry)?;
     let app_ids: Vec<String> = updates.iter().map(|u| u.app_id.clone()).collect();
-    let recorded = super::position_memo::recorded(table, &app_ids)
+    let (recorded, memo) = super::position_memo::recorded(table, &app_ids)
         .await
         .map_err(Attempt::Retry)?;
     for update in updates {
@@ -273,7 +273,7 @@ async fn try_commit(
         .await
         .map_err(Attempt::Retry)?;
     let version = committed.version;
-    super::position_memo::committed(table, read_version, version, updates);
+    memo.committed(read_version, version, updates);
     if version > read_version + 1 {
         crate::telemetry::metrics::COMMIT_REBASES
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -33,6 +33,19 @@ struct Known {
 /// Per table (location and id), the latest version whose positions are known.
 static MEMO: LazyLock<Mutex<HashMap<String, Known>>> = LazyLock::new(Default::default);
 
+/// A table's entry in the memo: its location and `metaData.id`.
+pub struct TableKey(String);
+
+impl TableKey {
+    /// Notes that `updates` landed as version `to`, on top of version
+    /// `from` (the version the table had loaded when its positions were
+    /// read). Known positions of `from` carry over to `to` only when
+    /// nothing landed in between.
+    pub fn committed(&self, from: u64, to: u64, updates: &[PositionUpdate]) {
+        carry(&self.0, from, to, updates);
+    }
+}
+
 /// The key of `table`'s entry, and the version it has loaded.
 fn key(table: &DeltaTable) -> Result<(String, u64), DeltaTableError> {
     let snapshot = table.snapshot()?;
@@ -43,29 +56,19 @@ fn key(table: &DeltaTable) -> Result<(String, u64), DeltaTableError> {
 }
 
 /// The positions `table` (at its loaded version) records for `app_ids`:
-/// remembered when that version's are known, read from the log otherwise.
+/// remembered when that version's are known, read from the log otherwise;
+/// with the table's key, to note the commit made on them.
 pub async fn recorded(
     table: &DeltaTable,
     app_ids: &[String],
-) -> Result<HashMap<String, i64>, DeltaTableError> {
+) -> Result<(HashMap<String, i64>, TableKey), DeltaTableError> {
     let (key, version) = key(table)?;
     if let Some(found) = lookup(&key, version, app_ids) {
-        return Ok(found);
+        return Ok((found, TableKey(key)));
     }
     let found = super::recorded_positions(table, app_ids).await?;
     remember(&key, version, app_ids, &found);
-    Ok(found)
-}
-
-/// Notes that `updates` landed as version `to`, on top of version `from`
-/// of `table` (the version it had loaded). Known positions of `from` carry
-/// over to `to` only when nothing landed in between. (The entry of `from`
-/// stays true of `from` whatever happens here, so a table whose key cannot
-/// be read is simply not carried over.)
-pub fn committed(table: &DeltaTable, from: u64, to: u64, updates: &[PositionUpdate]) {
-    if let Ok((key, _)) = key(table) {
-        carry(&key, from, to, updates);
-    }
+    Ok((found, TableKey(key)))
 }
 
 fn carry(key: &str, from: u64, to: u64, updates: &[PositionUpdate]) {
