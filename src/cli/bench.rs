@@ -30,6 +30,7 @@ use deltalake::parquet::arrow::ArrowWriter;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use super::bench_cpu;
 use super::CliError;
 use crate::config::Config;
 use crate::decode::JsonDecoder;
@@ -133,6 +134,11 @@ struct Measurement {
     /// the workers, and the embedded broker and producer beside them.
     #[serde(skip_serializing_if = "Option::is_none")]
     cpu_seconds: Option<f64>,
+    /// The part of `cpu_seconds` the embedded broker and the bench's
+    /// producer used (their threads, [`super::bench_cpu`]); the rest is the
+    /// workers'.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rig_cpu_seconds: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     fleet: Option<FleetFigures>,
 }
@@ -198,6 +204,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 seconds: started.elapsed().as_secs_f64(),
                 peak_rss_kib: 0,
                 cpu_seconds: None,
+                rig_cpu_seconds: None,
                 fleet: None,
             }
         }
@@ -215,6 +222,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 seconds,
                 peak_rss_kib: 0,
                 cpu_seconds: None,
+                rig_cpu_seconds: None,
                 fleet: None,
             }
         }
@@ -236,6 +244,7 @@ pub async fn run(args: BenchArgs) -> Result<(), CliError> {
                 seconds: times[times.len() / 2],
                 peak_rss_kib: 0,
                 cpu_seconds: None,
+                rig_cpu_seconds: None,
                 fleet: None,
             }
         }
@@ -290,6 +299,7 @@ async fn commit(args: &BenchArgs) -> Result<Measurement, CliError> {
         seconds: sum / commits.max(1) as f64,
         peak_rss_kib: 0,
         cpu_seconds: None,
+        rig_cpu_seconds: None,
         fleet: None,
     })
 }
@@ -361,6 +371,7 @@ fn raw(path: &std::path::Path) -> Result<Measurement, CliError> {
         seconds: started.elapsed().as_secs_f64(),
         peak_rss_kib: 0,
         cpu_seconds: None,
+        rig_cpu_seconds: None,
         fleet: None,
     })
 }
@@ -580,7 +591,9 @@ async fn kafka_workers(
     topics: &Topics,
     config: impl Fn(&str) -> Result<Config, CliError>,
 ) -> Result<KafkaRun, CliError> {
+    let before_broker = bench_cpu::threads();
     let cluster = EmbeddedKafka::start_with(&topics.created).map_err(CliError::Demo)?;
+    let mut rig = bench_cpu::new_rdkafka_threads(&before_broker, &bench_cpu::threads());
     let source = format!(
         "[[sources]]\nkind = \"kafka\"\nname = \"bench\"\nbrokers = \"{}\"\n{}\ngroup_id = \"bench\"",
         cluster.bootstrap_servers(),
@@ -607,16 +620,23 @@ async fn kafka_workers(
         crate::telemetry::metrics::COMMIT_RETRIES.load(std::sync::atomic::Ordering::Relaxed);
     let rebases_before =
         crate::telemetry::metrics::COMMIT_REBASES.load(std::sync::atomic::Ordering::Relaxed);
+    let before_producer = bench_cpu::threads();
     let producer = cluster
         .producer_lingering(args.linger_ms)
         .map_err(CliError::Demo)?;
+    rig.extend(bench_cpu::new_rdkafka_threads(
+        &before_producer,
+        &bench_cpu::threads(),
+    ));
     let count = args.events;
     let partitions: u64 = topics.created.iter().map(|(_, p)| *p as u64).sum();
     let ahead = AHEAD_PER_16_PARTITIONS * partitions.max(16) / 16;
     let started = Instant::now();
-    let cpu_before = cpu_seconds();
+    let cpu_before = bench_cpu::process_seconds();
+    let rig_before = bench_cpu::threads_seconds(&rig);
     let received = total.clone();
-    let produced = tokio::task::spawn_blocking(move || -> Result<u64, String> {
+    let produced = tokio::task::spawn_blocking(move || -> Result<(u64, f64), String> {
+        let producing_since = bench_cpu::this_thread_seconds();
         let mut events = RideEvents::new(1, 100_000, 0.0);
         let mut bytes = 0u64;
         for n in 0..count {
@@ -631,7 +651,7 @@ async fn kafka_workers(
             broker::send(&producer, topic, &event.key, &record)?;
         }
         broker::flush(&producer)?;
-        Ok(bytes)
+        Ok((bytes, bench_cpu::this_thread_seconds() - producing_since))
     });
     let mut last = (0u64, Instant::now());
     loop {
@@ -658,8 +678,9 @@ async fn kafka_workers(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
-    let cpu = cpu_seconds() - cpu_before;
-    let bytes = produced
+    let cpu = bench_cpu::process_seconds() - cpu_before;
+    let rig_cpu = bench_cpu::threads_seconds(&rig) - rig_before;
+    let (bytes, producing_cpu) = produced
         .await
         .map_err(|e| CliError::Demo(e.to_string()))?
         .map_err(CliError::Demo)?;
@@ -681,6 +702,7 @@ async fn kafka_workers(
             seconds,
             peak_rss_kib: 0,
             cpu_seconds: Some(cpu),
+            rig_cpu_seconds: Some(rig_cpu + producing_cpu),
             fleet: None,
         },
         fleet: FleetFigures {
@@ -714,22 +736,6 @@ async fn fleet(args: &BenchArgs) -> Result<Measurement, CliError> {
         fleet: Some(run.fleet),
         ..run.measurement
     })
-}
-
-/// CPU time (user and system) this process has used so far, in seconds
-/// (Linux `/proc/self/stat`, in USER_HZ ticks of 10 ms; 0 elsewhere).
-fn cpu_seconds() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
-        return 0.0;
-    };
-    // After the command name: state is field 3, utime 14 and stime 15.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
-    ticks(14)
-        .zip(ticks(15))
-        .map_or(0.0, |(user, system)| (user + system) as f64 / 100.0)
 }
 
 /// Peak resident set size of this process (Linux `VmHWM`), in KiB.

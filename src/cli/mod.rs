@@ -1,6 +1,7 @@
 //! Command-line interface: one module per subcommand.
 
 pub mod bench;
+mod bench_cpu;
 mod bench_table;
 pub mod catalog;
 pub mod check;
