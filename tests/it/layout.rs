@@ -267,7 +267,16 @@ async fn small_batches_are_snappy_with_bloom_filters_until_compaction() {
         let strangers = (0..10_000)
             .filter(|n| bloom.check(format!("nobody-{n}").as_str()))
             .count();
-        assert!(strangers <= 50, "{strangers} of 10,000 absent keys pass");
+        // parquet folds a filter while its estimate of the false-positive
+        // rate, from the average fill of its blocks, stays within the 0.1%
+        // asked for; a few hundred keys in a few blocks fill them unevenly,
+        // so the real rate runs a few times higher (0-0.52% over one run's
+        // 18 files). A filter that did not work would pass most of them.
+        assert!(
+            strangers <= 100,
+            "{}: {strangers} of 10,000 absent keys pass",
+            file.display()
+        );
         keys += held.len();
     }
     assert_eq!(keys, 3000);
