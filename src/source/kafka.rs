@@ -369,12 +369,55 @@ pub fn spawn(
     consumer.subscribe(&topics).map_err(client_error)?;
     std::thread::Builder::new()
         .name(format!("kafka-{}", config.name))
-        .spawn(move || poll_loop(consumer))
+        .spawn(move || run_guarded(consumer))
         .expect("spawn kafka source thread");
     Ok(Arc::new(KafkaSourceHandle { shared }))
 }
 
-fn poll_loop(consumer: BaseConsumer<SourceContext>) {
+/// Runs the poll loop, then closes the consumer. A panic in the loop is
+/// caught and reported to the pipelines as the source's failure: they
+/// commit what they were handed and the worker stops with the message.
+/// Uncaught, the thread's end would close the channel like a finished
+/// source's, and the worker would stop without an error.
+fn run_guarded(consumer: BaseConsumer<SourceContext>) {
+    let ctx = consumer.context().clone();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| poll_loop(&consumer)));
+    if let Err(panic) = outcome {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        tracing::error!(source = %ctx.source_name, %message, "the Kafka source thread panicked; stopping the source");
+        ctx.shared.stop.store(true, Ordering::Relaxed);
+        ctx.flush_pending();
+        ctx.send(SourceEvent::Failed(format!(
+            "the Kafka source `{}` stopped on an internal error: {message}",
+            ctx.source_name
+        )));
+    }
+    // Dropping the consumer leaves the group; the revoke callback lets the
+    // pipeline commit what it holds before the partitions move.
+    drop(consumer);
+}
+
+/// Sources whose poll loop panics at its next record. For tests of the guard.
+static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Makes the poll loop of source `name` panic when it next receives a
+/// record. For tests.
+#[doc(hidden)]
+pub fn panic_at_next_record(name: &str) {
+    PANICS.lock().expect("panic lock").push(name.to_string());
+}
+
+fn injected_panic(name: &str) -> bool {
+    let mut panics = PANICS.lock().expect("panic lock");
+    let found = panics.iter().position(|n| n == name);
+    found.map(|i| panics.remove(i)).is_some()
+}
+
+fn poll_loop(consumer: &BaseConsumer<SourceContext>) {
     let ctx = consumer.context().clone();
     let mut oldest: Option<Instant> = None;
     let mut seeks = Vec::new();
@@ -385,9 +428,12 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
             tracing::warn!(source = %ctx.source_name, "pipeline gone; leaving the group");
             return;
         }
-        apply_seeks(&consumer, &ctx, &mut seeks);
+        apply_seeks(consumer, &ctx, &mut seeks);
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(message)) => {
+                if injected_panic(&ctx.source_name) {
+                    panic!("injected for a test at offset {}", message.offset());
+                }
                 let record = Record {
                     partition: ctx.partition_id(message.topic(), message.partition()),
                     position: message.offset(),
@@ -439,9 +485,6 @@ fn poll_loop(consumer: BaseConsumer<SourceContext>) {
         }
     }
     ctx.flush_pending();
-    // Dropping the consumer leaves the group; the revoke callback lets the
-    // pipeline commit what it holds before the partitions move.
-    drop(consumer);
 }
 
 /// A seek the pipeline asked for that has not taken effect yet.

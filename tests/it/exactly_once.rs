@@ -123,3 +123,48 @@ async fn killed_after_commits_then_restarted_neither_loses_nor_duplicates() {
     assert_eq!(positions.len(), bad, "every bad record dead-lettered once");
     register_for_spark(&table, "exactly_once_after", expected.len());
 }
+
+/// A panic in the Kafka source thread stops the worker loudly: the records
+/// it had handed on are committed exactly once, the run ends with an error
+/// that names the source, and the consumer closes instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_source_thread_fails_the_run_after_committing_what_it_handed_on() {
+    test_log();
+    let lake = Lake::new();
+    let kafka = kafka("eo-panic", 2);
+    let expected = produce(&kafka, "eo-panic", "p", 500, 0);
+    let config = kafka_config(
+        &lake,
+        kafka.bootstrap_servers(),
+        "eo-panic",
+        "g-panic",
+        "max_latency = \"1h\"",
+        "",
+    );
+    let run = Running::start(&config);
+    run.wait_for(Duration::from_secs(60), "the first records", |s| {
+        s.received >= 500
+    })
+    .await;
+    sluice::source::kafka::panic_at_next_record("k");
+    produce(&kafka, "eo-panic", "after", 100, 0);
+
+    let ended = tokio::time::timeout(Duration::from_secs(60), run.task)
+        .await
+        .expect("the run ends by itself, without a stop, and the consumer closes")
+        .expect("ingest task did not panic");
+    let error = ended
+        .expect_err("a panicked source fails the run")
+        .to_string();
+    assert!(
+        error.contains("Kafka source `k` stopped on an internal error")
+            && error.contains("injected for a test"),
+        "{error}"
+    );
+    // Nothing was committed before the panic (latency 1h): what is in the
+    // table is what the source handed on before it, once.
+    assert_exactly_once(
+        strings(&kernel_read(&lake.table("events")).await, "event_id"),
+        &expected,
+    );
+}
