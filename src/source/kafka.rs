@@ -403,15 +403,22 @@ fn run_guarded(consumer: BaseConsumer<SourceContext>) {
 
 /// Sources whose poll loop panics at its next record. For tests of the guard.
 static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Whether any panic was asked for: the poll loop reads only this flag per
+/// record, never the lock.
+static PANIC_ASKED: AtomicBool = AtomicBool::new(false);
 
 /// Makes the poll loop of source `name` panic when it next receives a
 /// record. For tests.
 #[doc(hidden)]
 pub fn panic_at_next_record(name: &str) {
     PANICS.lock().expect("panic lock").push(name.to_string());
+    PANIC_ASKED.store(true, Ordering::Relaxed);
 }
 
 fn injected_panic(name: &str) -> bool {
+    if !PANIC_ASKED.load(Ordering::Relaxed) {
+        return false;
+    }
     let mut panics = PANICS.lock().expect("panic lock");
     let found = panics.iter().position(|n| n == name);
     found.map(|i| panics.remove(i)).is_some()
