@@ -69,7 +69,10 @@ async fn buffered_bytes_never_exceed_the_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_pressure_a_quiet_table_is_not_flushed_for_a_busy_ones_memory() {
     let lake = Lake::new();
-    let kafka = EmbeddedKafka::start_with(&[("busy".into(), 1), ("quiet".into(), 1)]).unwrap();
+    // Four partitions: the embedded broker keeps 5 MB of each, and the
+    // busy records (8.8 MB) must all stay until read, however far behind
+    // a loaded machine leaves the consumer.
+    let kafka = EmbeddedKafka::start_with(&[("busy".into(), 4), ("quiet".into(), 1)]).unwrap();
     let producer = kafka.producer().unwrap();
     let mut events = RideEvents::new(11, 1000, 0.0);
     for _ in 0..10 {
