@@ -11,6 +11,7 @@
 //! references in `description` and `owner` filled in.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -66,12 +67,19 @@ pub struct TableTemplate {
     /// the same table name); otherwise the second topic is refused.
     #[serde(default)]
     pub merge: bool,
+    /// `topic` compiled, on first use: a template is matched against every
+    /// topic the source finds, and more than once per topic.
+    #[serde(skip)]
+    compiled: OnceLock<Result<Regex, String>>,
 }
 
 impl TableTemplate {
     /// The compiled topic regex.
-    pub fn regex(&self) -> Result<Regex, String> {
-        Regex::new(&self.topic).map_err(|e| format!("not a regex: {e}"))
+    pub fn regex(&self) -> Result<&Regex, String> {
+        self.compiled
+            .get_or_init(|| Regex::new(&self.topic).map_err(|e| format!("not a regex: {e}")))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
     /// Problems with the template itself: the regex, and `{group}`
@@ -258,5 +266,24 @@ owner = "{{service}}-team"
             "{problems:?}"
         );
         assert_eq!(table_name("9.lives"), "_9_lives");
+    }
+
+    #[test]
+    fn the_topic_regex_is_compiled_once_and_a_bad_one_stays_refused() {
+        let t = template("{service}__{message}");
+        let first: *const Regex = t.regex().unwrap();
+        let second: *const Regex = t.regex().unwrap();
+        assert_eq!(first, second, "compiled again");
+        let bad: TableTemplate = toml::from_str(
+            "source = \"prod\"\ntopic = '^(?P<env>'\nname = \"{env}\"\nkey = \"id\"",
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let problems = bad.problems();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert_eq!(problems[0].0, "topic");
+            assert!(problems[0].1.starts_with("not a regex"), "{problems:?}");
+            assert!(bad.table_for("prod.x").is_none());
+        }
     }
 }
