@@ -333,46 +333,51 @@ pub(crate) async fn open_tables(
     let (data_url, dead_url) = table_urls(config, table_config)?;
     let options = &config.lake.storage_options;
     let schema = decoder.table_schema();
-    let table = table::open_or_create(
-        &data_url,
-        options,
-        &table_config.name,
-        &schema,
-        &table_config.partition_by,
-        &[
-            table::table_properties(Some(&table_config.key), &table_config.properties),
-            table_config
-                .uses_deletion_vectors()
-                .then(|| {
-                    (
-                        table::deletion_vectors::ENABLE_PROPERTY.to_string(),
-                        "true".to_string(),
-                    )
-                })
-                .into_iter()
-                .collect(),
-            about.pairs(),
-        ]
-        .concat(),
-        about.description.as_deref(),
-    )
-    .await?;
-    let table = about.refresh(table, &table_config.name).await;
-    if let Decoder::JsonEvolving(evolving) = decoder {
-        if let Ok(snapshot) = table.snapshot() {
-            let adopted = evolving.adopt(&snapshot.snapshot().arrow_schema());
-            if !adopted.is_empty() {
-                tracing::info!(table = %table_config.name, ?adopted, "columns added by earlier runs taken from the table");
+    // The two tables are independent: on an object store their requests
+    // overlap rather than queue one behind the other.
+    let data_table = async {
+        let table = table::open_or_create(
+            &data_url,
+            options,
+            &table_config.name,
+            &schema,
+            &table_config.partition_by,
+            &[
+                table::table_properties(Some(&table_config.key), &table_config.properties),
+                table_config
+                    .uses_deletion_vectors()
+                    .then(|| {
+                        (
+                            table::deletion_vectors::ENABLE_PROPERTY.to_string(),
+                            "true".to_string(),
+                        )
+                    })
+                    .into_iter()
+                    .collect(),
+                about.pairs(),
+            ]
+            .concat(),
+            about.description.as_deref(),
+        )
+        .await?;
+        let table = about.refresh(table, &table_config.name).await;
+        if let Decoder::JsonEvolving(evolving) = decoder {
+            if let Ok(snapshot) = table.snapshot() {
+                let adopted = evolving.adopt(&snapshot.snapshot().arrow_schema());
+                if !adopted.is_empty() {
+                    tracing::info!(table = %table_config.name, ?adopted, "columns added by earlier runs taken from the table");
+                }
             }
         }
-    }
+        Ok::<_, table::TableError>(table)
+    };
     let dead_table = dead_letter::open(
         &dead_url,
         options,
         &table_config.name,
         &table_config.properties,
-    )
-    .await?;
+    );
+    let (table, dead_table) = tokio::try_join!(data_table, dead_table)?;
     Ok(OpenTables {
         data_url,
         table,
