@@ -82,6 +82,11 @@ impl TableTemplate {
             .map_err(Clone::clone)
     }
 
+    /// Whether the topic regex matches `topic` (the template makes its table).
+    pub fn matches(&self, topic: &str) -> bool {
+        self.regex().is_ok_and(|regex| regex.is_match(topic))
+    }
+
     /// Problems with the template itself: the regex, and `{group}`
     /// references to groups it does not have.
     pub fn problems(&self) -> Vec<(String, String)> {
@@ -254,6 +259,8 @@ owner = "{{service}}-team"
         assert_eq!(table.owner.as_deref(), Some("identity-service-team"));
         assert_eq!(table.source, ["prod"]);
         assert!(t.table_for("not-a-convention-topic").is_none());
+        assert!(t.matches("prod.identity-service.audit.identity.AuditMessage"));
+        assert!(!t.matches("not-a-convention-topic"));
     }
 
     #[test]

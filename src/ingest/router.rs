@@ -385,7 +385,7 @@ impl Router {
             .table_templates
             .iter()
             .filter(|t| t.source == self.parts.source.name)
-            .find(|t| t.table_for(topic).is_some())
+            .find(|t| t.matches(topic))
             .is_some_and(|t| t.merge)
     }
 
@@ -470,7 +470,7 @@ impl Router {
             .table_templates
             .iter()
             .filter(|t| t.source == self.parts.source.name)
-            .find(|t| t.table_for(topic).is_some())
+            .find(|t| t.matches(topic))
         {
             about
                 .properties
