@@ -5,11 +5,16 @@
 //! The consumer's events come here and are split by topic. A topic is
 //! resolved once: the first `[[table_templates]]` entry of the source whose
 //! regex matches names its table (see [`crate::config::template`]). On the
-//! topic's first record its table is typed (the topic's registry subject or
-//! descriptor message, as for a configured table), opened or created (two
-//! workers creating it at once: one creation wins, the other opens it),
-//! given its suppressor and maintenance loop, and a pipeline of its own;
-//! assignments that arrived before are handed to it first. Positions are
+//! topic's first record its table gets a channel and a task of its own,
+//! which types the table (the topic's registry subject or descriptor
+//! message, as for a configured table), opens or creates it (two workers
+//! creating it at once: one creation wins, the other opens it), gives it
+//! its suppressor and maintenance loop, and then runs its pipeline on the
+//! events that queued meanwhile. The router goes on routing the other
+//! topics' records while a table starts, so a slow start (a registry that
+//! does not answer, an object store's round trips) holds up only its own
+//! topic; assignments that arrived before the first record are handed to
+//! the table first. Positions are
 //! looked up in the table each topic resolves to ([`lookup`]), so a table
 //! that does not exist yet starts the topic from `start_from`.
 //!
@@ -18,7 +23,9 @@
 //! one warning, `sluice_topics_refused_total`, and a note `sluice catalog`
 //! shows ([`crate::catalog::refused`]). Its records are released unread and
 //! nothing is recorded for it, so once a template takes it (after a
-//! restart) it is read from the start.
+//! restart) it is read from the start. A table whose schema cannot be
+//! resolved releases what queued for it and tells the router
+//! ([`Started::Refused`]), which refuses the topic's later records itself.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,7 +35,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::budget::MemoryBudget;
-use super::pipeline::PipelineError;
 use super::{open_tables, pipeline_for, IngestError, WorkerParts, CHANNEL_EVENTS};
 use crate::catalog::refused::{self, RefusedTopic};
 use crate::config::{Config, KafkaSourceConfig, SourceConfig, TableConfig};
@@ -97,6 +103,7 @@ pub fn lookup(config: Arc<Config>, source: String) -> PositionLookup {
 }
 
 /// What the router needs of its worker.
+#[derive(Clone)]
 pub struct RouterParts {
     /// The whole config (templates, lake, batching, maintenance).
     pub config: Arc<Config>,
@@ -122,13 +129,52 @@ pub struct RouterParts {
 pub struct Router {
     parts: RouterParts,
     routes: HashMap<String, Route>,
-    /// Running pipelines by table name, with the table's URL and the
+    /// Tables started (or starting) by name.
     /// topics that have fed it.
-    pipelines: HashMap<String, (mpsc::Sender<SourceEvent>, url::Url, BTreeSet<String>)>,
+    pipelines: HashMap<String, Table>,
     /// Assignments of topics whose table has no pipeline yet.
     waiting: HashMap<String, Vec<crate::source::Assignment>>,
-    tasks: JoinSet<(String, Result<(), PipelineError>)>,
+    /// Each table's task: its start, then its pipeline.
+    tasks: JoinSet<(String, Result<(), IngestError>)>,
     maintenance: Vec<tokio::task::JoinHandle<()>>,
+    /// What starting tables report back.
+    started: (
+        mpsc::UnboundedSender<Started>,
+        mpsc::UnboundedReceiver<Started>,
+    ),
+}
+
+/// A table the router has started, or is starting.
+struct Table {
+    /// Its events, queued until its pipeline runs.
+    tx: mpsc::Sender<SourceEvent>,
+    /// The data table's URL.
+    url: url::Url,
+    /// The topics that have fed it.
+    feeders: BTreeSet<String>,
+    /// True once the table exists.
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
+/// What a table's task tells the router while it starts.
+#[derive(Debug)]
+enum Started {
+    /// The table's maintenance loop, awaited when the router stops.
+    Maintenance(tokio::task::JoinHandle<()>),
+    /// The topic that started `table` is refused. The router closes the
+    /// table's channel, and the task hands back what queued in it
+    /// ([`Started::Returned`], then [`Started::Drained`]).
+    Refused {
+        topic: String,
+        table: String,
+        reason: String,
+    },
+    /// An event that queued for a refused table, to route again (the
+    /// refused topic's records are released; a topic merged into the same
+    /// table starts it anew).
+    Returned(SourceEvent),
+    /// A refused table's channel is empty and closed.
+    Drained(String),
 }
 
 fn topic_of(partition: &PartitionId) -> &str {
@@ -168,6 +214,7 @@ impl Router {
             waiting: HashMap::new(),
             tasks: JoinSet::new(),
             maintenance: Vec::new(),
+            started: mpsc::unbounded_channel(),
         }
     }
 
@@ -201,6 +248,13 @@ impl Router {
                         break;
                     }
                 }
+                Some(started) = self.started.1.recv() => {
+                    if let Err(error) = self.note_started(started).await {
+                        failure = Some(error);
+                        self.parts.shutdown.cancel();
+                        break;
+                    }
+                }
             }
         }
         // The consumer is gone (or routing failed): the pipelines commit
@@ -212,6 +266,11 @@ impl Router {
             }
         }
         self.parts.control.stop();
+        while let Ok(started) = self.started.1.try_recv() {
+            if let Started::Maintenance(handle) = started {
+                self.maintenance.push(handle);
+            }
+        }
         for handle in self.maintenance.drain(..) {
             let _ = handle.await;
         }
@@ -228,7 +287,7 @@ impl Router {
                     match self.route_of(&topic).await {
                         Route::Refused(_) => {}
                         Route::Table(table) => match self.pipelines.get(&table.name) {
-                            Some((tx, _, _)) => {
+                            Some(Table { tx, .. }) => {
                                 let _ = tx.send(SourceEvent::Assigned(group)).await;
                             }
                             None => self.waiting.entry(topic).or_default().extend(group),
@@ -246,19 +305,12 @@ impl Router {
                         }
                     };
                     if !self.pipelines.contains_key(&table.name) {
-                        match self.start(&topic, &table).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                self.release(&group);
-                                continue;
-                            }
-                            Err(error) => {
-                                self.release(&group);
-                                return Err(error);
-                            }
+                        if let Err(error) = self.start(&topic, &table) {
+                            self.release(&group);
+                            return Err(error);
                         }
                     }
-                    let tx = self.pipelines[&table.name].0.clone();
+                    let tx = self.pipelines[&table.name].tx.clone();
                     self.note_feeder(&topic, &table.name);
                     if let Some(assigned) = self.waiting.remove(&topic) {
                         let _ = tx.send(SourceEvent::Assigned(assigned)).await;
@@ -275,7 +327,7 @@ impl Router {
                     let Some(Route::Table(table)) = self.routes.get(&topic) else {
                         continue;
                     };
-                    if let Some((tx, _, _)) = self.pipelines.get(&table.name) {
+                    if let Some(Table { tx, .. }) = self.pipelines.get(&table.name) {
                         let (answer, wait) = std::sync::mpsc::channel();
                         if tx
                             .send(SourceEvent::Revoked {
@@ -310,12 +362,12 @@ impl Router {
                 }
             }
             SourceEvent::Failed(message) => {
-                for (tx, _, _) in self.pipelines.values() {
+                for Table { tx, .. } in self.pipelines.values() {
                     let _ = tx.send(SourceEvent::Failed(message.clone())).await;
                 }
             }
             SourceEvent::End => {
-                for (tx, _, _) in self.pipelines.values() {
+                for Table { tx, .. } in self.pipelines.values() {
                     let _ = tx.send(SourceEvent::End).await;
                 }
             }
@@ -326,11 +378,39 @@ impl Router {
     /// The running pipeline `partition`'s records go to.
     fn pipeline_of(&self, partition: &PartitionId) -> Option<mpsc::Sender<SourceEvent>> {
         match self.routes.get(topic_of(partition)) {
-            Some(Route::Table(table)) => {
-                self.pipelines.get(&table.name).map(|(tx, _, _)| tx.clone())
-            }
+            Some(Route::Table(table)) => self.pipelines.get(&table.name).map(|t| t.tx.clone()),
             _ => None,
         }
+    }
+
+    /// Takes what a starting table reports. A refusal closes the table's
+    /// channel and routes what queued in it again before anything the
+    /// consumer sent later, so each topic's records keep their order.
+    async fn note_started(&mut self, started: Started) -> Result<(), IngestError> {
+        let mut draining = BTreeSet::new();
+        let mut next = Some(started);
+        while let Some(started) = next.take() {
+            match started {
+                Started::Maintenance(handle) => self.maintenance.push(handle),
+                Started::Refused {
+                    topic,
+                    table,
+                    reason,
+                } => {
+                    self.routes.insert(topic, Route::Refused(reason));
+                    self.pipelines.remove(&table);
+                    draining.insert(table);
+                }
+                Started::Returned(event) => Box::pin(self.route(event)).await?,
+                Started::Drained(table) => {
+                    draining.remove(&table);
+                }
+            }
+            if !draining.is_empty() {
+                next = self.started.1.recv().await;
+            }
+        }
+        Ok(())
     }
 
     /// The route of `topic`, resolved (and a refusal reported) once.
@@ -343,7 +423,7 @@ impl Router {
             Err(reason) => Route::Refused(reason),
         };
         if let Route::Refused(reason) = &route {
-            self.refuse(topic, reason).await;
+            refuse(&self.parts, topic, reason).await;
         }
         self.routes.insert(topic.to_string(), route.clone());
         route
@@ -364,7 +444,7 @@ impl Router {
                 table.name
             ));
         }
-        let merge = self.merges(topic);
+        let merge = merges(&self.parts, topic);
         let taken = self.routes.iter().find(|(other, route)| {
             *other != topic && matches!(route, Route::Table(t) if t.name == table.name)
         });
@@ -377,59 +457,35 @@ impl Router {
         }
     }
 
-    /// Whether the template that takes `topic` lets several topics feed
-    /// one table.
-    fn merges(&self, topic: &str) -> bool {
-        self.parts
-            .config
-            .table_templates
-            .iter()
-            .filter(|t| t.source == self.parts.source.name)
-            .find(|t| t.matches(topic))
-            .is_some_and(|t| t.merge)
-    }
-
     /// Notes, once per run, that `topic` feeds `table`: a table several
-    /// topics feed lists each in `sluice.sources` (in the background; a
-    /// failure is a warning).
+    /// topics feed lists each in `sluice.sources` (in the background once
+    /// the table exists; a failure is a warning).
     fn note_feeder(&mut self, topic: &str, table: &str) {
-        let known = |(_, _, topics): &(_, _, BTreeSet<String>)| topics.contains(topic);
+        let known = |t: &Table| t.feeders.contains(topic);
         if self.pipelines.get(table).is_none_or(known) {
             return;
         }
-        let merges = self.merges(topic);
-        let Some((_, url, topics)) = self.pipelines.get_mut(table) else {
+        let merges = merges(&self.parts, topic);
+        let Some(started) = self.pipelines.get_mut(table) else {
             return;
         };
-        topics.insert(topic.to_string());
+        started.feeders.insert(topic.to_string());
         if !merges {
             return;
         }
-        let (url, entry) = (url.clone(), format!("kafka:{topic}"));
+        let (url, entry) = (started.url.clone(), format!("kafka:{topic}"));
+        let mut ready = started.ready.clone();
         let options = self.parts.config.lake.storage_options.clone();
         let name = table.to_string();
         tokio::spawn(async move {
+            // A start that ends without the table (refused, stopped) drops its sender.
+            if ready.wait_for(|ready| *ready).await.is_err() {
+                return;
+            }
             if let Err(error) = table::about::add_source(&url, &options, &entry).await {
                 tracing::warn!(table = %name, source = %entry, %error, "sluice.sources not updated");
             }
         });
-    }
-
-    async fn refuse(&self, topic: &str, reason: &str) {
-        crate::telemetry::metrics::topic_refused(topic);
-        tracing::warn!(source = %self.parts.source.name, topic, reason, "topic refused: its records are not ingested");
-        let note = RefusedTopic {
-            source: self.parts.source.name.clone(),
-            topic: topic.to_string(),
-            reason: reason.to_string(),
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        };
-        let config = &self.parts.config;
-        if let Err(error) =
-            refused::record(&config.lake.root, &config.lake.storage_options, &note).await
-        {
-            tracing::warn!(topic, %error, "could not note the refused topic for the catalog");
-        }
     }
 
     fn release(&self, records: &[crate::source::Record]) {
@@ -438,28 +494,144 @@ impl Router {
             .release(records.iter().map(|r| r.charge()).sum());
     }
 
-    /// Starts the pipeline of `table` (first record of `topic`); `false`
-    /// when the topic is refused instead.
-    async fn start(
-        &mut self,
-        topic: &str,
-        table_config: &TableConfig,
-    ) -> Result<bool, IngestError> {
-        let config = self.parts.config.clone();
-        let mut source = self.parts.source.clone();
+    /// Gives `table` (first record of `topic`) its channel and starts it
+    /// in a task of its own: the router routes on meanwhile, and the
+    /// table's events queue until its pipeline runs.
+    fn start(&mut self, topic: &str, table: &TableConfig) -> Result<(), IngestError> {
+        let (data_url, _) = super::table_urls(&self.parts.config, table)?;
+        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let (made, ready) = tokio::sync::watch::channel(false);
+        self.pipelines.insert(
+            table.name.clone(),
+            Table {
+                tx,
+                url: data_url,
+                feeders: BTreeSet::new(),
+                ready,
+            },
+        );
+        let start = Start {
+            parts: self.parts.clone(),
+            topic: topic.to_string(),
+            table: table.clone(),
+            started: self.started.0.clone(),
+            made,
+        };
+        let name = table.name.clone();
+        self.tasks.spawn(async move { (name, start.run(rx).await) });
+        Ok(())
+    }
+}
+
+/// Reports `topic` refused: a metric, one warning and a note for `sluice catalog`.
+async fn refuse(parts: &RouterParts, topic: &str, reason: &str) {
+    crate::telemetry::metrics::topic_refused(topic);
+    tracing::warn!(source = %parts.source.name, topic, reason, "topic refused: its records are not ingested");
+    let note = RefusedTopic {
+        source: parts.source.name.clone(),
+        topic: topic.to_string(),
+        reason: reason.to_string(),
+        at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let config = &parts.config;
+    if let Err(error) =
+        refused::record(&config.lake.root, &config.lake.storage_options, &note).await
+    {
+        tracing::warn!(topic, %error, "could not note the refused topic for the catalog");
+    }
+}
+
+/// Whether the template that takes `topic` lets several topics feed one table.
+fn merges(parts: &RouterParts, topic: &str) -> bool {
+    parts
+        .config
+        .table_templates
+        .iter()
+        .filter(|t| t.source == parts.source.name)
+        .find(|t| t.matches(topic))
+        .is_some_and(|t| t.merge)
+}
+
+/// One table's start, made on its first topic's first record.
+struct Start {
+    parts: RouterParts,
+    topic: String,
+    table: TableConfig,
+    started: mpsc::UnboundedSender<Started>,
+    /// Set once the table exists.
+    made: tokio::sync::watch::Sender<bool>,
+}
+
+/// How a table's start ended.
+enum Prepared {
+    /// The table is ready: its pipeline.
+    Pipeline(Box<super::pipeline::Pipeline>),
+    /// The topic is refused (the router told).
+    Refused,
+    /// The worker stops.
+    Stopped,
+}
+
+impl Start {
+    /// Starts the table, then runs its pipeline on `events` (those that
+    /// queued meanwhile first). A refused start hands back what reaches
+    /// `events` until the router closes it; a stopped one releases it.
+    async fn run(self, mut events: mpsc::Receiver<SourceEvent>) -> Result<(), IngestError> {
+        let budget = self.parts.budget.clone();
+        let shutdown = self.parts.shutdown.clone();
+        match self.prepare().await? {
+            Prepared::Pipeline(pipeline) => pipeline
+                .run(events, shutdown)
+                .await
+                .map_err(IngestError::Pipeline),
+            Prepared::Refused => {
+                while let Some(event) = events.recv().await {
+                    let _ = self.started.send(Started::Returned(event));
+                }
+                let _ = self.started.send(Started::Drained(self.table.name.clone()));
+                Ok(())
+            }
+            Prepared::Stopped => {
+                while let Some(event) = events.recv().await {
+                    match event {
+                        SourceEvent::Records(records) => {
+                            budget.release(records.iter().map(|r| r.charge()).sum())
+                        }
+                        SourceEvent::Revoked {
+                            done: Some(done), ..
+                        } => {
+                            let _ = done.send(());
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The table's pipeline, unless the topic is refused instead (the
+    /// router told) or the worker stops first.
+    async fn prepare(&self) -> Result<Prepared, IngestError> {
+        let (parts, topic, table_config) = (&self.parts, self.topic.as_str(), &self.table);
+        let config = parts.config.clone();
+        let mut source = parts.source.clone();
         source.topics = vec![topic.to_string()];
         source.topic_pattern = None;
         let source = SourceConfig::Kafka(source);
         let (decoder, schema_source) =
-            match decode::decoder_for(table_config, &source, &self.parts.shutdown).await {
+            match decode::decoder_for(table_config, &source, &parts.shutdown).await {
                 Ok(typed) => typed,
-                Err(DecoderError::Stopped) => return Ok(false),
+                Err(DecoderError::Stopped) => return Ok(Prepared::Stopped),
                 Err(error) => {
                     let reason = error.to_string();
-                    self.refuse(topic, &reason).await;
-                    self.routes
-                        .insert(topic.to_string(), Route::Refused(reason));
-                    return Ok(false);
+                    refuse(parts, topic, &reason).await;
+                    let _ = self.started.send(Started::Refused {
+                        topic: topic.to_string(),
+                        table: table_config.name.clone(),
+                        reason,
+                    });
+                    return Ok(Prepared::Refused);
                 }
             };
         let mut about = table::about::About::of(&config, table_config, &schema_source);
@@ -469,7 +641,7 @@ impl Router {
         if let Some(template) = config
             .table_templates
             .iter()
-            .filter(|t| t.source == self.parts.source.name)
+            .filter(|t| t.source == parts.source.name)
             .find(|t| t.matches(topic))
         {
             about
@@ -484,12 +656,13 @@ impl Router {
                 .properties
                 .insert(table::about::CONVENTION.to_string(), fields.join(","));
         }
-        if self.merges(topic) {
+        if merges(parts, topic) {
             // Several topics feed the table: each adds itself to
             // `sluice.sources` when it first does ([`Router::note_feeder`]).
             about.properties.remove(table::about::SOURCES);
         }
         let tables = open_tables(&config, table_config, &decoder, &about).await?;
+        let _ = self.made.send(true);
         // Requests filed for every table cover this one from its first record.
         let mut delay = std::time::Duration::from_millis(200);
         loop {
@@ -513,7 +686,7 @@ impl Router {
                 }
             }
             tokio::select! {
-                _ = self.parts.shutdown.cancelled() => return Ok(false),
+                _ = parts.shutdown.cancelled() => return Ok(Prepared::Stopped),
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(std::time::Duration::from_secs(10));
@@ -527,75 +700,65 @@ impl Router {
             &config.lake.root,
             &config.lake.storage_options,
             std::slice::from_ref(&suppressor),
-            &self.parts.shutdown,
+            &parts.shutdown,
         )
         .await
         {
-            return Ok(false);
+            return Ok(Prepared::Stopped);
         }
-        self.parts
+        parts
             .suppressors
             .lock()
             .expect("suppressors lock")
             .push(suppressor.clone());
         let kinesis_clients = HashMap::new();
         let worker_parts = WorkerParts {
-            id: &self.parts.worker,
-            budget: &self.parts.budget,
-            stats: &self.parts.stats,
+            id: &parts.worker,
+            budget: &parts.budget,
+            stats: &parts.stats,
             kinesis_clients: &kinesis_clients,
         };
         let data_url = tables.data_url.clone();
         let pipeline = pipeline_for(
             &config,
             table_config,
-            &self.parts.source.name,
+            &parts.source.name,
             decoder,
             tables,
             &worker_parts,
             suppressor,
-            self.parts.control.clone(),
+            parts.control.clone(),
         )?;
-        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
-        let token = self.parts.shutdown.clone();
-        let name = table_config.name.clone();
-        self.tasks
-            .spawn(async move { (name, pipeline.run(rx, token).await) });
-        self.pipelines.insert(
-            table_config.name.clone(),
-            (tx, data_url.clone(), BTreeSet::new()),
-        );
         refused::clear(
             &config.lake.root,
             &config.lake.storage_options,
-            &self.parts.source.name,
+            &parts.source.name,
             topic,
         )
         .await;
         crate::telemetry::metrics::table_started(&table_config.name);
         tracing::info!(topic, table = %table_config.name, "topic takes its table from a template");
         if config.maintenance.enabled {
-            self.maintenance.push(
-                super::spawn_maintenance(
-                    &config,
-                    table_config,
-                    data_url,
-                    &self.parts.worker,
-                    &self.parts.maintenance_stop,
-                )
-                .await?,
-            );
+            let handle = super::spawn_maintenance(
+                &config,
+                table_config,
+                data_url,
+                &parts.worker,
+                &parts.maintenance_stop,
+            )
+            .await?;
+            let _ = self.started.send(Started::Maintenance(handle));
         }
-        Ok(true)
+        Ok(Prepared::Pipeline(Box::new(pipeline)))
     }
 }
 
 fn joined_error(
-    joined: Result<(String, Result<(), PipelineError>), tokio::task::JoinError>,
+    joined: Result<(String, Result<(), IngestError>), tokio::task::JoinError>,
 ) -> Option<IngestError> {
     match joined {
         Ok((_, Ok(()))) => None,
-        Ok((_, Err(e))) => Some(IngestError::Pipeline(e)),
+        Ok((_, Err(e))) => Some(e),
         Err(e) => Some(IngestError::Task("?".into(), e.to_string())),
     }
 }

@@ -511,3 +511,124 @@ fn a_bad_avro_source_config_is_refused_naming_the_key() {
         "{url}"
     );
 }
+
+/// A pattern source whose topics `prod.<name>.v1` each make the table
+/// `<name>`, typed from the topic's registry subject.
+fn pattern_config(lake: &Lake, brokers: &str, registry: &str) -> Config {
+    let text = format!(
+        r#"
+[lake]
+root = "{root}"
+
+[batching]
+max_latency = "500ms"
+
+[erasure]
+enabled = false
+
+[maintenance]
+enabled = false
+
+[[sources]]
+kind = "kafka"
+name = "prod"
+brokers = "{brokers}"
+topic_pattern = '^prod\..+'
+metadata_refresh = "1s"
+group_id = "g-pattern"
+format = "avro"
+registry = {{ url = "{registry}" }}
+
+[[table_templates]]
+source = "prod"
+topic = '^prod\.(?P<name>[^.]+)\.v1$'
+name = "{{name}}"
+key = "user_id"
+"#,
+        root = lake.root()
+    );
+    parse_valid(&text)
+}
+
+/// Whether sluice has found the registry at `url` unavailable.
+fn registry_waited(running: &Running, url: &str) -> bool {
+    let metrics = sluice::telemetry::metrics::render(
+        &running.stats,
+        &sluice::telemetry::metrics::Gauges {
+            buffered_bytes: 0,
+            budget_bytes: 1,
+            ready: true,
+            now_ms: 0,
+        },
+    );
+    metrics
+        .lines()
+        .any(|l| l.starts_with("sluice_registry_unavailable_total") && l.contains(url))
+}
+
+/// A new topic whose table cannot be typed yet (the registry stopped
+/// answering when its first records came) holds up only itself: the
+/// source's other topic keeps committing meanwhile, and the new table
+/// catches up once the registry answers again, every record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_waiting_for_its_schema_does_not_hold_up_the_other_topics() {
+    let lake = Lake::new();
+    let registry = Registry::start(lake.dir.path());
+    let (rides, trips) = ("prod.rides.v1", "prod.trips.v1");
+    let kafka = kafka(rides, 1);
+    // Encoded now: the serializer registers each schema while the
+    // registry answers.
+    let rides_events = registry_events(&registry.url, rides, lake.dir.path());
+    let (first, second) = (rides_events(0, 100, "v1"), rides_events(100, 100, "v1"));
+    let new_topic = registry_events(&registry.url, trips, lake.dir.path())(1000, 50, "v1");
+    let config = pattern_config(&lake, kafka.bootstrap_servers(), &registry.url);
+    let running = Running::start(&config);
+    send_all(&kafka, rides, &first);
+    running
+        .wait_for(Duration::from_secs(60), "the first topic's rows", |s| {
+            s.committed >= 100
+        })
+        .await;
+
+    // The new topic's table starts while the registry does not answer.
+    registry.pause(true);
+    send_all(&kafka, trips, &new_topic);
+    let waiting_since = std::time::Instant::now();
+    while !registry_waited(&running, &registry.url) {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(60),
+            "the new topic's table never asked the registry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    send_all(&kafka, rides, &second);
+    running
+        .wait_for(
+            Duration::from_secs(30),
+            "the first topic's later rows while the new table waits",
+            |s| s.committed >= 200,
+        )
+        .await;
+    assert_eq!(
+        running.stats.snapshot().committed,
+        200,
+        "nothing of the new topic can be committed yet"
+    );
+
+    registry.pause(false);
+    running
+        .wait_for(Duration::from_secs(60), "the new topic's rows", |s| {
+            s.committed >= 250
+        })
+        .await;
+    let stats = running.stop().await;
+    assert_eq!(
+        (stats.committed, stats.dead_lettered),
+        (250, 0),
+        "{stats:?}"
+    );
+    let expected: Vec<String> = (0..200).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(event_ids(&lake.table("rides")).await, &expected);
+    let expected: Vec<String> = (1000..1050).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(event_ids(&lake.table("trips")).await, &expected);
+}
