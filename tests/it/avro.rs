@@ -512,9 +512,16 @@ fn a_bad_avro_source_config_is_refused_naming_the_key() {
     );
 }
 
-/// A pattern source whose topics `prod.<name>.v1` each make the table
-/// `<name>`, typed from the topic's registry subject.
-fn pattern_config(lake: &Lake, brokers: &str, registry: &str) -> Config {
+/// A pattern source whose topics matching `topic` (a regex with a `name`
+/// group) each make the table `<name>`, typed from the topic's registry
+/// subject; `template_extra` adds keys to the template.
+fn pattern_config(
+    lake: &Lake,
+    brokers: &str,
+    registry: &str,
+    topic: &str,
+    template_extra: &str,
+) -> Config {
     let text = format!(
         r#"
 [lake]
@@ -541,9 +548,10 @@ registry = {{ url = "{registry}" }}
 
 [[table_templates]]
 source = "prod"
-topic = '^prod\.(?P<name>[^.]+)\.v1$'
+topic = '{topic}'
 name = "{{name}}"
 key = "user_id"
+{template_extra}
 "#,
         root = lake.root()
     );
@@ -581,7 +589,13 @@ async fn a_table_waiting_for_its_schema_does_not_hold_up_the_other_topics() {
     let rides_events = registry_events(&registry.url, rides, lake.dir.path());
     let (first, second) = (rides_events(0, 100, "v1"), rides_events(100, 100, "v1"));
     let new_topic = registry_events(&registry.url, trips, lake.dir.path())(1000, 50, "v1");
-    let config = pattern_config(&lake, kafka.bootstrap_servers(), &registry.url);
+    let config = pattern_config(
+        &lake,
+        kafka.bootstrap_servers(),
+        &registry.url,
+        r"^prod\.(?P<name>[^.]+)\.v1$",
+        "",
+    );
     let running = Running::start(&config);
     send_all(&kafka, rides, &first);
     running
@@ -631,4 +645,66 @@ async fn a_table_waiting_for_its_schema_does_not_hold_up_the_other_topics() {
     assert_exactly_once(event_ids(&lake.table("rides")).await, &expected);
     let expected: Vec<String> = (1000..1050).map(|n| format!("e-{n}")).collect();
     assert_exactly_once(event_ids(&lake.table("trips")).await, &expected);
+}
+
+/// Topics merged into one table: the first topic's start is refused (its
+/// registry subject does not exist) after the second topic's records
+/// queued behind it, while the registry did not answer. Those records are
+/// routed again, start the table under their own topic, and land once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_queued_behind_a_refused_start_start_the_table_anew() {
+    let lake = Lake::new();
+    let registry = Registry::start(lake.dir.path());
+    let (unknown, known) = ("prod.rides.v1", "prod.rides.v2");
+    let kafka = kafka(unknown, 1);
+    // Frames of another subject: `prod.rides.v1-value` never exists.
+    let strays = registry_events(&registry.url, "elsewhere", lake.dir.path())(0, 20, "v1");
+    let rides = registry_events(&registry.url, known, lake.dir.path())(0, 80, "v1");
+    let config = pattern_config(
+        &lake,
+        kafka.bootstrap_servers(),
+        &registry.url,
+        r"^prod\.(?P<name>[^.]+)\.v[0-9]+$",
+        "merge = true",
+    );
+    let running = Running::start(&config);
+
+    registry.pause(true);
+    send_all(&kafka, unknown, &strays);
+    let waiting_since = std::time::Instant::now();
+    while !registry_waited(&running, &registry.url) {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(60),
+            "the first topic's table never asked the registry"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The second topic's records reach the router and queue for the table.
+    let held = running.budget.used();
+    send_all(&kafka, known, &rides);
+    while running.budget.used() <= held {
+        assert!(
+            waiting_since.elapsed() < Duration::from_secs(60),
+            "the second topic's records never came"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    registry.pause(false);
+    running
+        .wait_for(Duration::from_secs(60), "the second topic's rows", |s| {
+            s.committed >= 80
+        })
+        .await;
+    let stats = running.stop().await;
+    assert_eq!((stats.committed, stats.dead_lettered), (80, 0), "{stats:?}");
+    let expected: Vec<String> = (0..80).map(|n| format!("e-{n}")).collect();
+    assert_exactly_once(event_ids(&lake.table("rides")).await, &expected);
+    let note = std::fs::read_to_string(
+        lake.dir
+            .path()
+            .join(format!("_sluice_topics/prod/{unknown}.json")),
+    )
+    .expect("the first topic is noted as refused");
+    assert!(note.contains(unknown), "{note}");
 }
