@@ -512,50 +512,16 @@ fn a_bad_avro_source_config_is_refused_naming_the_key() {
     );
 }
 
-/// A pattern source whose topics matching `topic` (a regex with a `name`
-/// group) each make the table `<name>`, typed from the topic's registry
-/// subject; `template_extra` adds keys to the template.
-fn pattern_config(
-    lake: &Lake,
-    brokers: &str,
-    registry: &str,
-    topic: &str,
-    template_extra: &str,
-) -> Config {
-    let text = format!(
-        r#"
-[lake]
-root = "{root}"
-
-[batching]
-max_latency = "500ms"
-
-[erasure]
-enabled = false
-
-[maintenance]
-enabled = false
-
-[[sources]]
-kind = "kafka"
-name = "prod"
-brokers = "{brokers}"
-topic_pattern = '^prod\..+'
-metadata_refresh = "1s"
-group_id = "g-pattern"
-format = "avro"
-registry = {{ url = "{registry}" }}
-
-[[table_templates]]
-source = "prod"
-topic = '{topic}'
-name = "{{name}}"
-key = "user_id"
-{template_extra}
-"#,
-        root = lake.root()
-    );
-    parse_valid(&text)
+/// The templates tests' pattern source (`^prod\..+`, one convention
+/// template naming tables `<service>__<message>`) reading registry-framed
+/// Avro; `template_extra` adds keys to the template.
+fn pattern_config(lake: &Lake, brokers: &str, registry: &str, template_extra: &str) -> Config {
+    crate::templates::config_with(
+        lake,
+        brokers,
+        &format!("format = \"avro\"\nregistry = {{ url = \"{registry}\" }}"),
+        &format!("key = \"user_id\"\n{template_extra}"),
+    )
 }
 
 /// Whether sluice has found the registry at `url` unavailable.
@@ -582,20 +548,17 @@ fn registry_waited(running: &Running, url: &str) -> bool {
 async fn a_table_waiting_for_its_schema_does_not_hold_up_the_other_topics() {
     let lake = Lake::new();
     let registry = Registry::start(lake.dir.path());
-    let (rides, trips) = ("prod.rides.v1", "prod.trips.v1");
+    let (rides, trips) = (
+        "prod.rides-service.events.ride.Ride",
+        "prod.trips-service.events.trip.Trip",
+    );
     let kafka = kafka(rides, 1);
     // Encoded now: the serializer registers each schema while the
     // registry answers.
     let rides_events = registry_events(&registry.url, rides, lake.dir.path());
     let (first, second) = (rides_events(0, 100, "v1"), rides_events(100, 100, "v1"));
     let new_topic = registry_events(&registry.url, trips, lake.dir.path())(1000, 50, "v1");
-    let config = pattern_config(
-        &lake,
-        kafka.bootstrap_servers(),
-        &registry.url,
-        r"^prod\.(?P<name>[^.]+)\.v1$",
-        "",
-    );
+    let config = pattern_config(&lake, kafka.bootstrap_servers(), &registry.url, "");
     let running = Running::start(&config);
     send_all(&kafka, rides, &first);
     running
@@ -642,9 +605,15 @@ async fn a_table_waiting_for_its_schema_does_not_hold_up_the_other_topics() {
         "{stats:?}"
     );
     let expected: Vec<String> = (0..200).map(|n| format!("e-{n}")).collect();
-    assert_exactly_once(event_ids(&lake.table("rides")).await, &expected);
+    assert_exactly_once(
+        event_ids(&lake.table("rides_service__Ride")).await,
+        &expected,
+    );
     let expected: Vec<String> = (1000..1050).map(|n| format!("e-{n}")).collect();
-    assert_exactly_once(event_ids(&lake.table("trips")).await, &expected);
+    assert_exactly_once(
+        event_ids(&lake.table("trips_service__Trip")).await,
+        &expected,
+    );
 }
 
 /// Topics merged into one table: the first topic's start is refused (its
@@ -655,16 +624,18 @@ async fn a_table_waiting_for_its_schema_does_not_hold_up_the_other_topics() {
 async fn records_queued_behind_a_refused_start_start_the_table_anew() {
     let lake = Lake::new();
     let registry = Registry::start(lake.dir.path());
-    let (unknown, known) = ("prod.rides.v1", "prod.rides.v2");
+    let (unknown, known) = (
+        "prod.rides-service.events.v1.Ride",
+        "prod.rides-service.events.v2.Ride",
+    );
     let kafka = kafka(unknown, 1);
-    // Frames of another subject: `prod.rides.v1-value` never exists.
+    // Frames of another subject: the first topic's subject never exists.
     let strays = registry_events(&registry.url, "elsewhere", lake.dir.path())(0, 20, "v1");
     let rides = registry_events(&registry.url, known, lake.dir.path())(0, 80, "v1");
     let config = pattern_config(
         &lake,
         kafka.bootstrap_servers(),
         &registry.url,
-        r"^prod\.(?P<name>[^.]+)\.v[0-9]+$",
         "merge = true",
     );
     let running = Running::start(&config);
@@ -699,7 +670,10 @@ async fn records_queued_behind_a_refused_start_start_the_table_anew() {
     let stats = running.stop().await;
     assert_eq!((stats.committed, stats.dead_lettered), (80, 0), "{stats:?}");
     let expected: Vec<String> = (0..80).map(|n| format!("e-{n}")).collect();
-    assert_exactly_once(event_ids(&lake.table("rides")).await, &expected);
+    assert_exactly_once(
+        event_ids(&lake.table("rides_service__Ride")).await,
+        &expected,
+    );
     let note = std::fs::read_to_string(
         lake.dir
             .path()

@@ -15,7 +15,7 @@ const CONVENTION: &str =
 
 /// A pattern source over `^prod\..+` and one convention template;
 /// `source_extra` and `template_extra` add keys to each.
-fn config_with(
+pub(crate) fn config_with(
     lake: &Lake,
     brokers: &str,
     source_extra: &str,
