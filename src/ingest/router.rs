@@ -137,6 +137,8 @@ pub struct Router {
     /// Each table's task: its start, then its pipeline.
     tasks: JoinSet<(String, Result<(), IngestError>)>,
     maintenance: Vec<tokio::task::JoinHandle<()>>,
+    /// Stops the tables' starts and pipelines when the router stops.
+    starts: CancellationToken,
     /// What starting tables report back.
     started: (
         mpsc::UnboundedSender<Started>,
@@ -146,8 +148,10 @@ pub struct Router {
 
 /// A table the router has started, or is starting.
 struct Table {
-    /// Its events, queued until its pipeline runs.
-    tx: mpsc::Sender<SourceEvent>,
+    /// Its events. Unbounded: the router never waits for one table (the
+    /// memory budget bounds the records queued), and a table that is
+    /// still starting holds what comes for it meanwhile.
+    tx: mpsc::UnboundedSender<SourceEvent>,
     /// The data table's URL.
     url: url::Url,
     /// The topics that have fed it.
@@ -162,19 +166,16 @@ enum Started {
     /// The table's maintenance loop, awaited when the router stops.
     Maintenance(tokio::task::JoinHandle<()>),
     /// The topic that started `table` is refused. The router closes the
-    /// table's channel, and the task hands back what queued in it
-    /// ([`Started::Returned`], then [`Started::Drained`]).
+    /// table's channel and routes again what queued for it (`queued`, then
+    /// what is left in `rest`): the refused topic's records are released,
+    /// and a topic merged into the same table starts it anew.
     Refused {
         topic: String,
         table: String,
         reason: String,
+        queued: Vec<SourceEvent>,
+        rest: mpsc::UnboundedReceiver<SourceEvent>,
     },
-    /// An event that queued for a refused table, to route again (the
-    /// refused topic's records are released; a topic merged into the same
-    /// table starts it anew).
-    Returned(SourceEvent),
-    /// A refused table's channel is empty and closed.
-    Drained(String),
 }
 
 fn topic_of(partition: &PartitionId) -> &str {
@@ -207,6 +208,7 @@ fn by_topic<T>(items: Vec<T>, topic: impl Fn(&T) -> &str) -> Vec<(String, Vec<T>
 impl Router {
     /// A router with no tables yet.
     pub fn new(parts: RouterParts) -> Self {
+        let parts_shutdown_child = parts.shutdown.child_token();
         Self {
             parts,
             routes: HashMap::new(),
@@ -215,6 +217,7 @@ impl Router {
             tasks: JoinSet::new(),
             maintenance: Vec::new(),
             started: mpsc::unbounded_channel(),
+            starts: parts_shutdown_child,
         }
     }
 
@@ -257,8 +260,9 @@ impl Router {
                 }
             }
         }
-        // The consumer is gone (or routing failed): the pipelines commit
-        // what they hold and stop once their channels close.
+        // The consumer is gone (or routing failed): starts stop, and the
+        // pipelines commit what they hold and stop.
+        self.starts.cancel();
         self.pipelines.clear();
         while let Some(joined) = self.tasks.join_next().await {
             if let Some(error) = joined_error(joined) {
@@ -267,8 +271,11 @@ impl Router {
         }
         self.parts.control.stop();
         while let Ok(started) = self.started.1.try_recv() {
-            if let Started::Maintenance(handle) = started {
-                self.maintenance.push(handle);
+            match started {
+                Started::Maintenance(handle) => self.maintenance.push(handle),
+                Started::Refused { queued, rest, .. } => {
+                    release_all(&self.parts.budget, queued, rest)
+                }
             }
         }
         for handle in self.maintenance.drain(..) {
@@ -288,7 +295,7 @@ impl Router {
                         Route::Refused(_) => {}
                         Route::Table(table) => match self.pipelines.get(&table.name) {
                             Some(Table { tx, .. }) => {
-                                let _ = tx.send(SourceEvent::Assigned(group)).await;
+                                let _ = tx.send(SourceEvent::Assigned(group));
                             }
                             None => self.waiting.entry(topic).or_default().extend(group),
                         },
@@ -313,9 +320,9 @@ impl Router {
                     let tx = self.pipelines[&table.name].tx.clone();
                     self.note_feeder(&topic, &table.name);
                     if let Some(assigned) = self.waiting.remove(&topic) {
-                        let _ = tx.send(SourceEvent::Assigned(assigned)).await;
+                        let _ = tx.send(SourceEvent::Assigned(assigned));
                     }
-                    let _ = tx.send(SourceEvent::Records(group)).await;
+                    let _ = tx.send(SourceEvent::Records(group));
                 }
             }
             SourceEvent::Revoked { partitions, done } => {
@@ -334,7 +341,6 @@ impl Router {
                                 partitions: group,
                                 done: Some(answer),
                             })
-                            .await
                             .is_ok()
                         {
                             answers.push(wait);
@@ -353,22 +359,22 @@ impl Router {
             }
             SourceEvent::Reseeked(partition) => {
                 if let Some(tx) = self.pipeline_of(&partition) {
-                    let _ = tx.send(SourceEvent::Reseeked(partition)).await;
+                    let _ = tx.send(SourceEvent::Reseeked(partition));
                 }
             }
             SourceEvent::Trimmed { partition, detail } => {
                 if let Some(tx) = self.pipeline_of(&partition) {
-                    let _ = tx.send(SourceEvent::Trimmed { partition, detail }).await;
+                    let _ = tx.send(SourceEvent::Trimmed { partition, detail });
                 }
             }
             SourceEvent::Failed(message) => {
                 for Table { tx, .. } in self.pipelines.values() {
-                    let _ = tx.send(SourceEvent::Failed(message.clone())).await;
+                    let _ = tx.send(SourceEvent::Failed(message.clone()));
                 }
             }
             SourceEvent::End => {
                 for Table { tx, .. } in self.pipelines.values() {
-                    let _ = tx.send(SourceEvent::End).await;
+                    let _ = tx.send(SourceEvent::End);
                 }
             }
         }
@@ -376,7 +382,7 @@ impl Router {
     }
 
     /// The running pipeline `partition`'s records go to.
-    fn pipeline_of(&self, partition: &PartitionId) -> Option<mpsc::Sender<SourceEvent>> {
+    fn pipeline_of(&self, partition: &PartitionId) -> Option<mpsc::UnboundedSender<SourceEvent>> {
         match self.routes.get(topic_of(partition)) {
             Some(Route::Table(table)) => self.pipelines.get(&table.name).map(|t| t.tx.clone()),
             _ => None,
@@ -384,30 +390,28 @@ impl Router {
     }
 
     /// Takes what a starting table reports. A refusal closes the table's
-    /// channel and routes what queued in it again before anything the
-    /// consumer sent later, so each topic's records keep their order.
+    /// channel and routes what queued in it again, all of it before
+    /// anything the consumer sends later, so each topic's records keep
+    /// their order.
     async fn note_started(&mut self, started: Started) -> Result<(), IngestError> {
-        let mut draining = BTreeSet::new();
-        let mut next = Some(started);
-        while let Some(started) = next.take() {
-            match started {
-                Started::Maintenance(handle) => self.maintenance.push(handle),
-                Started::Refused {
-                    topic,
-                    table,
-                    reason,
-                } => {
-                    self.routes.insert(topic, Route::Refused(reason));
-                    self.pipelines.remove(&table);
-                    draining.insert(table);
+        match started {
+            Started::Maintenance(handle) => self.maintenance.push(handle),
+            Started::Refused {
+                topic,
+                table,
+                reason,
+                queued,
+                mut rest,
+            } => {
+                self.routes.insert(topic, Route::Refused(reason));
+                // Its only sender: `rest` now holds all that will ever come.
+                self.pipelines.remove(&table);
+                for event in queued {
+                    Box::pin(self.route(event)).await?;
                 }
-                Started::Returned(event) => Box::pin(self.route(event)).await?,
-                Started::Drained(table) => {
-                    draining.remove(&table);
+                while let Ok(event) = rest.try_recv() {
+                    Box::pin(self.route(event)).await?;
                 }
-            }
-            if !draining.is_empty() {
-                next = self.started.1.recv().await;
             }
         }
         Ok(())
@@ -499,7 +503,7 @@ impl Router {
     /// table's events queue until its pipeline runs.
     fn start(&mut self, topic: &str, table: &TableConfig) -> Result<(), IngestError> {
         let (data_url, _) = super::table_urls(&self.parts.config, table)?;
-        let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+        let (tx, rx) = mpsc::unbounded_channel();
         let (made, ready) = tokio::sync::watch::channel(false);
         self.pipelines.insert(
             table.name.clone(),
@@ -511,7 +515,11 @@ impl Router {
             },
         );
         let start = Start {
-            parts: self.parts.clone(),
+            // Starts stop when the router does, shutdown or not.
+            parts: RouterParts {
+                shutdown: self.starts.clone(),
+                ..self.parts.clone()
+            },
             topic: topic.to_string(),
             table: table.clone(),
             started: self.started.0.clone(),
@@ -566,45 +574,75 @@ struct Start {
 enum Prepared {
     /// The table is ready: its pipeline.
     Pipeline(Box<super::pipeline::Pipeline>),
-    /// The topic is refused (the router told).
-    Refused,
+    /// The topic is refused, for this reason.
+    Refused(String),
     /// The worker stops.
     Stopped,
 }
 
 impl Start {
-    /// Starts the table, then runs its pipeline on `events` (those that
-    /// queued meanwhile first). A refused start hands back what reaches
-    /// `events` until the router closes it; a stopped one releases it.
-    async fn run(self, mut events: mpsc::Receiver<SourceEvent>) -> Result<(), IngestError> {
+    /// Starts the table, holding what comes for it meanwhile, then runs
+    /// its pipeline on what it holds and what follows. A refused start
+    /// hands its events back to the router; a stopped one releases them.
+    async fn run(
+        self,
+        mut events: mpsc::UnboundedReceiver<SourceEvent>,
+    ) -> Result<(), IngestError> {
         let budget = self.parts.budget.clone();
-        let shutdown = self.parts.shutdown.clone();
-        match self.prepare().await? {
-            Prepared::Pipeline(pipeline) => pipeline
-                .run(events, shutdown)
-                .await
-                .map_err(IngestError::Pipeline),
-            Prepared::Refused => {
-                while let Some(event) = events.recv().await {
-                    let _ = self.started.send(Started::Returned(event));
+        let mut queued = Vec::new();
+        let prepared = {
+            let prepare = self.prepare();
+            tokio::pin!(prepare);
+            loop {
+                tokio::select! {
+                    prepared = &mut prepare => break prepared?,
+                    Some(event) = events.recv() => hold(&budget, &mut queued, event),
                 }
-                let _ = self.started.send(Started::Drained(self.table.name.clone()));
+            }
+        };
+        match prepared {
+            Prepared::Pipeline(pipeline) => {
+                let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
+                let forward = async move {
+                    for event in queued {
+                        if tx.send(event).await.is_err() {
+                            return std::future::pending().await;
+                        }
+                    }
+                    while let Some(event) = events.recv().await {
+                        if tx.send(event).await.is_err() {
+                            break;
+                        }
+                    }
+                    // The router is done with the table: its pipeline commits and ends.
+                    drop(tx);
+                    std::future::pending::<()>().await
+                };
+                tokio::select! {
+                    result = pipeline.run(rx, self.parts.shutdown.clone()) => {
+                        result.map_err(IngestError::Pipeline)
+                    }
+                    _ = forward => unreachable!("forwarding never ends"),
+                }
+            }
+            Prepared::Refused(reason) => {
+                refuse(&self.parts, &self.topic, &reason).await;
+                let refused = Started::Refused {
+                    topic: self.topic.clone(),
+                    table: self.table.name.clone(),
+                    reason,
+                    queued,
+                    rest: events,
+                };
+                if let Err(unsent) = self.started.send(refused) {
+                    if let Started::Refused { queued, rest, .. } = unsent.0 {
+                        release_all(&budget, queued, rest);
+                    }
+                }
                 Ok(())
             }
             Prepared::Stopped => {
-                while let Some(event) = events.recv().await {
-                    match event {
-                        SourceEvent::Records(records) => {
-                            budget.release(records.iter().map(|r| r.charge()).sum())
-                        }
-                        SourceEvent::Revoked {
-                            done: Some(done), ..
-                        } => {
-                            let _ = done.send(());
-                        }
-                        _ => {}
-                    }
-                }
+                release_all(&budget, queued, events);
                 Ok(())
             }
         }
@@ -623,16 +661,7 @@ impl Start {
             match decode::decoder_for(table_config, &source, &parts.shutdown).await {
                 Ok(typed) => typed,
                 Err(DecoderError::Stopped) => return Ok(Prepared::Stopped),
-                Err(error) => {
-                    let reason = error.to_string();
-                    refuse(parts, topic, &reason).await;
-                    let _ = self.started.send(Started::Refused {
-                        topic: topic.to_string(),
-                        table: table_config.name.clone(),
-                        reason,
-                    });
-                    return Ok(Prepared::Refused);
-                }
+                Err(error) => return Ok(Prepared::Refused(error.to_string())),
             };
         let mut about = table::about::About::of(&config, table_config, &schema_source);
         about
@@ -662,7 +691,7 @@ impl Start {
             about.properties.remove(table::about::SOURCES);
         }
         let tables = open_tables(&config, table_config, &decoder, &about).await?;
-        let _ = self.made.send(true);
+        self.made.send_replace(true);
         // Requests filed for every table cover this one from its first record.
         let mut delay = std::time::Duration::from_millis(200);
         loop {
@@ -750,6 +779,61 @@ impl Start {
             let _ = self.started.send(Started::Maintenance(handle));
         }
         Ok(Prepared::Pipeline(Box::new(pipeline)))
+    }
+}
+
+/// Holds `event` for a table that is starting. A revocation is answered
+/// at once: nothing of the table is committed yet, so the revoked
+/// partitions' held records are released and their assignments dropped
+/// (the partitions' next owner reads them from the table's position).
+fn hold(budget: &MemoryBudget, queued: &mut Vec<SourceEvent>, event: SourceEvent) {
+    let SourceEvent::Revoked { partitions, done } = event else {
+        queued.push(event);
+        return;
+    };
+    let revoked = |p: &Arc<PartitionId>| partitions.contains(p);
+    for held in queued.iter_mut() {
+        match held {
+            SourceEvent::Records(records) => {
+                let (gone, kept) = std::mem::take(records)
+                    .into_iter()
+                    .partition(|r| revoked(&r.partition));
+                *records = kept;
+                budget.release(
+                    gone.iter()
+                        .map(|r: &crate::source::Record| r.charge())
+                        .sum(),
+                );
+            }
+            SourceEvent::Assigned(assigned) => assigned.retain(|a| !revoked(&a.partition)),
+            _ => {}
+        }
+    }
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+}
+
+/// Releases the records of a table that will not run, and answers its
+/// revocations, until its channel is closed and empty.
+fn release_all(
+    budget: &MemoryBudget,
+    queued: Vec<SourceEvent>,
+    mut rest: mpsc::UnboundedReceiver<SourceEvent>,
+) {
+    let release = |event: SourceEvent| match event {
+        SourceEvent::Records(records) => budget.release(records.iter().map(|r| r.charge()).sum()),
+        SourceEvent::Revoked {
+            done: Some(done), ..
+        } => {
+            let _ = done.send(());
+        }
+        _ => {}
+    };
+    queued.into_iter().for_each(release);
+    rest.close();
+    while let Ok(event) = rest.try_recv() {
+        release(event);
     }
 }
 
