@@ -14,9 +14,11 @@
 //! topics' records while a table starts, so a slow start (a registry that
 //! does not answer, an object store's round trips) holds up only its own
 //! topic; assignments that arrived before the first record are handed to
-//! the table first. Positions are
-//! looked up in the table each topic resolves to ([`lookup`]), so a table
-//! that does not exist yet starts the topic from `start_from`.
+//! the table first. A revocation that reaches a table still starting is
+//! answered at once (nothing of it is committed yet): the revoked
+//! partitions' held records are released. Positions are looked up in the
+//! table each topic resolves to ([`lookup`]), so a table that does not
+//! exist yet starts the topic from `start_from`.
 //!
 //! A topic no template takes, whose table name another topic already
 //! takes (without `merge`), or whose schema cannot be resolved is refused:
@@ -24,8 +26,10 @@
 //! shows ([`crate::catalog::refused`]). Its records are released unread and
 //! nothing is recorded for it, so once a template takes it (after a
 //! restart) it is read from the start. A table whose schema cannot be
-//! resolved releases what queued for it and tells the router
-//! ([`Started::Refused`]), which refuses the topic's later records itself.
+//! resolved hands what queued for it back to the router
+//! ([`Started::Refused`]), which routes it again in order: the refused
+//! topic's records are released, and a topic merged into the same table
+//! starts it anew.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
