@@ -411,10 +411,10 @@ impl Router {
                 // Its only sender: `rest` now holds all that will ever come.
                 self.pipelines.remove(&table);
                 for event in queued {
-                    Box::pin(self.route(event)).await?;
+                    self.route(event).await?;
                 }
                 while let Ok(event) = rest.try_recv() {
-                    Box::pin(self.route(event)).await?;
+                    self.route(event).await?;
                 }
             }
         }
@@ -608,17 +608,18 @@ impl Start {
             Prepared::Pipeline(pipeline) => {
                 let (tx, rx) = mpsc::channel(CHANNEL_EVENTS);
                 let forward = async move {
-                    for event in queued {
-                        if tx.send(event).await.is_err() {
-                            return std::future::pending().await;
-                        }
-                    }
-                    while let Some(event) = events.recv().await {
+                    let mut queued = queued.into_iter();
+                    loop {
+                        let event = match queued.next() {
+                            Some(event) => Some(event),
+                            None => events.recv().await,
+                        };
+                        // The router is done with the table: its pipeline commits and ends.
+                        let Some(event) = event else { break };
                         if tx.send(event).await.is_err() {
                             break;
                         }
                     }
-                    // The router is done with the table: its pipeline commits and ends.
                     drop(tx);
                     std::future::pending::<()>().await
                 };
